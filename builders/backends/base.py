@@ -1,0 +1,131 @@
+"""The one small interface every backend implements.
+
+A backend is a module (or package) in builders/backends/ that exposes a module-level object
+`BACKEND` satisfying the `Backend` protocol below. The planner and executors never branch on the
+backend: they only call these members.
+
+Two halves:
+- plan side (host):   `quants`, `targets`, `image`, `unavailable()`, `normalize_options()`, `expand()`
+- run side (inside the toolchain container, or natively):  `steps(kind)` returns the ordered named
+  steps of a node kind; each step is `fn(ctx: NodeContext) -> None` and writes into `ctx.out`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (model, backend, quant, target) the user asked for. `id` is stable and printable."""
+
+    model: str  # model name, e.g. "tiny-llama"
+    backend: str
+    quant: str
+    target: str
+    options: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}.{self.backend}.{self.quant}.{self.target}"
+
+
+@dataclass
+class NodeDef:
+    """A unit of work in the build graph, as a backend declares it.
+
+    key       unique, printable node id, e.g. "tiny-llama.gguf.F16" or "tiny-llama.mlc.q4f16_1.lib.cpu"
+    kind      what to run, e.g. "gguf-convert"; `steps(kind)` of the backend gives its steps
+    image     toolchain image name (docker/<image>.Dockerfile.j2)
+    params    everything (JSON-able) that determines the output besides model, parents, image, code;
+              it is part of the inputs digest and is passed to the node as spec["params"]
+    parents   role -> parent node key; the parent's output dir is mounted at spec["inputs"][role]
+              The planner always provides the role "reference" (reference logits of the model) when
+              the backend lists it, and "model" for the model snapshot itself.
+    publish   directory under dist/<model>/<rev7>/ where this node's outputs are linked for humans
+              (e.g. "gguf", "mlc/tiny-llama-q4f16_1-MLC", "mlc/libs"), or None to keep it in the store only
+    unavailable  if set, the node is not run and fails at once with this one-line reason
+    """
+
+    key: str
+    kind: str
+    backend: str
+    image: str
+    params: dict[str, Any] = field(default_factory=dict)
+    parents: dict[str, str] = field(default_factory=dict)
+    publish: str | None = None
+    unavailable: str | None = None
+
+
+class Backend(Protocol):
+    name: str
+    image: str  # default toolchain image of this backend's nodes
+    quants: Mapping[str, Any]  # quant code -> description/table row (the README's table is generated from it)
+    targets: tuple[str, ...]  # targets this backend can produce artifacts for
+    archs: tuple[str, ...]  # HF `architectures` values supported, e.g. ("LlamaForCausalLM",)
+    code: tuple[str, ...]  # source paths (relative to builders/) whose content is part of every node digest
+
+    def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """Validate/complete backend options from matrix.yaml/CLI; raise MatrixError naming `where`."""
+
+    def unavailable(self, cell: Cell) -> str | None:
+        """One-line reason this cell can't be built with the toolchains we have, else None."""
+
+    def expand(self, cell: Cell, model: "ModelRef") -> list[NodeDef]:
+        """Nodes for this cell; the last one is the cell's artifact node. Shared nodes use equal keys."""
+
+    def steps(self, kind: str) -> list[tuple[str, Callable[["NodeContext"], None]]]:
+        """Ordered (step name, function) pairs for a node kind. Runs inside the toolchain image."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model as the planner passes it to backends (plan side)."""
+
+    name: str  # printable name used in cell ids and paths, e.g. "tiny-llama", "Llama-3.2-1B"
+    source: str  # "tiny:llama", "meta-llama/Llama-3.2-1B", or a local path
+    revision: str  # commit sha (hub), "local-<sha7>" or "tiny-<sha7>"
+    digest: str  # snapshot digest (sha256 over per-file sha256s, or the generating node's digest)
+    config: Mapping[str, Any]  # the model's config.json (empty if not yet generated for tiny: ones)
+    arch: str  # config["architectures"][0]
+    node: str | None = None  # key of the node generating it (tiny: models), else None
+
+
+class NodeContext:
+    """What a step sees when it runs (inside the container or natively).
+
+    spec       the node spec (plain JSON, see builders/node.py for fields)
+    out        directory for this node's artifacts (only artifacts go here: every file is listed in
+               the manifest with size and sha256)
+    work       scratch directory, kept across a failed run so `--restart STEP` can resume
+    inputs     role -> directory (parent outputs, "model" = model snapshot, read-only)
+    result     dict the steps fill; merged into the manifest:
+               result["verification"] = {"passed": bool, "checks": {...figures...}, "failures": [str]}
+               result["tool_versions"] = {...}; result["runtime_abi"] = {...}
+               result["deferred"] = [{"step": ..., "reason": ...}]; result["notes"] = [...]
+    """
+
+    def __init__(self, spec: dict, out: Path, work: Path, inputs: dict[str, Path]):
+        self.spec = spec
+        self.out = out
+        self.work = work
+        self.inputs = inputs
+        self.result: dict[str, Any] = {}
+
+    @property
+    def params(self) -> dict:
+        return self.spec["params"]
+
+    @property
+    def model_dir(self) -> Path:
+        return self.inputs["model"]
+
+    def log(self, msg: str) -> None:
+        print(f"[{self.spec['key']}] {msg}", file=sys.stderr, flush=True)
+
+    def load_json(self, path: Path) -> Any:
+        return json.loads(Path(path).read_text())

@@ -1,0 +1,116 @@
+"""The node entry point, the same in a container and on the host:
+
+    python -m builders.node run <spec.json>
+
+A node spec is plain JSON holding everything the node needs:
+  schema, key, kind, backend, digest     identity
+  params                                 backend-specific, JSON-able (quant, target, options, thresholds ...)
+  model {name, source, revision, digest} the model this node derives from
+  inputs {role: dir}                     "model" (snapshot, read-only), "reference", parent node outputs
+  out, work, result                      artifact dir, scratch dir, result JSON path
+  steps {only, restart}                  step selection (names or 1-based numbers)
+  env {SOURCE_DATE_EPOCH, ...}           environment set before any step runs
+
+Steps are run in order; completed steps are recorded in <work>/.steps.json so a failed node resumes
+at its first unfinished step (or at `restart`), and `only` runs exactly one step.
+The result JSON says status ok/failed, the one-line reason, per-step timings and what steps reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from builders.backends import get as get_backend
+from builders.backends.base import NodeContext
+from builders.errors import NodeFailed
+
+SPEC_SCHEMA = 1
+
+
+def _select(steps: list[str], value, field: str) -> str | None:
+    if value in (None, ""):
+        return None
+    value = str(value)
+    if value.isdigit() and 1 <= int(value) <= len(steps):
+        return steps[int(value) - 1]
+    if value in steps:
+        return value
+    numbered = ", ".join(f"{i + 1}={s}" for i, s in enumerate(steps))
+    raise NodeFailed(f"--{field} {value}: no such step; steps are {numbered}")
+
+
+def run(spec: dict) -> dict:
+    for k, v in (spec.get("env") or {}).items():
+        os.environ[k] = str(v)
+    out, work = Path(spec["out"]), Path(spec["work"])
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    ctx = NodeContext(spec, out, work, {k: Path(v) for k, v in spec["inputs"].items()})
+    state_file = work / ".steps.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {"done": [], "result": {}}
+    ctx.result = state["result"]
+    timings: dict[str, dict] = {}
+    result = {"status": "ok", "reason": None, "steps": timings}
+    try:
+        steps = get_backend(spec["backend"]).steps(spec["kind"])
+        names = [n for n, _ in steps]
+        sel = spec.get("steps") or {}
+        only = _select(names, sel.get("only"), "only")
+        restart = _select(names, sel.get("restart"), "restart")
+        if restart:
+            state["done"] = [n for n in state["done"] if names.index(n) < names.index(restart)]
+        for name, fn in steps:
+            if only and name != only:
+                timings[name] = {"status": "not selected" if name not in state["done"] else "done earlier"}
+                continue
+            if not only and name in state["done"]:
+                timings[name] = {"status": "done earlier"}
+                continue
+            t0 = time.monotonic()
+            ctx.log(f"step {names.index(name) + 1}/{len(names)} {name}")
+            fn(ctx)
+            timings[name] = {"status": "ran", "seconds": round(time.monotonic() - t0, 3)}
+            if name not in state["done"]:
+                state["done"].append(name)
+            state["result"] = ctx.result
+            state_file.write_text(json.dumps(state, indent=1, sort_keys=True, default=str))
+        ver = ctx.result.get("verification")
+        if ver is not None and not ver.get("passed", False):
+            result["status"] = "failed"
+            result["reason"] = "verification failed: " + "; ".join(ver.get("failures") or ["see manifest"])
+        elif only or any(n not in state["done"] for n in names):
+            result["status"] = "partial"
+            result["reason"] = f"only step '{only}' was run; run without --only to finish the node"
+    except NodeFailed as e:
+        result.update(status="failed", reason=str(e))
+    except Exception as e:  # a bug or a tool failure: keep the traceback in the log, one line in the result
+        traceback.print_exc()
+        line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        result.update(status="failed", reason=f"{type(e).__name__}: {line}"[:300])
+    result.update(ctx.result)
+    result["steps_done"] = state["done"]
+    return result
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] != "run":
+        print("usage: python -m builders.node run <spec.json>", file=sys.stderr)
+        return 2
+    spec = json.loads(Path(argv[1]).read_text())
+    if spec.get("schema") != SPEC_SCHEMA:
+        print(f"{argv[1]}: node spec schema {spec.get('schema')} is not {SPEC_SCHEMA}", file=sys.stderr)
+        return 2
+    result = run(spec)
+    Path(spec["result"]).write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
+    print(f"[{spec['key']}] {result['status']}" + (f": {result['reason']}" if result["reason"] else ""),
+          file=sys.stderr)
+    return 0 if result["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
