@@ -1,0 +1,135 @@
+"""Resolve a local or hub model source to a snapshot directory with per-file sha256.
+
+Hub models go through huggingface_hub (revision pinned to the commit sha it resolves to; the token
+comes from HF_TOKEN or the CLI and is never written anywhere). The hub cache stores files as symlinks
+into blobs/; a container cannot follow those, so the snapshot is materialized as a directory of
+hardlinks (or copies across filesystems) to the resolved files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from builders.backends.base import ModelRef
+from builders.errors import ModelError
+from builders.models.source import ModelSource
+
+SKIP = {".git", ".gitattributes", ".cache"}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class HashCache:
+    """sha256 per file keyed by (path, size, mtime_ns): a warm plan does not re-read gigabytes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() else {}
+        self.dirty = False
+
+    def sha256(self, f: Path) -> str:
+        st = f.stat()
+        key = f"{f}|{st.st_size}|{st.st_mtime_ns}"
+        if key not in self.data:
+            self.data[key] = sha256_file(f)
+            self.dirty = True
+        return self.data[key]
+
+    def save(self) -> None:
+        if self.dirty:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.data, sort_keys=True))
+            os.replace(tmp, self.path)
+
+
+def file_hashes(root: Path, cache: HashCache) -> dict[str, str]:
+    out = {}
+    for f in sorted(root.rglob("*")):
+        rel = f.relative_to(root)
+        if rel.parts[0] in SKIP or not f.is_file():
+            continue
+        out[rel.as_posix()] = cache.sha256(f.resolve())
+    return out
+
+
+def snapshot_digest(files: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def read_config(path: Path, what: str) -> dict:
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{what}: cannot read config.json ({e}); it must be a Hugging Face config file") from None
+    archs = config.get("architectures") or []
+    if not archs:
+        raise ModelError(f"{what}: config.json has no `architectures`; add e.g. [\"LlamaForCausalLM\"]")
+    return config
+
+
+def resolve_local(src: ModelSource, cache: HashCache) -> tuple[ModelRef, Path, dict]:
+    files = file_hashes(src.path, cache)
+    if not any(f.endswith(".safetensors") for f in files):
+        raise ModelError(f"model directory '{src.source}' has no *.safetensors weights; save the model with "
+                         "save_pretrained(safe_serialization=True)")
+    config = read_config(src.path, f"model directory '{src.source}'")
+    digest = snapshot_digest(files)
+    ref = ModelRef(src.name, src.source, f"local-{digest[:7]}", digest, config, config["architectures"][0])
+    return ref, src.path, files
+
+
+def _materialize(snapshot: Path, dest: Path) -> None:
+    """Copy the hub snapshot's symlinks as hardlinks to their targets (no symlinks left)."""
+    if dest.is_dir():
+        return
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for f in sorted(snapshot.rglob("*")):
+        if f.is_dir():
+            continue
+        target = tmp / f.relative_to(snapshot)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        real = Path(os.path.realpath(f))
+        try:
+            os.link(real, target)
+        except OSError:
+            shutil.copy2(real, target)
+    os.replace(tmp, dest)
+
+
+def resolve_hub(src: ModelSource, cache: HashCache, models_dir: Path, token: str | None = None,
+                offline: bool = False) -> tuple[ModelRef, Path, dict]:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    token = token or os.environ.get("HF_TOKEN") or None
+    try:
+        snap = Path(snapshot_download(src.source, revision=src.revision, token=token,
+                                      local_files_only=offline or os.environ.get("HF_HUB_OFFLINE") == "1",
+                                      allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]))
+    except LocalEntryNotFoundError:
+        raise ModelError(f"model '{src.source}' revision '{src.revision}' is not in the local Hugging Face cache "
+                         "and the hub cannot be reached; download it once with network access or use a local "
+                         "directory") from None
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", "?")
+        raise ModelError(f"model '{src.source}': the hub answered HTTP {status}; check the id, the revision and "
+                         "HF_TOKEN for gated models") from None
+    sha = snap.name  # snapshots/<commit sha>
+    dest = models_dir / f"{src.name}@{sha}"
+    _materialize(snap, dest)
+    files = file_hashes(dest, cache)
+    config = read_config(dest, f"model '{src.source}'")
+    ref = ModelRef(src.name, src.source, sha, snapshot_digest(files), config, config["architectures"][0])
+    return ref, dest, files

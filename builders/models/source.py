@@ -1,0 +1,62 @@
+"""Model sources: `tiny:ARCH` (generated here), `ORG/NAME` (Hugging Face hub), or a local directory.
+
+Parsing is pure; resolving (hashing files, downloading) lives in builders/models/resolve.py.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from builders.errors import MatrixError, ModelError
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # "tiny" | "local" | "hub"
+    name: str  # printable name used in cell ids and paths
+    source: str  # as the user wrote it
+    revision: str | None = None  # hub revision asked for (branch, tag or sha)
+    path: Path | None = None  # local directory
+    arch: str | None = None  # tiny architecture
+
+
+def _check_name(name: str, what: str) -> str:
+    if not NAME_OK.match(name) or ".." in name:
+        raise MatrixError(f"{what} '{name}' must be letters, digits, '.', '_' or '-' (no '..', no '/')")
+    return name
+
+
+def parse_source(source: str, name: str | None = None, revision: str | None = None,
+                 base: Path | None = None) -> ModelSource:
+    source = source.strip()
+    if source.startswith("tiny:"):
+        from builders.models.tiny import TINY_ARCHS
+
+        arch = source[5:]
+        if arch not in TINY_ARCHS:
+            raise ModelError(f"model '{source}': unknown tiny architecture '{arch}'; choose from "
+                             + ", ".join(f"tiny:{a}" for a in TINY_ARCHS))
+        return ModelSource("tiny", _check_name(name or f"tiny-{arch}", "model name"), source, arch=arch)
+    looks_local = source.startswith((".", "/", "~")) or (base is not None and (base / source).exists())
+    if looks_local:
+        path = Path(source).expanduser()
+        if not path.is_absolute() and base is not None:
+            path = (base / path)
+        path = path.resolve()
+        if not path.is_dir():
+            raise ModelError(f"model directory '{source}' does not exist; pass an existing directory with "
+                             "config.json and *.safetensors, a hub id ORG/NAME, or tiny:llama")
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model directory '{source}' has no config.json; point --model at a Hugging Face "
+                             "model directory (config.json + *.safetensors)")
+        return ModelSource("local", _check_name(name or path.name, "model name"), source, path=path)
+    if ".." in source or not HUB_ID.match(source):
+        raise ModelError(f"model '{source}' is not a hub id ORG/NAME (letters, digits, '.', '_', '-'; no '..'), "
+                         "an existing local directory, or tiny:ARCH")
+    return ModelSource("hub", _check_name(name or source.split("/")[1], "model name"), source,
+                       revision=revision or "main")

@@ -1,0 +1,204 @@
+"""Cells -> DAG of nodes with inputs digests and cache state.
+
+inputs digest of a node = sha256 of (model snapshot digest, backend, kind, params (quant, target,
+options, thresholds), toolchain image tag (a hash of its rendered Dockerfile and context), builder
+version + hash of the code the node runs, parents' inputs digests). Same digest => cache hit.
+Parents enter by their inputs digest (known before they run; our nodes are reproducible, so it
+determines their output); their output sha256s are recorded in each manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from builders import VERSION, backends, images
+from builders.backends.base import Cell, ModelRef, NodeDef
+from builders.errors import MatrixError, ModelError
+from builders.matrix import Matrix, Selection
+from builders.models import nodes as model_nodes
+from builders.models.resolve import HashCache, resolve_hub, resolve_local
+from builders.models.tiny import tiny_config
+from builders.targets import TARGETS
+
+PKG = Path(__file__).resolve().parent
+COMMON_CODE = ("node.py", "backends/base.py", "backends/__init__.py", "verify/metrics.py", "errors.py")
+
+
+@dataclass
+class PlanNode:
+    node: NodeDef
+    digest: str
+    image_tag: str
+    model: str  # model name
+    cells: list[str] = field(default_factory=list)
+    cached: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.node.key
+
+
+@dataclass
+class PlanCell:
+    cell: Cell
+    nodes: list[str]  # node keys in run order; the last is the artifact node
+    status: str = "planned"  # planned | cached | unsupported | unavailable
+    reason: str | None = None
+
+
+@dataclass
+class Plan:
+    cells: list[PlanCell]
+    nodes: dict[str, PlanNode]  # topological order
+    models: dict[str, ModelRef]
+    model_dirs: dict[str, Path]  # host snapshot dir for local/hub models (tiny: from the store)
+    model_files: dict[str, dict[str, str]]
+
+    def to_json(self) -> dict:
+        return {
+            "schema": 1,
+            "builder_version": VERSION,
+            "models": {n: {"source": m.source, "revision": m.revision, "digest": m.digest, "arch": m.arch,
+                           "generated_by": m.node} for n, m in sorted(self.models.items())},
+            "cells": [{"id": c.cell.id, "model": c.cell.model, "backend": c.cell.backend, "quant": c.cell.quant,
+                       "target": c.cell.target, "status": c.status, "reason": c.reason, "nodes": c.nodes,
+                       "artifact_node": c.nodes[-1] if c.nodes else None,
+                       "digest": self.nodes[c.nodes[-1]].digest if c.nodes else None} for c in self.cells],
+            "nodes": [{"key": p.key, "kind": p.node.kind, "backend": p.node.backend, "digest": p.digest,
+                       "image": p.image_tag, "parents": dict(sorted(p.node.parents.items())),
+                       "publish": p.node.publish, "cached": p.cached, "cells": p.cells,
+                       "unavailable": p.node.unavailable, "params": p.node.params} for p in self.nodes.values()],
+            "summary": {"cells": len(self.cells), "nodes": len(self.nodes),
+                        "cached": sum(p.cached for p in self.nodes.values()),
+                        "to_run": sum(not p.cached for p in self.nodes.values())},
+        }
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+_code_cache: dict[tuple, str] = {}
+
+
+def code_hash(paths: tuple[str, ...]) -> str:
+    """Hash of the builder's own source files a node runs (all .py under a listed directory)."""
+    key = tuple(sorted(set(COMMON_CODE + tuple(paths))))
+    if key not in _code_cache:
+        h = hashlib.sha256(VERSION.encode())
+        for rel in key:
+            p = PKG / rel
+            files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
+            for f in files:
+                if f.is_file():
+                    h.update(f.relative_to(PKG).as_posix().encode() + b"\0" + f.read_bytes())
+        _code_cache[key] = h.hexdigest()
+    return _code_cache[key]
+
+
+class Planner:
+    def __init__(self, matrix: Matrix, store, hf_token: str | None = None, offline: bool = False):
+        self.matrix = matrix
+        self.store = store
+        self.hf_token = hf_token
+        self.offline = offline
+        self.nodes: dict[str, PlanNode] = {}
+        self.models: dict[str, ModelRef] = {}
+        self.model_dirs: dict[str, Path] = {}
+        self.model_files: dict[str, dict] = {}
+        self._renames: dict[str, str] = {}  # key a backend named -> key it got (see _add)
+
+    # -- models ---------------------------------------------------------------------------------
+    def _resolve_models(self, sel: Selection) -> None:
+        cache = HashCache(self.store.root / ".cache" / "file-sha256.json")
+        for name, src in sel.models.items():
+            if src.kind == "tiny":
+                nd = model_nodes.tiny_node(src.arch)
+                pn = self._add(nd, model=name, model_digest="")
+                config = tiny_config(src.arch)
+                self.models[name] = ModelRef(name, src.source, f"tiny-{pn.digest[:7]}", pn.digest, config,
+                                             config["architectures"][0], node=pn.key)
+            elif src.kind == "local":
+                ref, path, files = resolve_local(src, cache)
+                self.models[name], self.model_dirs[name], self.model_files[name] = ref, path, files
+            else:
+                ref, path, files = resolve_hub(src, cache, self.store.root / ".models", self.hf_token, self.offline)
+                self.models[name], self.model_dirs[name], self.model_files[name] = ref, path, files
+        cache.save()
+
+    # -- nodes ----------------------------------------------------------------------------------
+    def _add(self, nd: NodeDef, model: str, model_digest: str) -> PlanNode:
+        if nd.key in self.nodes:
+            existing = self.nodes[nd.key]
+            if existing.node.params == nd.params and existing.node.parents == nd.parents:
+                return existing
+            # same key, different inputs (e.g. a per-cell option override): disambiguate
+            nd = replace(nd, key=f"{nd.key}~{_sha([nd.params, nd.parents])[:6]}")
+            if nd.key in self.nodes:
+                return self.nodes[nd.key]
+        for role, parent in nd.parents.items():
+            if parent not in self.nodes:
+                raise MatrixError(f"internal: node {nd.key} names parent {parent} ({role}) that was not planned")
+        backend = backends.get(nd.backend)
+        tag = images.image_tag(nd.image, self.matrix.images)
+        digest = _sha({
+            "builder": VERSION, "code": code_hash(tuple(backend.code)), "kind": nd.kind, "backend": nd.backend,
+            "params": nd.params, "image": tag, "model": model_digest,
+            "parents": {r: self.nodes[p].digest for r, p in sorted(nd.parents.items())},
+        })
+        pn = PlanNode(nd, digest, tag, model)
+        pn.cached = self.store.has(digest)
+        self.nodes[nd.key] = pn
+        return pn
+
+    def _reference(self, model: ModelRef) -> PlanNode:
+        nd = model_nodes.reference_node(model.name, model.node)
+        return self._add(nd, model.name, model.digest)
+
+    def plan(self, sel: Selection) -> Plan:
+        self._resolve_models(sel)
+        cells: list[PlanCell] = []
+        for cell in sel.cells:
+            model = self.models[cell.model]
+            backend = backends.get(cell.backend)
+            if cell.target not in backend.targets:
+                supported = ", ".join(t for t in TARGETS if t in backend.targets)
+                cells.append(PlanCell(cell, [], "unsupported",
+                                      f"{cell.backend} builds no artifact for {cell.target} (its targets: {supported})"))
+                continue
+            if model.arch not in backend.archs:
+                raise ModelError(f"model '{model.source}': architecture {model.arch} is not supported by the "
+                                 f"{cell.backend} backend (supported: {', '.join(backend.archs)})")
+            where = f"{self.matrix.path.name}: backends.{cell.backend}.options / cells (for {cell.id})"
+            cell = replace(cell, options=backend.normalize_options(cell.options, where))
+            reason = backend.unavailable(cell)
+            if reason:
+                cells.append(PlanCell(cell, [], "unavailable", reason))
+                continue
+            ref = self._reference(model)
+            keys = []
+            for nd in backend.expand(cell, model):
+                nd = replace(nd, parents={r: (ref.key if r == "reference" else self._mapped(p))
+                                          for r, p in nd.parents.items()})
+                if "quant" in nd.params:
+                    nd.params = {**nd.params, "thresholds": self.matrix.thresholds_for(nd.backend, nd.params["quant"])}
+                pn = self._add(nd, model.name, model.digest)
+                self._renames[nd.key] = pn.key
+                keys.append(pn.key)
+            pc = PlanCell(cell, keys)
+            for k in keys:
+                self.nodes[k].cells.append(cell.id)
+            if all(self.nodes[k].cached for k in keys):
+                pc.status = "cached"
+            cells.append(pc)
+        return Plan(cells, self.nodes, self.models, self.model_dirs, self.model_files)
+
+    def _mapped(self, key: str) -> str:
+        return self._renames.get(key, key)
+
+
+def make_plan(matrix: Matrix, sel: Selection, store, hf_token: str | None = None, offline: bool = False) -> Plan:
+    return Planner(matrix, store, hf_token, offline).plan(sel)
