@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import platform
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from builders.models.tiny import tiny_config
 from builders.targets import TARGETS
 
 PKG = Path(__file__).resolve().parent
+SOURCE_DATE_EPOCH = int(os.environ.get("SOURCE_DATE_EPOCH", "315532800"))  # 1980-01-01: valid for zip too
 COMMON_CODE = ("node.py", "backends/base.py", "backends/__init__.py", "verify/metrics.py", "errors.py")
 
 
@@ -100,8 +103,10 @@ def code_hash(paths: tuple[str, ...]) -> str:
 
 
 class Planner:
-    def __init__(self, matrix: Matrix, store, hf_token: str | None = None, offline: bool = False):
+    def __init__(self, matrix: Matrix, store, hf_token: str | None = None, offline: bool = False,
+                 executor: str = "docker"):
         self.matrix = matrix
+        self.executor = executor
         self.store = store
         self.hf_token = hf_token
         self.offline = offline
@@ -143,8 +148,11 @@ class Planner:
             if parent not in self.nodes:
                 raise MatrixError(f"internal: node {nd.key} names parent {parent} ({role}) that was not planned")
         backend = backends.get(nd.backend)
-        tag = images.image_tag(nd.image, self.matrix.images)
-        digest = _sha({
+        if self.executor == "native":  # the host's own tools, not an image: never shares a cache entry
+            tag = f"native:{platform.machine()}-{platform.system()}-py{platform.python_version()}"
+        else:
+            tag = images.image_tag(nd.image, self.matrix.images)
+        digest = _sha({"source_date_epoch": SOURCE_DATE_EPOCH,
             "builder": VERSION, "code": code_hash(tuple(backend.code)), "kind": nd.kind, "backend": nd.backend,
             "params": nd.params, "image": tag, "model": model_digest,
             "parents": {r: self.nodes[p].digest for r, p in sorted(nd.parents.items())},
@@ -200,5 +208,6 @@ class Planner:
         return self._renames.get(key, key)
 
 
-def make_plan(matrix: Matrix, sel: Selection, store, hf_token: str | None = None, offline: bool = False) -> Plan:
-    return Planner(matrix, store, hf_token, offline).plan(sel)
+def make_plan(matrix: Matrix, sel: Selection, store, hf_token: str | None = None, offline: bool = False,
+              executor: str = "docker") -> Plan:
+    return Planner(matrix, store, hf_token, offline, executor).plan(sel)

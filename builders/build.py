@@ -1,0 +1,224 @@
+"""Run a plan: ensure images, run each uncached node with an executor, promote, publish, summarize.
+
+One failing node fails only the cells that need it; everything else still builds. Ctrl-C stops the
+running node (the executor removes its container) and leaves nothing partial in the store.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builders import images
+from builders.errors import ToolchainError
+from builders.executors import Mount, get_executor
+from builders.manifest import make_manifest, rev_short
+from builders.plan import SOURCE_DATE_EPOCH, Plan, PlanNode
+from builders.store import Store, list_outputs
+
+SPEC_SCHEMA = 1
+
+
+@dataclass
+class NodeOutcome:
+    status: str  # cached | built | failed | skipped
+    reason: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class CellOutcome:
+    id: str
+    status: str  # built | cached | failed | unsupported | unavailable
+    seconds: float = 0.0
+    artifact: str | None = None
+    reason: str | None = None
+    verification: dict | None = None
+
+
+@dataclass
+class BuildReport:
+    cells: list[CellOutcome]
+    nodes: dict[str, NodeOutcome] = field(default_factory=dict)
+    index: Path | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if any(c.status in ("failed", "unavailable") for c in self.cells) else 0
+
+
+class Builder:
+    def __init__(self, plan: Plan, store: Store, matrix, executor: str = "docker", steps: dict | None = None,
+                 echo: bool = False, log=print):
+        self.plan, self.store, self.matrix = plan, store, matrix
+        self.executor_name = executor
+        self.executor = None
+        self.steps = {k: v for k, v in (steps or {}).items() if v}
+        self.echo = echo
+        self.log = log
+        self.outcomes: dict[str, NodeOutcome] = {}
+        self.image_info: dict[str, dict] = {}
+        self.image_errors: dict[str, str] = {}
+
+    # -- selection of what runs -------------------------------------------------------------------
+    def _forced(self) -> set[str]:
+        """With --only/--restart, the cells' artifact nodes run again even if cached."""
+        if not self.steps:
+            return set()
+        return {pc.nodes[-1] for pc in self.plan.cells if pc.nodes}
+
+    def _deps(self, pn: PlanNode) -> list[str]:
+        deps = list(pn.node.parents.values())
+        model = self.plan.models[pn.model]
+        if model.node and model.node != pn.key:
+            deps.append(model.node)
+        return deps
+
+    def _ensure_images(self, to_run: list[PlanNode]) -> None:
+        if self.executor_name != "docker":
+            return
+        names = sorted({pn.node.image for pn in to_run if not pn.node.unavailable})
+        if not names:
+            return
+        for name in names:  # one at a time so one broken image fails only its own nodes
+            try:
+                self.image_info.update(images.ensure([name], self.matrix.images, log=self.log))
+            except ToolchainError as e:
+                if "Docker engine" in str(e):
+                    raise
+                self.image_errors[name] = str(e)
+
+    # -- one node ---------------------------------------------------------------------------------
+    def _run_node(self, pn: PlanNode) -> NodeOutcome:
+        nd = pn.node
+        if nd.unavailable:
+            return NodeOutcome("failed", nd.unavailable)
+        if nd.image in self.image_errors:
+            return NodeOutcome("failed", f"toolchain image '{nd.image}' unavailable: {self.image_errors[nd.image]}")
+        forced = pn.key in self._forced()
+        stage = self.store.staging(pn.digest, reuse_store=forced)
+        (stage / "result.json").unlink(missing_ok=True)
+        mounts = [Mount(stage, "/node", False)]
+        inputs = {}
+        model = self.plan.models[pn.model]
+        parents_info: dict[str, dict] = {}
+        if nd.kind != "tiny-model":
+            if model.node:
+                model_dir = self.store.out_dir(self.plan.nodes[model.node].digest)
+                parents_info["_model_files"] = {o["path"]: o["sha256"] for o in
+                                                self.store.manifest(self.plan.nodes[model.node].digest)["outputs"]}
+            else:
+                model_dir = self.plan.model_dirs[pn.model]
+            mounts.append(Mount(model_dir, "/in/model", True))
+            inputs["model"] = "/in/model"
+        for role, pkey in sorted(nd.parents.items()):
+            parent = self.plan.nodes[pkey]
+            mounts.append(Mount(self.store.out_dir(parent.digest), f"/in/{role}", True))
+            inputs[role] = f"/in/{role}"
+            pm = self.store.manifest(parent.digest)
+            parents_info[role] = {"key": pkey, "digest": parent.digest,
+                                  "outputs": {o["path"]: o["sha256"] for o in pm["outputs"]}}
+        spec = {
+            "schema": SPEC_SCHEMA, "key": nd.key, "kind": nd.kind, "backend": nd.backend, "digest": pn.digest,
+            "params": nd.params,
+            "model": {"name": model.name, "source": model.source, "revision": model.revision, "digest": model.digest},
+            "inputs": inputs, "out": "/node/out", "work": "/node/work", "result": "/node/result.json",
+            "steps": self.steps if forced else {},
+            "env": {"SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH), "PYTHONHASHSEED": "0"},
+        }
+        image = self.image_info.get(nd.image, {"name": nd.image, "ref": pn.image_tag})
+        if self.executor_name == "native":
+            image = {"name": "native", "ref": pn.image_tag}
+        t0 = time.monotonic()
+        rc = self.executor.run(spec, mounts, image.get("ref"), stage / "log.txt")
+        seconds = time.monotonic() - t0
+        result_path = stage / "result.json"
+        if not result_path.is_file():
+            return NodeOutcome("failed", f"node process exited with {rc} and wrote no result; log: {stage / 'log.txt'}",
+                               seconds)
+        result = json.loads(result_path.read_text())
+        if result.get("status") != "ok":
+            self._last_result = result
+            return NodeOutcome("failed", f"{result.get('reason')} (log: {stage / 'log.txt'})", seconds)
+        outputs = list_outputs(stage / "out")
+        manifest = make_manifest(pn, self.plan, result, {"name": nd.image, **image}, outputs, parents_info, seconds,
+                                 SOURCE_DATE_EPOCH)
+        self.store.promote(pn.digest, manifest)
+        self._publish(pn)
+        return NodeOutcome("built", None, seconds)
+
+    def _publish(self, pn: PlanNode) -> None:
+        if pn.node.publish:
+            model = self.plan.models[pn.model]
+            self.store.publish(pn.digest, f"{model.name}/{rev_short(model)}/{pn.node.publish}")
+
+    # -- the whole plan ---------------------------------------------------------------------------
+    def run(self) -> BuildReport:
+        forced = self._forced()
+        order = list(self.plan.nodes.values())
+        to_run = [pn for pn in order if not pn.cached or pn.key in forced]
+        needed = self._needed_keys()
+        to_run = [pn for pn in to_run if pn.key in needed]
+        if to_run:
+            self._ensure_images(to_run)
+            self.executor = get_executor(self.executor_name)
+        for pn in order:
+            if pn.key not in needed:
+                continue
+            if pn.cached and pn.key not in forced:
+                self.outcomes[pn.key] = NodeOutcome("cached")
+                self._publish(pn)  # keep the human-facing links in place (cheap: hardlinks)
+                continue
+            failed = [d for d in self._deps(pn) if self.outcomes.get(d, NodeOutcome("failed")).status
+                      not in ("cached", "built")]
+            if failed:
+                self.outcomes[pn.key] = NodeOutcome("skipped", f"needs {failed[0]}, which did not build")
+                continue
+            self.log(f"[bold]run[/] {pn.key}  ({pn.node.kind}, {pn.digest[:12]})")
+            self.outcomes[pn.key] = outcome = self._run_node(pn)
+            style = "green" if outcome.status == "built" else "red"
+            self.log(f"[{style}]{outcome.status}[/] {pn.key} in {outcome.seconds:.1f}s"
+                     + (f": {outcome.reason}" if outcome.reason else ""))
+        return self._report()
+
+    def _needed_keys(self) -> set[str]:
+        needed: set[str] = set()
+        stack = [k for pc in self.plan.cells for k in pc.nodes]
+        while stack:
+            k = stack.pop()
+            if k in needed:
+                continue
+            needed.add(k)
+            stack.extend(self._deps(self.plan.nodes[k]))
+        return needed
+
+    def _report(self) -> BuildReport:
+        cells, index = [], []
+        for pc in self.plan.cells:
+            if not pc.nodes:
+                cells.append(CellOutcome(pc.cell.id, pc.status, reason=pc.reason))
+                continue
+            outs = [self.outcomes[k] for k in pc.nodes]
+            bad = next((o for o in outs if o.status not in ("cached", "built")), None)
+            seconds = sum(o.seconds for o in outs)
+            last = self.plan.nodes[pc.nodes[-1]]
+            if bad:
+                cells.append(CellOutcome(pc.cell.id, "failed", seconds, reason=bad.reason))
+                continue
+            manifest = self.store.manifest(last.digest)
+            model = self.plan.models[last.model]
+            publish = f"{model.name}/{rev_short(model)}/{last.node.publish}" if last.node.publish else None
+            files = [{"path": f"{publish}/{o['path']}" if publish else f".store/{last.digest}/out/{o['path']}",
+                      "size": o["size"], "sha256": o["sha256"]} for o in manifest["outputs"]]
+            status = "built" if any(o.status == "built" for o in outs) else "cached"
+            main = files[0]["path"] if len(files) == 1 else (publish or files[0]["path"])
+            cells.append(CellOutcome(pc.cell.id, status, seconds, artifact=main,
+                                     verification=manifest.get("verification")))
+            index.append({"cell": pc.cell.id, "node": last.key, "digest": last.digest,
+                          "manifest": f".store/{last.digest}/manifest.json", "files": files,
+                          "verification": manifest.get("verification"), "deferred": manifest.get("deferred", [])})
+        report = BuildReport(cells, self.outcomes)
+        report.index = self.store.write_index(index)
+        return report

@@ -1,0 +1,104 @@
+"""What the invoke tasks call: parse nothing here, just wire matrix -> plan -> build -> summary.
+
+Every user mistake surfaces as one line on stderr and exit code 2 (see `guarded`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from builders.errors import BuildmatrixError
+
+console = Console(stderr=True, highlight=False)
+STATUS_STYLE = {"built": "green", "cached": "cyan", "failed": "red", "unavailable": "red",
+                "unsupported": "yellow", "skipped": "red"}
+
+
+def guarded(fn):
+    """Turn BuildmatrixError into one line + exit 2, Ctrl-C into exit 130; never a traceback for those."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BuildmatrixError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            print("interrupted: nothing partial was promoted; rerun to finish the remaining nodes", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _plan(matrix_path, out, model, backends, quants, targets, only, executor, hf_token=None, offline=False):
+    from builders import matrix as matrix_mod
+    from builders.plan import make_plan
+    from builders.store import Store
+
+    m = matrix_mod.load(Path(matrix_path))
+    sel = matrix_mod.select(m, model=model, backends_=backends, quants=quants, targets=targets, only=only)
+    store = Store(Path(out))
+    return m, store, make_plan(m, sel, store, hf_token=hf_token, offline=offline, executor=executor)
+
+
+@guarded
+def plan(matrix_path, out, model, backends, quants, targets, only, executor, as_json: bool) -> None:
+    _, _, p = _plan(matrix_path, out, model, backends, quants, targets, only, executor)
+    data = p.to_json()
+    if as_json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return
+    t = Table(title=f"{len(data['cells'])} cells, {data['summary']['nodes']} nodes "
+                    f"({data['summary']['cached']} cached, {data['summary']['to_run']} to run)")
+    for col in ("cell", "status", "nodes / reason"):
+        t.add_column(col)
+    for c in data["cells"]:
+        nodes = ", ".join(f"{k}{' (cached)' if p.nodes[k].cached else ''}" for k in c["nodes"])
+        t.add_row(c["id"], f"[{STATUS_STYLE.get(c['status'], '')}]{c['status']}[/]", c["reason"] or nodes)
+    Console().print(t)
+
+
+@guarded
+def build(matrix_path, out, model, backends, quants, targets, only, executor, only_step, restart_step,
+          hf_token=None, offline=False, echo=False) -> int:
+    from builders.build import Builder
+
+    m, store, p = _plan(matrix_path, out, model, backends, quants, targets, only, executor, hf_token, offline)
+    builder = Builder(p, store, m, executor=executor, steps={"only": only_step, "restart": restart_step},
+                      echo=echo, log=console.print)
+    report = builder.run()
+    t = Table(title=f"buildmatrix: {len(report.cells)} cells  ->  {store.root / 'index.json'}")
+    for col in ("cell", "status", "time", "artifact / reason"):
+        t.add_column(col, overflow="fold")
+    for c in report.cells:
+        detail = c.artifact or ""
+        ver = c.verification or {}
+        checks = ver.get("checks") or {}
+        if c.artifact and "top1" in checks:
+            detail += f"  (top1 {checks['top1']:.3f}, max|Δ| {checks['max_abs_logit']:.2g})"
+        if c.reason:
+            detail = c.reason
+        t.add_row(c.id, f"[{STATUS_STYLE.get(c.status, '')}]{c.status}[/]", f"{c.seconds:.1f}s", detail)
+    Console().print(t)
+    sys.exit(report.exit_code)
+
+
+@guarded
+def ensure_images(matrix_path, names: str | None) -> None:
+    from builders import images, matrix as matrix_mod
+
+    m = matrix_mod.load(Path(matrix_path))
+    wanted = [n.strip() for n in names.split(",")] if names else sorted(m.images)
+    for n in wanted:
+        if n not in m.images:
+            raise BuildmatrixError(f"--names: unknown image '{n}'; matrix.yaml defines {', '.join(sorted(m.images))}")
+    info = images.ensure(wanted, m.images, log=console.print)
+    for n in wanted:
+        console.print(f"{n:8s} {info[n]['ref']}  {info[n].get('id', '')[:19]}")

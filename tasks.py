@@ -1,0 +1,66 @@
+"""buildmatrix tasks. `invoke --list` shows them; `invoke --help build` documents every option.
+
+Tasks only parse options and call into builders/ (builders/cli.py)."""
+
+from invoke import task
+
+from builders import cli
+
+MATRIX = "matrix.yaml"
+OUT = "dist"
+
+SELECT_HELP = {
+    "model": "model: a name from matrix.yaml, tiny:ARCH, ORG/NAME hub id, or a local directory",
+    "backends": "comma-separated backends (gguf, mlc, coreml); default: matrix.yaml defaults",
+    "quants": "comma-separated quant codes (each backend takes the ones it knows)",
+    "targets": "comma-separated targets (cpu, cuda, android, iphone, metal, webgpu, ane, ...)",
+    "only": "comma-separated cell id globs, e.g. 'tiny-llama.gguf.*.cpu'",
+    "matrix": "matrix file (default matrix.yaml)",
+    "out": "output root (default dist/)",
+    "executor": "docker (default: pinned toolchain containers) or native (this host's tools)",
+}
+
+
+@task(help={**SELECT_HELP,
+            "only_step": "run only this step (name or 1-based number) of the selected cells' artifact nodes",
+            "restart_step": "rerun the artifact nodes from this step (name or number) on",
+            "hf_token": "Hugging Face token for gated models (default: $HF_TOKEN; never written anywhere)",
+            "offline": "use only the local Hugging Face cache"})
+def build(c, model=None, backends=None, quants=None, targets=None, only=None, matrix=MATRIX, out=OUT,
+          executor="docker", only_step=None, restart_step=None, hf_token=None, offline=False):
+    """Build every selected cell (default: the embedded tiny model) and print a summary table."""
+    cli.build(matrix, out, model, backends, quants, targets, only, executor, only_step, restart_step,
+              hf_token=hf_token, offline=offline)
+
+
+@task(help={**SELECT_HELP, "json": "print the plan as JSON (cell ids, nodes, digests, cache state)"})
+def plan(c, model=None, backends=None, quants=None, targets=None, only=None, matrix=MATRIX, out=OUT,
+         executor="docker", json=False):
+    """Show the expanded build graph without building anything."""
+    cli.plan(matrix, out, model, backends, quants, targets, only, executor, json)
+
+
+@task(help={"names": "comma-separated image names (default: all in matrix.yaml)", "matrix": SELECT_HELP["matrix"]})
+def images(c, names=None, matrix=MATRIX):
+    """Build or refresh the toolchain images (no work when nothing changed)."""
+    cli.ensure_images(matrix, names)
+
+
+@task(help={"k": "pytest -k expression", "fast": "only the tests that need no Docker engine"})
+def test(c, k=None, fast=False):
+    """Run the test suite (real Docker engine, real converters)."""
+    args = ["python", "-m", "pytest", "-q", "tests"]
+    if k:
+        args += ["-k", repr(k)]
+    if fast:
+        args += ["-m", "'not docker'"]
+    c.run(" ".join(args), pty=False)
+
+
+@task(help={"out": "scratch output root for the benchmark (default dist-bench/)",
+            "runs": "repetitions for the warm no-op timing"})
+def bench(c, out="dist-bench", runs=5):
+    """Speed and memory figures: cold build, warm no-op, overhead vs llama.cpp's converter, peak memory."""
+    from builders import bench as bench_mod
+
+    bench_mod.main(out, int(runs))
