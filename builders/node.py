@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import time
 import traceback
@@ -83,9 +84,9 @@ def run(spec: dict) -> dict:
         if ver is not None and not ver.get("passed", False):
             result["status"] = "failed"
             result["reason"] = "verification failed: " + "; ".join(ver.get("failures") or ["see manifest"])
-        elif only or any(n not in state["done"] for n in names):
+        elif any(n not in state["done"] for n in names):
             result["status"] = "partial"
-            result["reason"] = f"only step '{only}' was run; run without --only to finish the node"
+            result["reason"] = f"only step '{only}' was run and earlier steps never ran; run without --only-step"
     except NodeFailed as e:
         result.update(status="failed", reason=str(e))
     except Exception as e:  # a bug or a tool failure: keep the traceback in the log, one line in the result
@@ -94,6 +95,8 @@ def run(spec: dict) -> dict:
         result.update(status="failed", reason=f"{type(e).__name__}: {line}"[:300])
     result.update(ctx.result)
     result["steps_done"] = state["done"]
+    peak_kb = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    result["peak_rss_mb"] = round(peak_kb / 1024, 1)
     return result
 
 
