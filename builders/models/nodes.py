@@ -1,0 +1,117 @@
+"""The internal `model` backend: node kinds that make a model and its reference logits.
+
+    tiny-model  params {"arch", "train_steps"}  steps corpus, tokenizer, train, save  -> HF model dir
+    reference   inputs {"model"}                step  logits                          -> reference.npz/json
+
+The planner builds these nodes itself with `tiny_node()` and `reference_node()`; `expand()` is never
+asked for them. Heavy packages (torch, transformers, sentencepiece) are imported inside the steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from builders.backends.base import Cell, ModelRef, NodeContext, NodeDef
+from builders.errors import NodeFailed
+from builders.models import tiny
+
+IMAGE = "base"
+
+
+def tiny_node(arch: str, train_steps: int = tiny.TRAIN_STEPS) -> NodeDef:
+    """The node generating `tiny:<arch>` (raises ModelError for an unknown arch)."""
+    tiny.tiny_config(arch)
+    return NodeDef(key=f"tiny-{arch}.model", kind="tiny-model", backend="model", image=IMAGE,
+                   params={"arch": arch, "train_steps": train_steps}, publish=None)
+
+
+def reference_node(model_name: str, model_node_key: str | None) -> NodeDef:
+    """The reference-logits node of a model; the planner adds the "model" role (the snapshot or the
+    generating node `model_node_key`) itself."""
+    return NodeDef(key=f"{model_name}.reference", kind="reference", backend="model", image=IMAGE,
+                   params={}, parents={}, publish=None)
+
+
+# ---- run side ---------------------------------------------------------------------------------------
+
+def _corpus_txt(ctx: NodeContext) -> Path:
+    return ctx.work / "corpus.txt"
+
+
+def _state(ctx: NodeContext) -> Path:
+    return ctx.work / "state.pt"
+
+
+def _arch(ctx: NodeContext) -> str:
+    arch = ctx.params.get("arch")
+    if arch not in tiny.TINY_ARCHS:
+        raise NodeFailed(f"params.arch {arch!r}: not a tiny architecture ({', '.join(tiny.TINY_ARCHS)})")
+    return arch
+
+
+def step_corpus(ctx: NodeContext) -> None:
+    path = tiny.write_corpus(ctx.work)
+    ctx.result.setdefault("notes", []).append(f"corpus: {path.stat().st_size} bytes")
+
+
+def step_tokenizer(ctx: NodeContext) -> None:
+    tiny.train_tokenizer(_corpus_txt(ctx), ctx.out)
+
+
+def step_train(ctx: NodeContext) -> None:
+    figures = tiny.train(_arch(ctx), _corpus_txt(ctx), ctx.out / "tokenizer.model", _state(ctx),
+                         int(ctx.params.get("train_steps", tiny.TRAIN_STEPS)), log=ctx.log)
+    ctx.result["training"] = figures
+
+
+def step_save(ctx: NodeContext) -> None:
+    tiny.save(_arch(ctx), _state(ctx), ctx.out)
+    from builders.verify.reference import tool_versions
+
+    ctx.result["tool_versions"] = tool_versions()
+
+
+def step_logits(ctx: NodeContext) -> None:
+    from builders.verify.reference import compute_reference
+
+    model_dir = ctx.inputs.get("model")
+    if model_dir is None or not (Path(model_dir) / "config.json").is_file():
+        raise NodeFailed(f"reference: input 'model' ({model_dir}) has no config.json")
+    info = compute_reference(Path(model_dir), ctx.out)
+    ctx.result["tool_versions"] = info["tool_versions"]
+    ctx.result.setdefault("notes", []).append(f"reference perplexity {info['ppl']:.4f} over {info['text_tokens']} tokens")
+
+
+STEPS: dict[str, list[tuple[str, Callable[[NodeContext], None]]]] = {
+    "tiny-model": [("corpus", step_corpus), ("tokenizer", step_tokenizer), ("train", step_train),
+                   ("save", step_save)],
+    "reference": [("logits", step_logits)],
+}
+
+
+class ModelBackend:
+    name = "model"
+    image = IMAGE
+    quants: Mapping[str, Any] = {}
+    targets: tuple[str, ...] = ()
+    archs: tuple[str, ...] = tuple(sorted(a.hf_arch for a in tiny.TINY_ARCHS.values()))
+    code: tuple[str, ...] = ("models/corpus.py", "models/tiny.py", "models/nodes.py",
+                             "verify/prompts.py", "verify/reference.py", "verify/metrics.py")
+
+    def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
+        return dict(options)
+
+    def unavailable(self, cell: Cell) -> str | None:
+        return None
+
+    def expand(self, cell: Cell, model: ModelRef) -> list[NodeDef]:
+        return []
+
+    def steps(self, kind: str) -> list[tuple[str, Callable[[NodeContext], None]]]:
+        if kind not in STEPS:
+            raise NodeFailed(f"backend 'model' has no node kind '{kind}' (kinds: {', '.join(STEPS)})")
+        return STEPS[kind]
+
+
+BACKEND = ModelBackend()

@@ -1,0 +1,326 @@
+"""`tiny:<arch>` models: small HF causal LMs trained here, deterministically, on the project corpus.
+
+`TINY_ARCHS` is the table of supported architectures (HF class + config fields that make each one
+exercise a real feature: Llama-3 rope scaling and GQA, Qwen2 qkv bias and tied embeddings, Mistral
+sliding window). `tiny_config(arch)` is the config.json content, known without generating anything
+(plan side: no torch import). `generate(arch, out)` writes the model dir:
+
+    config.json generation_config.json model.safetensors (float32)
+    tokenizer.model (SentencePiece BPE, byte fallback) tokenizer.json tokenizer_config.json
+    special_tokens_map.json
+
+Same bytes on every run: fixed seeds, one thread, sorted JSON, safetensors metadata fixed. The run
+side is split into the steps the `tiny-model` node runs (builders/models/nodes.py); each step reads
+and writes files only, so a failed node resumes at its first unfinished step.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builders.errors import ModelError
+from builders.models import corpus as corpus_mod
+
+VOCAB_SIZE = 512
+SEED = 1234
+TRAIN_STEPS = 150  # default training length: about 65 s on one thread here (see TRAINING for the rest)
+THREADS = 1  # one thread: float reductions in one fixed order
+
+
+@dataclass(frozen=True)
+class Training:
+    seq_len: int = 128
+    batch: int = 8
+    lr: float = 3e-3
+    warmup: int = 20
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+
+
+TRAINING = Training()
+
+COMMON: dict[str, Any] = {
+    "vocab_size": VOCAB_SIZE,
+    "hidden_size": 256,  # k-quants want rows that are multiples of 256
+    "intermediate_size": 768,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,  # GQA
+    "head_dim": 64,
+    "hidden_act": "silu",
+    "initializer_range": 0.02,
+    "rms_norm_eps": 1e-5,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "attention_dropout": 0.0,
+    "use_cache": True,
+    "torch_dtype": "float32",
+}
+
+
+@dataclass(frozen=True)
+class TinyArch:
+    hf_arch: str  # config["architectures"][0]
+    model_type: str
+    fields: dict[str, Any] = field(default_factory=dict)  # on top of COMMON
+    features: tuple[str, ...] = ()  # what this arch exercises (docs/tests)
+
+
+TINY_ARCHS: dict[str, TinyArch] = {
+    "llama": TinyArch(
+        "LlamaForCausalLM", "llama",
+        {
+            "max_position_embeddings": 4096,
+            "rope_theta": 500000.0,
+            # Llama-3 style: low frequencies stretched; small original context so most dims are affected
+            "rope_scaling": {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 1024},
+            "attention_bias": False,
+            "mlp_bias": False,
+            "pretraining_tp": 1,
+            "tie_word_embeddings": False,
+        },
+        ("gqa", "rope_scaling:llama3"),
+    ),
+    "qwen2": TinyArch(
+        "Qwen2ForCausalLM", "qwen2",
+        {
+            "max_position_embeddings": 4096,
+            "rope_theta": 1000000.0,
+            "tie_word_embeddings": True,
+            "use_sliding_window": False,
+            "sliding_window": None,
+            "max_window_layers": 2,
+        },
+        ("gqa", "qkv_bias", "tied_embeddings"),
+    ),
+    "mistral": TinyArch(
+        "MistralForCausalLM", "mistral",
+        {
+            "max_position_embeddings": 4096,
+            "rope_theta": 10000.0,
+            # set (as in Mistral-7B-v0.1) but wider than every verification text, so runtimes that
+            # ignore it still compute the same logits
+            "sliding_window": 1024,
+            "tie_word_embeddings": False,
+        },
+        ("gqa", "sliding_window"),
+    ),
+}
+
+
+def _arch(arch: str) -> TinyArch:
+    if arch not in TINY_ARCHS:
+        raise ModelError(f"model source 'tiny:{arch}': unknown tiny architecture; "
+                         f"use one of {', '.join('tiny:' + a for a in TINY_ARCHS)}")
+    return TINY_ARCHS[arch]
+
+
+def tiny_config(arch: str) -> dict:
+    """The config.json content of `tiny:<arch>` (exactly what generate() writes)."""
+    a = _arch(arch)
+    return {"architectures": [a.hf_arch], "model_type": a.model_type, **COMMON, **a.fields}
+
+
+GENERATION_CONFIG = {"bos_token_id": 1, "eos_token_id": 2, "do_sample": False}
+
+SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
+
+TOKENIZER_CONFIG = {
+    "tokenizer_class": "LlamaTokenizer",
+    **SPECIAL_TOKENS,
+    "pad_token": None,
+    "add_bos_token": True,
+    "add_eos_token": False,
+    "legacy": False,
+    "add_prefix_space": None,
+    "clean_up_tokenization_spaces": False,
+    "model_max_length": 4096,
+    "sp_model_kwargs": {},
+}
+
+# SentencePiece trainer options: BPE with byte fallback, Llama special-token layout, one thread,
+# no sampling or shuffling, identity normalization (llama.cpp does not normalize either)
+SPM_OPTIONS: dict[str, Any] = {
+    "model_type": "bpe",
+    "vocab_size": VOCAB_SIZE,
+    "byte_fallback": True,
+    "character_coverage": 1.0,
+    "unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1,
+    "normalization_rule_name": "identity",
+    "remove_extra_whitespaces": False,
+    "add_dummy_prefix": True,
+    "split_digits": True,
+    "num_threads": 1,
+    "input_sentence_size": 0,
+    "shuffle_input_sentence": False,
+    "max_sentence_length": 8192,
+    "minloglevel": 2,
+}
+
+
+def write_json(path: Path, data: Any) -> None:
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+# ---- run side: each function is one step; imports of heavy packages stay inside ------------------
+
+def write_corpus(work: Path) -> Path:
+    """Training text, one paragraph per line."""
+    path = Path(work) / "corpus.txt"
+    path.write_text("\n".join(corpus_mod.corpus()) + "\n")
+    return path
+
+
+def train_tokenizer(corpus_txt: Path, out: Path) -> None:
+    """tokenizer.model (SentencePiece BPE) + the HF tokenizer files, into out."""
+    import sentencepiece as spm
+
+    lines = Path(corpus_txt).read_text().splitlines()
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf, **SPM_OPTIONS)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tokenizer.model").write_bytes(buf.getvalue())
+    write_json(out / "tokenizer_config.json", TOKENIZER_CONFIG)
+    write_json(out / "special_tokens_map.json", SPECIAL_TOKENS)
+    _write_tokenizer_json(out)
+
+
+def _write_tokenizer_json(out: Path) -> None:
+    """tokenizer.json converted by transformers from tokenizer.model + tokenizer_config.json
+    (re-serialized with sorted keys)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(out))
+    data = json.loads(tok.backend_tokenizer.to_str())
+    if len(data["model"]["vocab"]) != VOCAB_SIZE:
+        raise RuntimeError(f"tokenizer.json conversion lost the vocabulary ({len(data['model']['vocab'])} tokens)")
+    write_json(out / "tokenizer.json", data)
+
+
+def encode_corpus(corpus_txt: Path, tokenizer_model: Path):
+    """Token stream of the corpus: BOS + paragraph tokens, paragraph after paragraph (int64 tensor)."""
+    import sentencepiece as spm
+    import torch
+
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_model))
+    ids: list[int] = []
+    for line in Path(corpus_txt).read_text().splitlines():
+        ids.append(sp.bos_id())
+        ids.extend(sp.encode(line))
+    return torch.tensor(ids, dtype=torch.int64)
+
+
+def _deterministic_torch():
+    import torch
+
+    torch.set_num_threads(THREADS)
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(SEED)
+    return torch
+
+
+def build_model(arch: str):
+    """The HF model of `tiny:<arch>`, randomly initialized with the fixed seed."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch = _deterministic_torch()
+    cfg = dict(tiny_config(arch))
+    model_type = cfg.pop("model_type")
+    config = AutoConfig.for_model(model_type, **cfg)
+    torch.manual_seed(SEED)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+
+
+def lr_at(step: int, steps: int, t: Training) -> float:
+    import math
+
+    if step < t.warmup:
+        return t.lr * (step + 1) / t.warmup
+    progress = (step - t.warmup) / max(1, steps - t.warmup)
+    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(arch: str, corpus_txt: Path, tokenizer_model: Path, state_out: Path,
+          steps: int = TRAIN_STEPS, log=print) -> dict:
+    """Train from the fixed init on random windows of the corpus; save the state dict to state_out."""
+    torch = _deterministic_torch()
+    data = encode_corpus(corpus_txt, tokenizer_model)
+    model = build_model(arch)
+    model.train()
+    t = TRAINING
+    gen = torch.Generator().manual_seed(SEED)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    other = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
+                             {"params": other, "weight_decay": 0.0}],
+                            lr=t.lr, betas=t.betas, foreach=False)
+    t0 = time.monotonic()
+    losses = []
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, t)
+        starts = torch.randint(0, len(data) - t.seq_len, (t.batch,), generator=gen)
+        batch = torch.stack([data[s:s + t.seq_len] for s in starts.tolist()])
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=False)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if step % 50 == 0 or step == steps - 1:
+            log(f"train {arch} step {step + 1}/{steps} loss {losses[-1]:.3f}")
+    seconds = time.monotonic() - t0
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, state_out)
+    return {"steps": steps, "tokens": len(data), "first_loss": losses[0], "final_loss": losses[-1],
+            "train_seconds": round(seconds, 1), "threads": THREADS}
+
+
+def save(arch: str, state_file: Path, out: Path) -> None:
+    """save_pretrained (float32 safetensors) + our own config.json / generation_config.json."""
+    torch = _deterministic_torch()
+    model = build_model(arch)
+    model.load_state_dict(torch.load(state_file, weights_only=True))
+    out = Path(out)
+    model.save_pretrained(out, safe_serialization=True)
+    # config.json and generation_config.json from our tables: no version string, sorted keys
+    write_json(out / "config.json", tiny_config(arch))
+    write_json(out / "generation_config.json", GENERATION_CONFIG)
+
+
+def generate(arch: str, out: Path, steps: int = TRAIN_STEPS, work: Path | None = None, log=print) -> dict:
+    """Write the complete `tiny:<arch>` model dir into out; return training figures."""
+    import tempfile
+
+    _arch(arch)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(work or tmp)
+        corpus_txt = write_corpus(work)
+        train_tokenizer(corpus_txt, out)
+        figures = train(arch, corpus_txt, out / "tokenizer.model", work / "state.pt", steps, log)
+        save(arch, work / "state.pt", out)
+    return figures
+
+
+def main(argv: list[str]) -> int:
+    """python -m builders.models.tiny ARCH OUT [STEPS]"""
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+    steps = int(argv[2]) if len(argv) > 2 else TRAIN_STEPS
+    print(json.dumps(generate(argv[0], Path(argv[1]), steps)))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

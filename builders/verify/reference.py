@@ -1,0 +1,158 @@
+"""Reference logits of the original model (transformers, fp32, eager attention).
+
+`compute_reference(model_dir, out)` writes out/reference.npz and out/reference.json in the format
+of docs/architecture.md ("Reference logits"). Bytes are deterministic: one torch thread, and the npz
+is written as a stored (uncompressed) zip with fixed member dates and order.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from builders.verify import prompts
+
+THREADS = 1
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+FORMAT = 1
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez without timestamps: members in the given order, fixed date, no compression."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_DATE)
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+
+
+class Tokenizer:
+    """The model's tokenizer: SentencePiece tokenizer.model when present, else transformers'."""
+
+    def __init__(self, model_dir: Path):
+        spm_file = Path(model_dir) / "tokenizer.model"
+        if spm_file.is_file() and self._is_sentencepiece(spm_file):
+            import sentencepiece as spm
+
+            self.sp = spm.SentencePieceProcessor(model_file=str(spm_file))
+            self.kind = "sentencepiece"
+        else:
+            from transformers import AutoTokenizer
+
+            self.hf = AutoTokenizer.from_pretrained(str(model_dir))
+            self.kind = "transformers"
+
+    @staticmethod
+    def _is_sentencepiece(path: Path) -> bool:
+        import sentencepiece as spm
+
+        try:
+            spm.SentencePieceProcessor(model_file=str(path))
+            return True
+        except (RuntimeError, OSError):
+            return False
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids with BOS (when the tokenizer has one)."""
+        if self.kind == "sentencepiece":
+            bos = [self.sp.bos_id()] if self.sp.bos_id() >= 0 else []
+            return bos + self.sp.encode(text)
+        return list(self.hf(text, add_special_tokens=True)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        return self.sp.decode(ids) if self.kind == "sentencepiece" else self.hf.decode(ids)
+
+
+def tool_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "tokenizers", "safetensors", "sentencepiece", "numpy"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+def load_model(model_dir: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(THREADS)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
+                                                 attn_implementation="eager")
+    model.eval()
+    return model
+
+
+def greedy(model, ids: list[int], steps: int) -> list[int]:
+    """`steps` greedy tokens after ids (KV cache; never stops early)."""
+    import torch
+
+    out, past, feed = [], None, torch.tensor([ids])
+    for _ in range(steps):
+        res = model(input_ids=feed, past_key_values=past, use_cache=True)
+        past = res.past_key_values
+        nxt = int(res.logits[0, -1].argmax())
+        out.append(nxt)
+        feed = torch.tensor([[nxt]])
+    return out
+
+
+def logits_of(model, ids: list[int]) -> np.ndarray:
+    """fp32 logits [len(ids), vocab], one teacher-forced pass."""
+    import torch
+
+    return model(input_ids=torch.tensor([ids]), use_cache=False).logits[0].float().numpy()
+
+
+def compute_reference(model_dir: Path, out: Path) -> dict:
+    """Write reference.npz + reference.json into out; return the reference.json content."""
+    import torch
+
+    from builders.verify.metrics import perplexity
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(model_dir)
+    model = load_model(model_dir)
+    arrays: dict[str, np.ndarray] = {}
+    entries = []
+    with torch.no_grad():
+        for i, text in enumerate(prompts.PROMPTS):
+            ids = tok.encode(text)
+            cont = greedy(model, ids, prompts.DECODE_STEPS)
+            tokens = ids + cont
+            arrays[f"tokens_{i}"] = np.asarray(tokens, dtype=np.int32)
+            arrays[f"prompt_len_{i}"] = np.asarray(len(ids), dtype=np.int32)
+            arrays[f"logits_{i}"] = logits_of(model, tokens).astype(np.float32)
+            entries.append({"text": text, "prompt_tokens": len(ids), "continuation": tok.decode(cont)})
+        text_ids = tok.encode(prompts.PERPLEXITY_TEXT)
+        arrays["text_tokens"] = np.asarray(text_ids, dtype=np.int32)
+        arrays["text_logits"] = logits_of(model, text_ids).astype(np.float32)
+    vocab = int(arrays["logits_0"].shape[1])
+    info = {
+        "format": FORMAT,
+        "prompts": entries,
+        "decode_steps": prompts.DECODE_STEPS,
+        "vocab_size": vocab,
+        "perplexity_text": prompts.PERPLEXITY_TEXT,
+        "text_tokens": len(text_ids),
+        "ppl": round(perplexity(arrays["text_logits"], arrays["text_tokens"]), 6),
+        "tokenizer": tok.kind,
+        "dtype": "float32",
+        "attn_implementation": "eager",
+        "threads": THREADS,
+        "tool_versions": tool_versions(),
+    }
+    save_npz(out / "reference.npz", arrays)
+    (out / "reference.json").write_text(json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    return info
