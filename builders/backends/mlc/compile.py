@@ -1,0 +1,160 @@
+"""Lib node, step `compile`: export the relax nn.Module with MLC's entry points, attach `_metadata`,
+build it for one target with `relax.build`, write the library file.
+
+Outputs per target (see targets.py): cpu/cuda `.so`, android/iphone `.tar` of objects (static system
+library), metal/metal_x86_64 `.tar` of objects (the .dylib link is deferred to macOS), webgpu a
+`.tar` of wasm objects (a linked `.wasm` needs emscripten + TVM's web runtime, recorded as deferred).
+Archives are deterministic: sorted, owner 0, mtime SOURCE_DATE_EPOCH.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from builders.backends.mlc.convert_weight import param_plan
+from builders.backends.mlc.models import ARCHS, ModelConfig
+from builders.backends.mlc.quant import MlcQuant
+from builders.backends.mlc.targets import MlcTarget
+
+ENTRY_POINTS = ("embed", "prefill", "decode", "batch_prefill", "batch_decode", "batch_verify",
+                "create_tir_paged_kv_cache", "_metadata")
+
+
+def tvm_target(t: MlcTarget):
+    import tvm
+
+    spec = dict(t.tvm)
+    if t.host:
+        spec["host"] = dict(t.host)
+    return tvm.target.Target(spec)
+
+
+def metadata(c: ModelConfig, q: MlcQuant, model_type: str, kv_dtype: str) -> dict:
+    """The `_metadata` JSON MLC's runtime reads (plus `hidden_size`/`model_dtype` for our harness)."""
+    return {
+        "model_type": model_type,
+        "quantization": q.code,
+        "context_window_size": c.context_window_size,
+        "sliding_window_size": c.sliding_window_size,
+        "attention_sink_size": -1,
+        "prefill_chunk_size": c.prefill_chunk_size,
+        "max_batch_size": c.max_batch_size,
+        "tensor_parallel_shards": c.tensor_parallel_shards,
+        "pipeline_parallel_stages": 1,
+        "disaggregation": False,
+        "kv_state_kind": "kv_cache",
+        "kv_cache": {"num_hidden_layers": c.num_hidden_layers, "head_dim": c.head_dim,
+                     "num_attention_heads": c.num_attention_heads,
+                     "num_key_value_heads": c.num_key_value_heads},
+        "params": [{"name": p.name, "shape": list(p.shape), "dtype": p.dtype, "preprocs": []}
+                   for p in param_plan(c, q)],
+        "memory_usage": {},
+        "hidden_size": c.hidden_size,
+        "model_dtype": kv_dtype,
+    }
+
+
+def export(hf_config: dict, c: ModelConfig, q: MlcQuant, target):
+    """(IRModule with _metadata, parameter names) for one target."""
+    from tvm import relax
+
+    arch = ARCHS[hf_config["architectures"][0]]
+    cls = importlib.import_module(f"builders.backends.mlc.models.{arch.module}").CausalLM
+    model = cls(c, q, target)
+    mod, named = model.export_tvm(spec=model.get_default_spec())
+    names = [n for n, _ in named]
+    expected = [p.name for p in param_plan(c, q)]
+    if names != expected:
+        raise RuntimeError(f"module parameters differ from the weights plan: {names[:4]}... vs {expected[:4]}...")
+    bb = relax.BlockBuilder(mod)
+    with bb.function("_metadata", params=[]):
+        text = json.dumps(metadata(c, q, arch.model_type, q.model_dtype), sort_keys=True)
+        bb.emit_func_output(relax.StringImm(text) if hasattr(relax, "StringImm") else _string(text))
+    return bb.get(), names
+
+
+def _string(text: str):
+    from tvm.ir import StringImm
+
+    return StringImm(text)
+
+
+def pipeline(t: MlcTarget, target):
+    """relax.build pipeline: TVM's default for CPU; for GPUs the generic passes with our dlight rules."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend import gpu_generic
+    from tvm.s_tir import dlight as dl
+
+    if not t.gpu_rules:
+        return "default"
+    rules = [getattr(dl.gpu, r)() for r in t.gpu_rules]
+
+    @tvm.transform.module_pass(opt_level=0)
+    def _pipeline(mod, _ctx):
+        with target:
+            seq = tvm.transform.Sequential([
+                *relax.pipeline.library_dispatch_passes(target),
+                relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(),
+                dl.ApplyDefaultSchedule(*rules),
+                *gpu_generic.dataflow_lower_passes(target),
+                *gpu_generic.finalize_passes(target),
+            ])
+            return seq(mod)
+
+    return _pipeline
+
+
+def _epoch() -> int:
+    return int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+
+
+def deterministic_tar(output: str, files: list[str], **_kwargs) -> None:
+    """A tar of `files` (by base name), sorted, owner 0, mtime SOURCE_DATE_EPOCH, mode 0644."""
+    with tarfile.open(output, "w", format=tarfile.GNU_FORMAT) as tar:
+        for f in sorted(files, key=lambda p: Path(p).name):
+            data = Path(f).read_bytes()
+            info = tarfile.TarInfo(Path(f).name)
+            info.size, info.mtime, info.mode = len(data), _epoch(), 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+
+
+deterministic_tar.output_format = "tar"
+
+
+def lib_name(model: str, q: MlcQuant, target: str, suffix: str, ctx_suffix: str = "") -> str:
+    return f"{model}-{q.code}{ctx_suffix}-{target}.{suffix}"
+
+
+def compile_lib(hf_config: dict, c: ModelConfig, q: MlcQuant, t: MlcTarget, out_file: Path, log=print) -> dict:
+    """Build the library into out_file; return timings and facts for the manifest."""
+    import tvm
+    from tvm import relax
+
+    target = tvm_target(t)
+    t0 = time.monotonic()
+    mod, _ = export(hf_config, c, q, target)
+    t_export = time.monotonic() - t0
+    kwargs = {"system_lib": True} if t.system_lib else {}
+    with target:
+        ex = relax.build(mod, target=target, relax_pipeline=pipeline(t, target), **kwargs)
+    t_build = time.monotonic() - t0 - t_export
+    with tempfile.TemporaryDirectory() as ws:
+        if out_file.suffix == ".tar":
+            ex.export_library(str(out_file), fcompile=deterministic_tar, workspace_dir=ws)
+        else:
+            ex.export_library(str(out_file), workspace_dir=ws)
+    log(f"compile {t.name}: export {t_export:.1f}s, relax.build {t_build:.1f}s -> {out_file.name}")
+    return {"file": out_file.name, "export_seconds": round(t_export, 2), "build_seconds": round(t_build, 2),
+            "total_seconds": round(time.monotonic() - t0, 2), "tvm_target": json.loads(json.dumps(t.tvm)),
+            "tvm_host": t.host}

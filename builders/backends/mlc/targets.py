@@ -1,0 +1,59 @@
+"""MLC library targets as data: TVM target, output file kind, dlight schedule rules, and what can be
+checked on a Linux build host. Plan-side safe (no tvm import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+VULKAN_REASON = ("the PyPI apache-tvm wheel has no Vulkan codegen (built without USE_VULKAN); "
+                 "vulkan libraries need an image with a TVM built with Vulkan")
+
+
+@dataclass(frozen=True)
+class MlcTarget:
+    name: str
+    tvm: dict  # TVM target JSON (device part); "host" added from `host`
+    host: dict | None  # host-side target for device targets
+    suffix: str  # library file suffix: "so" | "tar" | "wasm" | "dylib"
+    gpu_rules: tuple[str, ...] = ()  # dlight gpu rules, in order; () = CPU (default llvm pipeline)
+    system_lib: bool = False  # static system library (iOS / web) with prefix
+    object_arch: str | None = None  # what the objects in a .tar must be (checked structurally)
+    deferred: str | None = None  # a step that only runs elsewhere (recorded in the manifest)
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+GPU_RULES = ("Matmul", "GEMV", "Reduction", "GeneralReduction", "Fallback")
+# dlight's Matmul rule segfaults when scheduling for Metal: leave it out there
+METAL_RULES = ("GEMV", "Reduction", "GeneralReduction", "Fallback")
+
+ANDROID_HOST = {"kind": "llvm", "mtriple": "aarch64-linux-android"}
+IOS_HOST = {"kind": "llvm", "mtriple": "arm64-apple-ios14.0.0"}
+MAC_HOST = {"kind": "llvm", "mtriple": "arm64-apple-macos"}
+MAC_X86_HOST = {"kind": "llvm", "mtriple": "x86_64-apple-darwin"}
+WASM_HOST = {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"}
+
+TARGETS: dict[str, MlcTarget] = {t.name: t for t in [
+    MlcTarget("cpu", {"kind": "llvm", "mtriple": "x86_64-pc-linux-gnu"}, None, "so"),
+    MlcTarget("cuda", {"kind": "cuda", "arch": "sm_80", "max_threads_per_block": 1024,
+                       "max_num_threads": 1024, "thread_warp_size": 32, "max_shared_memory_per_block": 49152},
+              {"kind": "llvm", "mtriple": "x86_64-pc-linux-gnu"}, "so", GPU_RULES),
+    MlcTarget("android", {"kind": "opencl", "device": "adreno", "max_threads_per_block": 256,
+                          "max_num_threads": 256, "thread_warp_size": 1, "max_shared_memory_per_block": 16384},
+              ANDROID_HOST, "tar", GPU_RULES, system_lib=True, object_arch="aarch64-elf"),
+    MlcTarget("iphone", {"kind": "metal", "max_threads_per_block": 256, "max_num_threads": 256,
+                         "thread_warp_size": 32, "max_shared_memory_per_block": 32768},
+              IOS_HOST, "tar", METAL_RULES, system_lib=True, object_arch="arm64-macho",
+              notes=("linked into the iOS app by Xcode (static system library)",)),
+    MlcTarget("metal", {"kind": "metal", "max_threads_per_block": 1024, "max_num_threads": 1024,
+                        "thread_warp_size": 32, "max_shared_memory_per_block": 32768},
+              MAC_HOST, "dylib", METAL_RULES, object_arch="arm64-macho",
+              deferred="link: the .dylib is linked on macOS (native executor); Linux builds the objects"),
+    MlcTarget("metal_x86_64", {"kind": "metal", "max_threads_per_block": 1024, "max_num_threads": 1024,
+                               "thread_warp_size": 32, "max_shared_memory_per_block": 32768},
+              MAC_X86_HOST, "dylib", METAL_RULES, object_arch="x86_64-macho",
+              deferred="link: the .dylib is linked on macOS (native executor); Linux builds the objects"),
+    MlcTarget("webgpu", {"kind": "webgpu", "max_num_threads": 256}, WASM_HOST, "wasm", GPU_RULES,
+              system_lib=True, object_arch="wasm"),
+]}
+
+UNAVAILABLE: dict[str, str] = {"vulkan": VULKAN_REASON, "vulkan-windows": VULKAN_REASON}
