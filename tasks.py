@@ -66,7 +66,7 @@ def bench(c, out="dist-bench", runs=5):
     bench_mod.main(out, int(runs))
 
 
-@task(help={**SELECT_HELP, "path": "where to write the workflow (default .github/workflows/buildmatrix.yml)"})
+@task(help={**{k: v for k, v in SELECT_HELP.items() if k != "executor"}, "path": "where to write the workflow (default .github/workflows/buildmatrix.yml)"})
 def ci(c, model=None, backends=None, quants=None, targets=None, only=None, matrix=MATRIX, out=OUT,
        path=".github/workflows/buildmatrix.yml"):
     """Generate the GitHub Actions workflow (Linux container jobs + macOS runner jobs) for the selected cells."""
