@@ -61,7 +61,7 @@ def plan(matrix_path, out, model, backends, quants, targets, only, executor, as_
         t.add_column(col)
     for c in data["cells"]:
         nodes = ", ".join(f"{k}{' (cached)' if p.nodes[k].cached else ''}" for k in c["nodes"])
-        t.add_row(c["id"], f"[{STATUS_STYLE.get(c['status'], '')}]{c['status']}[/]", c["reason"] or nodes)
+        t.add_row(c["id"], f"[{STATUS_STYLE.get(c['status'], 'white')}]{c['status']}[/]", c["reason"] or nodes)
     Console().print(t)
 
 
@@ -85,7 +85,7 @@ def build(matrix_path, out, model, backends, quants, targets, only, executor, on
             detail += f"  (top1 {checks['top1']:.3f}, max|Δ| {checks['max_abs_logit']:.2g})"
         if c.reason:
             detail = c.reason
-        t.add_row(c.id, f"[{STATUS_STYLE.get(c.status, '')}]{c.status}[/]", f"{c.seconds:.1f}s", detail)
+        t.add_row(c.id, f"[{STATUS_STYLE.get(c.status, 'white')}]{c.status}[/]", f"{c.seconds:.1f}s", detail)
     Console().print(t)
     sys.exit(report.exit_code)
 
