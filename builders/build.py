@@ -174,7 +174,9 @@ class Builder:
             failed = [d for d in self._deps(pn) if self.outcomes.get(d, NodeOutcome("failed")).status
                       not in ("cached", "built")]
             if failed:
-                self.outcomes[pn.key] = NodeOutcome("skipped", f"needs {failed[0]}, which did not build")
+                cause = self.outcomes.get(failed[0])
+                why = cause.reason if cause and cause.reason else "it did not build"
+                self.outcomes[pn.key] = NodeOutcome("skipped", f"needs {failed[0]}: {why}")
                 continue
             self.log(f"[bold]run[/] {pn.key}  ({pn.node.kind}, {pn.digest[:12]})")
             self.outcomes[pn.key] = outcome = self._run_node(pn)
