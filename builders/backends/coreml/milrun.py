@@ -1,0 +1,320 @@
+"""A small numpy interpreter of saved Core ML ML programs, so the packages this backend writes can be
+checked numerically on Linux (Core ML itself only runs on macOS).
+
+It reads the program back from the saved .mlpackage (the protobuf spec and weights/weight.bin) and
+evaluates one function op by op. Every op computes in float32 and its result is rounded to the dtype
+the program declares for it (fp16 between ops, as on the device). States (the KV cache) are numpy
+arrays the caller keeps between calls. Only the ops the parts of this backend use are implemented;
+any other op fails loudly with its name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+DTYPES = {"FLOAT16": np.float16, "FLOAT32": np.float32, "INT32": np.int32, "INT16": np.int16, "INT8": np.int8,
+          "UINT8": np.uint8, "UINT16": np.uint16, "BOOL": np.bool_, "INT64": np.int64, "FLOAT64": np.float64}
+CAST_NAMES = {"fp16": np.float16, "fp32": np.float32, "int32": np.int32, "int16": np.int16, "int8": np.int8,
+              "uint8": np.uint8, "uint16": np.uint16, "bool": np.bool_}
+BLOB_READERS = {"FLOAT16": "read_fp16_data", "FLOAT32": "read_float_data", "INT32": "read_int32_data",
+                "UINT32": "read_uint32_data", "INT16": "read_int16_data", "UINT16": "read_uint16_data",
+                "INT8": "read_int8_data", "UINT8": "read_uint8_data", "INT4": "read_int4_data",
+                "UINT1": "read_uint1_data", "UINT2": "read_uint2_data", "UINT3": "read_uint3_data",
+                "UINT4": "read_uint4_data", "UINT6": "read_uint6_data"}
+
+
+class UnsupportedOp(Exception):
+    pass
+
+
+def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
+    """Unsigned `bits`-wide values packed little-endian (first value in the lowest bits)."""
+    flat = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[: count * bits]
+    return (flat.reshape(count, bits) << np.arange(bits)).sum(axis=1).astype(np.uint8)
+
+
+def _dtype_name(code: int) -> str:
+    from coremltools.proto import MIL_pb2
+
+    return MIL_pb2.DataType.Name(code)
+
+
+def _shape(tensor_type) -> tuple[int, ...]:
+    return tuple(d.constant.size for d in tensor_type.dimensions)
+
+
+class Package:
+    """A saved .mlpackage: its spec and weight blobs."""
+
+    def __init__(self, path: Path):
+        import coremltools as ct
+
+        self.path = Path(path)
+        self.spec = ct.utils.load_spec(str(path))
+        self._weights = self.path / "Data" / "com.apple.CoreML" / "weights"
+        self._readers: dict[str, object] = {}
+        self._consts: dict[tuple[str, str], np.ndarray] = {}
+
+    @property
+    def functions(self) -> list[str]:
+        return list(self.spec.mlProgram.functions)
+
+    def block(self, function: str):
+        f = self.spec.mlProgram.functions[function]
+        return f.block_specializations[f.opset], f
+
+    def value(self, value_spec) -> object:
+        """A proto Value (immediate or blob file) as numpy / python."""
+        ttype = value_spec.type.tensorType
+        dtype = _dtype_name(ttype.dataType)
+        shape = _shape(ttype)
+        if value_spec.HasField("blobFileValue"):
+            return self._blob(value_spec.blobFileValue, dtype).reshape(shape)
+        tv = value_spec.immediateValue.tensor
+        kind = tv.WhichOneof("value")
+        if dtype == "STRING":
+            vals = list(tv.strings.values)
+            return vals[0] if not shape else np.array(vals).reshape(shape)
+        if kind == "bytes":
+            if dtype not in DTYPES:
+                return unpack_bits(tv.bytes.values, int(dtype[-1]), int(np.prod(shape))).reshape(shape)
+            arr = np.frombuffer(tv.bytes.values, DTYPES[dtype])
+        else:
+            arr = np.array(list(getattr(tv, kind).values), dtype=DTYPES.get(dtype, np.int64))
+        return arr.reshape(shape)
+
+    def _blob(self, blob, dtype: str) -> np.ndarray:
+        from coremltools.libmilstoragepython import _BlobStorageReader
+
+        name = blob.fileName.split("/")[-1]
+        if name not in self._readers:
+            self._readers[name] = _BlobStorageReader(str(self._weights / name))
+        data = getattr(self._readers[name], BLOB_READERS[dtype])(blob.offset)
+        data = np.asarray(data)
+        return data.view(np.float16) if dtype == "FLOAT16" else data
+
+
+# ---- ops: fn(args: dict[str, value], ctx) -> value or tuple ------------------------------------------
+
+def _f32(x):
+    return np.asarray(x).astype(np.float32) if np.asarray(x).dtype == np.float16 else np.asarray(x)
+
+
+def _axes(a):
+    return tuple(int(v) for v in np.atleast_1d(a))
+
+
+def _slice(x, a):
+    shape = np.shape(x)
+    begin, end = np.atleast_1d(a["begin"]).astype(int), np.atleast_1d(a["end"]).astype(int)
+    stride = np.atleast_1d(a.get("stride", np.ones(len(shape), int))).astype(int)
+    bmask = np.atleast_1d(a.get("begin_mask", np.zeros(len(shape), bool)))
+    emask = np.atleast_1d(a.get("end_mask", np.zeros(len(shape), bool)))
+    idx = tuple(slice(None if bmask[i] else int(begin[i]), None if emask[i] else int(end[i]), int(stride[i]))
+                for i in range(len(shape)))
+    return idx, np.atleast_1d(a.get("squeeze_mask", np.zeros(len(shape), bool)))
+
+
+def op_slice_by_index(a, _):
+    idx, squeeze = _slice(a["x"], a)
+    out = np.asarray(a["x"])[idx]
+    axes = tuple(i for i, s in enumerate(squeeze) if s)
+    return np.squeeze(out, axis=axes) if axes else out
+
+
+def op_slice_update(a, _):
+    idx, squeeze = _slice(a["x"], a)
+    out = np.array(a["x"], copy=True)
+    target_shape = out[idx].shape
+    out[idx] = np.asarray(a["update"]).reshape(target_shape)
+    return out
+
+
+def op_conv(a, _):
+    """Pointwise convolution (any rank): kernel 1 in every spatial dim, stride 1, one group."""
+    w, x = _f32(a["weight"]), _f32(a["x"])
+    if any(k != 1 for k in w.shape[2:]) or int(a.get("groups", 1)) != 1 or \
+            any(int(s) != 1 for s in np.atleast_1d(a["strides"])):
+        raise UnsupportedOp(f"conv other than pointwise, stride 1, groups 1 (weight {w.shape})")
+    out = np.einsum("oi,bi...->bo...", w.reshape(w.shape[0], w.shape[1]), x)
+    if "bias" in a:
+        out = out + _f32(a["bias"]).reshape((1, -1) + (1,) * (out.ndim - 2))
+    return out
+
+
+def op_matmul(a, _):
+    x, y = _f32(a["x"]), _f32(a["y"])
+    if bool(a.get("transpose_x", False)):
+        x = np.swapaxes(x, -1, -2)
+    if bool(a.get("transpose_y", False)):
+        y = np.swapaxes(y, -1, -2)
+    return np.matmul(x, y)
+
+
+def op_layer_norm(a, _):
+    x = _f32(a["x"])
+    axes = _axes(a["axes"])
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    out = (x - mean) / np.sqrt(var + float(a.get("epsilon", 1e-5)))
+    if "gamma" in a:
+        out = out * _f32(a["gamma"])
+    if "beta" in a:
+        out = out + _f32(a["beta"])
+    return out
+
+
+def op_softmax(a, _):
+    x = _f32(a["x"])
+    axis = int(a.get("axis", -1))
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def op_gather(a, _):
+    idx = np.asarray(a["indices"]).astype(np.int64)
+    if int(a.get("batch_dims", 0)) != 0:
+        raise UnsupportedOp("gather with batch_dims")
+    axis = int(a.get("axis", 0))
+    idx = np.where(idx < 0, idx + np.shape(a["x"])[axis], idx)
+    return np.take(a["x"], idx, axis=axis)
+
+
+def op_lut_to_dense(a, _):
+    """iOS18 constexpr_lut_to_dense: indices has the weight's shape; lut [g0, ..., gn, 2**bits, vector];
+    axis i is split in lut.shape[i] groups of equal size."""
+    indices, lut = np.asarray(a["indices"]).astype(np.int64), np.asarray(a["lut"])
+    if lut.shape[-1] != 1:
+        raise UnsupportedOp("constexpr_lut_to_dense with vector_axis")
+    table = lut[..., 0]
+    grid = np.ix_(*[np.arange(n) // (n // table.shape[i]) for i, n in enumerate(indices.shape)])
+    return table[tuple(grid) + (indices,)]
+
+
+def op_concat(a, _):
+    vals = [np.asarray(v) for v in a["values"]]
+    if bool(a.get("interleave", False)):
+        raise UnsupportedOp("concat interleave")
+    return np.concatenate(vals, axis=int(a["axis"]))
+
+
+def op_cast(a, _):
+    return np.asarray(a["x"]).astype(CAST_NAMES[str(a["dtype"])])
+
+
+def op_reduce(fn):
+    def run(a, _):
+        axes = _axes(a["axes"]) if "axes" in a else None
+        return fn(_f32(a["x"]), axis=axes, keepdims=bool(a.get("keep_dims", False)))
+    return run
+
+
+def op_reduce_argmax(a, _):
+    out = np.argmax(_f32(a["x"]), axis=int(a.get("axis", -1)))
+    return np.expand_dims(out, int(a.get("axis", -1))) if bool(a.get("keep_dims", False)) else out
+
+
+def op_read_state(a, ctx):
+    return ctx.states[a["input"]]
+
+
+def op_write_state(a, ctx):
+    ctx.states[a["input"]] = np.asarray(a["data"]).astype(ctx.states[a["input"]].dtype)
+    return ()
+
+
+def _binary(fn):
+    return lambda a, _: fn(_f32(a["x"]), _f32(a["y"]))
+
+
+OPS: dict[str, Callable] = {
+    "add": _binary(np.add), "sub": _binary(np.subtract), "mul": _binary(np.multiply),
+    "real_div": _binary(np.divide), "maximum": _binary(np.maximum), "minimum": _binary(np.minimum),
+    "greater_equal": _binary(np.greater_equal), "less": _binary(np.less), "greater": _binary(np.greater),
+    "select": lambda a, _: np.where(np.asarray(a["cond"]), _f32(a["a"]), _f32(a["b"])),
+    "cast": op_cast, "gather": op_gather, "conv": op_conv, "matmul": op_matmul,
+    "transpose": lambda a, _: np.transpose(a["x"], _axes(a["perm"])),
+    "reshape": lambda a, _: np.reshape(a["x"], tuple(int(v) for v in np.atleast_1d(a["shape"]))),
+    "expand_dims": lambda a, _: np.expand_dims(a["x"], _axes(a["axes"])),
+    "squeeze": lambda a, _: np.squeeze(a["x"], axis=_axes(a["axes"])) if "axes" in a else np.squeeze(a["x"]),
+    "tile": lambda a, _: np.tile(a["x"], _axes(a["reps"])),
+    "concat": op_concat, "slice_by_index": op_slice_by_index, "slice_update": op_slice_update,
+    "layer_norm": op_layer_norm, "softmax": op_softmax,
+    "silu": lambda a, _: _f32(a["x"]) / (1.0 + np.exp(-_f32(a["x"]))),
+    "sigmoid": lambda a, _: 1.0 / (1.0 + np.exp(-_f32(a["x"]))),
+    "exp": lambda a, _: np.exp(_f32(a["x"])), "sqrt": lambda a, _: np.sqrt(_f32(a["x"])),
+    "rsqrt": lambda a, _: 1.0 / np.sqrt(_f32(a["x"]) + float(a.get("epsilon", 1e-12))),
+    "reduce_mean": op_reduce(np.mean), "reduce_sum": op_reduce(np.sum), "reduce_max": op_reduce(np.max),
+    "reduce_argmax": op_reduce_argmax,
+    "stack": lambda a, _: np.stack([np.asarray(v) for v in a["values"]], axis=int(a["axis"])),
+    "read_state": op_read_state, "write_state": op_write_state,
+    "constexpr_lut_to_dense": op_lut_to_dense, "identity": lambda a, _: np.asarray(a["x"]),
+}
+
+
+class Function:
+    """One function of a package, ready to run: consts (LUTs dequantized) evaluated once."""
+
+    def __init__(self, package: Package, name: str = "main"):
+        self.package = package
+        self.name = name
+        self.block, spec = package.block(name)
+        self.inputs = [i.name for i in spec.inputs]
+        self.states = {i.name: (_shape(i.type.stateType.wrappedType.tensorType),
+                                DTYPES[_dtype_name(i.type.stateType.wrappedType.tensorType.dataType)])
+                       for i in spec.inputs if i.type.HasField("stateType")}
+        self.op_types = sorted({op.type for op in self.block.operations})
+        missing = [t for t in self.op_types if t not in OPS and t != "const"]
+        if missing:
+            raise UnsupportedOp(f"{package.path.name}:{name}: ops not implemented here: {', '.join(missing)}")
+        self._consts: dict[str, object] = {}
+        for op in self.block.operations:
+            if op.type == "const":
+                self._consts[op.outputs[0].name] = package.value(op.attributes["val"])
+            elif op.type.startswith("constexpr_"):
+                self._consts[op.outputs[0].name] = self._run_op(op, self._consts, None)
+
+    def new_state(self) -> dict[str, np.ndarray]:
+        return {n: np.zeros(shape, dtype) for n, (shape, dtype) in self.states.items()}
+
+    def _args(self, op, env) -> dict:
+        args = {}
+        for key, arg in op.inputs.items():
+            vals = [env[b.name] if b.name else self.package.value(b.value) for b in arg.arguments]
+            args[key] = vals if key == "values" else vals[0]
+        return args
+
+    def _run_op(self, op, env, ctx):
+        result = OPS[op.type](self._args(op, env), ctx)
+        outs = op.outputs
+        if not outs:
+            return None
+        ttype = outs[0].type.tensorType
+        dtype = DTYPES.get(_dtype_name(ttype.dataType))
+        value = np.asarray(result)
+        return value.astype(dtype) if dtype is not None and value.dtype != dtype else value
+
+    def __call__(self, inputs: dict[str, np.ndarray], state: dict[str, np.ndarray] | None = None) -> dict:
+        """Run on `inputs`; `state` (from new_state()) is updated in place."""
+
+        class Ctx:
+            states = state if state is not None else {}
+
+        env: dict[str, object] = dict(self._consts)
+        for name in self.inputs:  # a state input is bound to its name (read_state/write_state look it up)
+            env[name] = name if name in self.states else inputs[name]
+        for op in self.block.operations:
+            if op.type == "const" or op.type.startswith("constexpr_"):
+                continue
+            value = self._run_op(op, env, Ctx)
+            if value is not None:
+                env[op.outputs[0].name] = value
+        return {name: env[name] for name in self.block.outputs}
+
+
+def load(path: Path, function: str | None = None) -> Function:
+    pkg = Package(path)
+    return Function(pkg, function or pkg.functions[0])

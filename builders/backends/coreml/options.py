@@ -1,0 +1,227 @@
+"""Plan-side tables of the coreml backend: LUT presets (the quant codes), option parsing, part file
+names and the `--chunk auto` estimate. Pure Python: no torch/coremltools import here."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from builders.errors import MatrixError
+
+LUT_BITS = (1, 2, 3, 4, 6, 8)  # what coremltools' kmeans palettizer (constexpr_lut_to_dense) supports
+DEFAULT_GROUP = 8  # output channels sharing one LUT when only `bits` is given (ANEMLL's default)
+MB = 1024 * 1024
+CHUNK_OVERHEAD = 1.10  # the estimate adds 10% to the raw weight bytes (headers, norms, rope tables)
+PARTS = ("lut1", "lut2", "lut3")  # embeddings, FFN/prefill, LM head (ANEMLL's --lut1/--lut2/--lut3)
+PART_NAMES = {"lut1": "embeddings", "lut2": "FFN/prefill", "lut3": "LM head"}
+LM_HEAD_SPLIT_MAX = 16384  # vocab rows per LM head output (ANE tensor dimension limit)
+
+
+@dataclass(frozen=True)
+class Lut:
+    """k-means LUT of 2**bits fp16 entries per group of `group_size` output channels."""
+
+    bits: int
+    group_size: int = DEFAULT_GROUP
+
+    @property
+    def code(self) -> str:
+        return f"{self.bits},{self.group_size}"
+
+    def ratio(self, rows: int, cols: int) -> float:
+        """bytes of the palettized weight / bytes of the fp16 weight."""
+        lut_bytes = math.ceil(rows / self.group_size) * (2**self.bits) * 2
+        return (rows * cols * self.bits / 8 + lut_bytes) / (rows * cols * 2)
+
+
+@dataclass(frozen=True)
+class Preset:
+    lut1: str | None
+    lut2: str | None
+    lut3: str | None
+    about: str
+
+
+# quant code -> LUT per part ("bits,group_size" or None = fp16); per-cell options lut1/lut2/lut3 override
+QUANTS: dict[str, Preset] = {
+    "fp16": Preset(None, None, None, "no LUT anywhere: fp16 weights in every part"),
+    "lut4": Preset(None, "4,8", "6,8", "ANEMLL defaults: FFN 4-bit, LM head 6-bit, embeddings fp16"),
+    "lut6": Preset(None, "6,8", "6,8", "FFN and LM head 6-bit (ANEMLL 'high quality')"),
+    "lut6_4": Preset(None, "6,4", "6,4", "FFN and LM head 6-bit, one LUT per 4 output channels"),
+    "lut4_8": Preset(None, "4,8", "6,4", "FFN 4-bit per 8 channels, LM head 6-bit per 4 channels"),
+}
+
+# option -> (default, parser(value, where) -> normalized value, what a valid value is)
+DEFAULTS: dict[str, Any] = {"context": 512, "batch": 64, "chunk": 1, "max_chunk_mb": 1024, "prefix": None,
+                            "argmax": False}
+
+
+def parse_lut(value: Any, where: str) -> Lut | None:
+    """`bits` or "bits,group_size"; None, "", "none", false -> no LUT (fp16)."""
+    if value in (None, "", False) or (isinstance(value, str) and value.strip().lower() in ("none", "fp16")):
+        return None
+    text = str(value).strip()
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        if isinstance(value, bool) or len(parts) > 2:
+            raise ValueError
+        bits = int(parts[0])
+        group = int(parts[1]) if len(parts) == 2 else DEFAULT_GROUP
+    except ValueError:
+        raise MatrixError(f"{where}={value!r}: write bits or \"bits,group_size\" (e.g. 4 or \"6,4\"), "
+                          "or none for fp16") from None
+    if bits not in LUT_BITS:
+        raise MatrixError(f"{where}={value!r}: LUT bits must be one of {', '.join(map(str, LUT_BITS))}")
+    if group < 1:
+        raise MatrixError(f"{where}={value!r}: group_size must be a positive integer")
+    return Lut(bits, group)
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise MatrixError(f"{where}={value!r}: must be a positive integer")
+    return value
+
+
+def _chunk(value: Any, where: str) -> int | str:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise MatrixError(f"{where}={value!r}: write a positive number of chunks or auto")
+    return value
+
+
+def _max_mb(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise MatrixError(f"{where}={value!r}: must be a positive number of MiB")
+    return value
+
+
+def _prefix(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.replace("_", "").replace("-", "").isalnum():
+        raise MatrixError(f"{where}={value!r}: use letters, digits, '-' or '_' (it starts every file name)")
+    return value
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise MatrixError(f"{where}={value!r}: must be true or false")
+    return value
+
+
+PARSERS = {"context": _positive_int, "batch": _positive_int, "chunk": _chunk, "max_chunk_mb": _max_mb,
+           "prefix": _prefix, "argmax": _flag}
+ALIASES = {"max-chunk-mb": "max_chunk_mb", "chunks": "chunk"}
+
+
+def normalize(options: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Defaults completed, every value checked. lut1/lut2/lut3 are kept only when given (they override
+    the quant's preset) and normalized to "bits,group_size" or "none"."""
+    out = dict(DEFAULTS)
+    for key, value in options.items():
+        key = ALIASES.get(key, key)
+        field = f"{where}: coreml option {key}"
+        if key in PARTS:
+            lut = parse_lut(value, field)
+            out[key] = lut.code if lut else "none"
+        elif key in PARSERS:
+            out[key] = PARSERS[key](value, field) if value is not None or key == "prefix" else DEFAULTS[key]
+        else:
+            raise MatrixError(f"{where}: unknown coreml option '{key}'; known: "
+                              f"{', '.join([*DEFAULTS, *PARTS])}")
+    if out["batch"] > out["context"]:
+        raise MatrixError(f"{where}: coreml option batch={out['batch']} is larger than context={out['context']}; "
+                          "lower batch")
+    return out
+
+
+def luts_for(quant: str, options: Mapping[str, Any]) -> dict[str, str | None]:
+    """Resolved LUT per part: the quant's preset, overridden by explicit lut1/lut2/lut3 options."""
+    preset = QUANTS[quant]
+    out = {}
+    for part in PARTS:
+        value = options.get(part, getattr(preset, part))
+        lut = parse_lut(value, f"coreml {part}")
+        out[part] = lut.code if lut else None
+    return out
+
+
+def lut_of(code: str | None) -> Lut | None:
+    return parse_lut(code, "lut") if code else None
+
+
+# ---- sizes and the chunk estimate ------------------------------------------------------------------
+
+def layer_shapes(config: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """(out, in) of every weight matrix of one decoder layer."""
+    h, inter = config["hidden_size"], config["intermediate_size"]
+    heads = config["num_attention_heads"]
+    kv = config.get("num_key_value_heads") or heads
+    hd = config.get("head_dim") or h // heads
+    return [(heads * hd, h), (kv * hd, h), (kv * hd, h), (h, heads * hd), (inter, h), (inter, h), (h, inter)]
+
+
+def layer_bytes(config: Mapping[str, Any], lut: Lut | None) -> float:
+    total = 0.0
+    for rows, cols in layer_shapes(config):
+        total += rows * cols * 2 * (lut.ratio(rows, cols) if lut else 1.0)
+    return total + 2 * config["hidden_size"] * 2  # two RMSNorm weights, fp16
+
+
+def chunk_layers(n_layers: int, n_chunks: int) -> list[range]:
+    """Balanced split: chunk sizes differ by at most one layer, the larger ones first."""
+    base, extra = divmod(n_layers, n_chunks)
+    out, start = [], 0
+    for i in range(n_chunks):
+        size = base + (1 if i < extra else 0)
+        out.append(range(start, start + size))
+        start += size
+    return out
+
+
+def chunk_mb(config: Mapping[str, Any], lut: Lut | None, n_chunks: int) -> float:
+    """Estimated size of the largest chunk's weight file (MiB), 10% overhead included."""
+    largest = math.ceil(config["num_hidden_layers"] / n_chunks)
+    return largest * layer_bytes(config, lut) * CHUNK_OVERHEAD / MB
+
+
+def auto_chunks(config: Mapping[str, Any], lut: Lut | None, max_mb: float, where: str) -> int:
+    """The fewest chunks whose largest weight file fits in max_mb."""
+    n_layers = config["num_hidden_layers"]
+    for n in range(1, n_layers + 1):
+        if chunk_mb(config, lut, n) <= max_mb:
+            return n
+    raise MatrixError(f"{where}: one decoder layer alone needs {chunk_mb(config, lut, n_layers):.1f} MiB, more "
+                      f"than max_chunk_mb={max_mb}; raise max_chunk_mb or use a smaller LUT")
+
+
+def resolve_chunks(config: Mapping[str, Any], options: Mapping[str, Any], lut2: str | None, where: str) -> int:
+    n_layers = config["num_hidden_layers"]
+    if options["chunk"] == "auto":
+        return auto_chunks(config, lut_of(lut2), options["max_chunk_mb"], where)
+    if options["chunk"] > n_layers:
+        raise MatrixError(f"{where}: coreml option chunk={options['chunk']} exceeds the model's {n_layers} layers; "
+                          f"use chunk <= {n_layers}")
+    return options["chunk"]
+
+
+# ---- file names (ANEMLL's) ---------------------------------------------------------------------------
+
+def _lut_tag(code: str | None) -> str:
+    return f"_lut{lut_of(code).bits}" if code else ""
+
+
+def file_names(prefix: str, luts: Mapping[str, str | None], n_chunks: int) -> dict[str, Any]:
+    tag2 = _lut_tag(luts["lut2"])
+    return {
+        "embeddings": f"{prefix}_embeddings{_lut_tag(luts['lut1'])}.mlpackage",
+        "lm_head": f"{prefix}_lm_head{_lut_tag(luts['lut3'])}.mlpackage",
+        "ffn": [f"{prefix}_FFN{tag2}_chunk_{i + 1:02d}of{n_chunks:02d}.mlpackage" for i in range(n_chunks)],
+        "prefill": [f"{prefix}_prefill{tag2}_chunk_{i + 1:02d}of{n_chunks:02d}.mlpackage" for i in range(n_chunks)],
+        "ffn_pf": [f"{prefix}_FFN_PF{tag2}_chunk_{i + 1:02d}of{n_chunks:02d}.mlpackage" for i in range(n_chunks)],
+    }

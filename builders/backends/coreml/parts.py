@@ -1,0 +1,139 @@
+"""Torch modules for the Core ML parts, laid out for the Neural Engine the way ANEMLL does it:
+1x1 convolutions instead of linear layers ([1, C, 1, S] activations), RMSNorm through layer_norm of
+[x, -x] (mean zero, so layer_norm divides by the RMS), fp16 weights, one KV cache state per chunk
+([2 * layers, kv_heads, context, head_dim]) updated in place at `current_pos`.
+
+Interfaces (S = 1 for `infer`, S = batch for `prefill`):
+  embeddings  input_ids int32 [1, S]                                    -> hidden_states fp16 [1, S, H]
+  chunk       hidden_states [1, S, H], position_ids int32 [S],
+              causal_mask fp16 [1, 1, S, context], current_pos int32 [1]  -> hidden_states [1, S, H]
+              state kv_cache; the last chunk applies the final norm
+  lm_head     hidden_states [1, 1, H] -> logits1..N fp16 [1, 1, V/N]  (argmax: argmax_idx, argmax_val [N])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+DTYPE = torch.float16
+
+
+class AneRMSNorm(nn.Module):
+    def __init__(self, weight: torch.Tensor, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(weight.to(DTYPE), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x):  # x [..., H]
+        h = x.shape[-1]
+        doubled = torch.cat([x, -x], dim=-1)
+        normed = F.layer_norm(doubled, (2 * h,), eps=self.eps)
+        return normed[..., :h] * self.weight
+
+
+def _conv(weight: torch.Tensor) -> nn.Conv2d:
+    out_ch, in_ch = weight.shape
+    conv = nn.Conv2d(in_ch, out_ch, 1, bias=False, dtype=DTYPE)
+    conv.weight = nn.Parameter(weight.to(DTYPE).reshape(out_ch, in_ch, 1, 1), requires_grad=False)
+    return conv
+
+
+def _to_conv_layout(x):  # [1, S, C] -> [1, C, 1, S]
+    return x.permute(0, 2, 1).unsqueeze(2)
+
+
+def _from_conv_layout(x):  # [1, C, 1, S] -> [1, S, C]
+    return x.squeeze(2).permute(0, 2, 1)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(*weight.shape, dtype=DTYPE)
+        self.embed_tokens.weight = nn.Parameter(weight.to(DTYPE), requires_grad=False)
+
+    def forward(self, input_ids):
+        return self.embed_tokens(input_ids)
+
+
+class LmHead(nn.Module):
+    """Vocabulary split into `splits` convolutions (ANE dimension limit); optional in-model argmax
+    per split (the host picks the split with the largest value)."""
+
+    def __init__(self, weight: torch.Tensor, splits: int, argmax: bool):
+        super().__init__()
+        self.heads = nn.ModuleList(_conv(w) for w in torch.tensor_split(weight, splits, dim=0))
+        self.argmax = argmax
+
+    def forward(self, hidden_states):
+        x = _to_conv_layout(hidden_states)
+        logits = [_from_conv_layout(head(x)) for head in self.heads]
+        if not self.argmax:
+            return tuple(logits)
+        vals, idxs = zip(*(torch.max(lg.reshape(-1), dim=0) for lg in logits))
+        return torch.stack(idxs).to(torch.int32), torch.stack(vals)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, weights: dict, cfg: dict):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = cfg["heads"], cfg["kv_heads"], cfg["head_dim"]
+        self.input_norm = AneRMSNorm(weights["input_layernorm.weight"], cfg["eps"])
+        self.post_norm = AneRMSNorm(weights["post_attention_layernorm.weight"], cfg["eps"])
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            setattr(self, name, _conv(weights[f"self_attn.{name}.weight"]))
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            setattr(self, name, _conv(weights[f"mlp.{name}.weight"]))
+        self.scale = self.head_dim ** -0.5
+
+    def _heads(self, x, n):  # [1, n*hd, 1, S] -> [1, n, S, hd]
+        s = x.shape[-1]
+        return x.reshape(1, n, self.head_dim, s).permute(0, 1, 3, 2)
+
+    @staticmethod
+    def _rope(x, cos, sin):  # x [1, n, S, hd], cos/sin [1, 1, S, hd]
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+    def forward(self, x, cos, sin, mask, current_pos, kv_cache, index: int):
+        s = x.shape[1]
+        h = _to_conv_layout(self.input_norm(x))
+        q = self._rope(self._heads(self.q_proj(h), self.heads), cos, sin)
+        k = self._rope(self._heads(self.k_proj(h), self.kv_heads), cos, sin)
+        v = self._heads(self.v_proj(h), self.kv_heads)
+        kv_cache[2 * index:2 * index + 1, :, current_pos:current_pos + s, :] = k
+        kv_cache[2 * index + 1:2 * index + 2, :, current_pos:current_pos + s, :] = v
+        keys = kv_cache[2 * index].repeat_interleave(self.heads // self.kv_heads, dim=0).unsqueeze(0)
+        values = kv_cache[2 * index + 1].repeat_interleave(self.heads // self.kv_heads, dim=0).unsqueeze(0)
+        scores = torch.matmul(q * self.scale, keys.transpose(-1, -2)) + mask
+        attn = torch.matmul(torch.softmax(scores, dim=-1), values)  # [1, heads, S, hd]
+        attn = attn.permute(0, 1, 3, 2).reshape(1, self.heads * self.head_dim, 1, s)
+        x = x + _from_conv_layout(self.o_proj(attn))
+        h = _to_conv_layout(self.post_norm(x))
+        mlp = self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+        return x + _from_conv_layout(mlp)
+
+
+class Chunk(nn.Module):
+    """Decoder layers [first, last) with their own KV cache state; the last chunk applies the final norm."""
+
+    def __init__(self, layers: list[dict], cfg: dict, rope: tuple[torch.Tensor, torch.Tensor],
+                 final_norm: torch.Tensor | None):
+        super().__init__()
+        self.layers = nn.ModuleList(DecoderLayer(w, cfg) for w in layers)
+        self.register_buffer("rope_cos", rope[0].to(DTYPE), persistent=False)
+        self.register_buffer("rope_sin", rope[1].to(DTYPE), persistent=False)
+        self.norm = AneRMSNorm(final_norm, cfg["eps"]) if final_norm is not None else None
+        shape = (2 * len(layers), cfg["kv_heads"], cfg["context"], cfg["head_dim"])
+        self.register_buffer("kv_cache", torch.zeros(shape, dtype=DTYPE))
+
+    def forward(self, hidden_states, position_ids, causal_mask, current_pos):
+        cos = self.rope_cos[position_ids].unsqueeze(0).unsqueeze(0)
+        sin = self.rope_sin[position_ids].unsqueeze(0).unsqueeze(0)
+        x = hidden_states
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, causal_mask, current_pos, self.kv_cache, i)
+        return self.norm(x) if self.norm is not None else x

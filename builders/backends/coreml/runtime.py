@@ -1,0 +1,112 @@
+"""The host side of an ANEMLL-style model: embeddings -> chunks (prefill in batches, then one token at a
+time with `infer`) -> LM head, with the KV cache state of each chunk. The same driver runs the saved
+programs through the numpy interpreter on Linux (milrun) and through Core ML on macOS (smoke test):
+a part is any callable `fn(inputs: dict, state) -> outputs: dict`, with `new_state()` on chunks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+NEG = np.float16(-np.inf)
+
+
+@dataclass
+class Parts:
+    embeddings: Callable
+    infer: list  # per chunk: callable with .new_state()
+    prefill: list
+    lm_head: Callable
+    context: int
+    batch: int
+    argmax: bool = False
+
+
+def causal_mask(start: int, rows: int, context: int) -> np.ndarray:
+    """[1, 1, rows, context]: row r (position start + r) sees positions <= start + r."""
+    pos = start + np.arange(rows)[:, None]
+    return np.where(np.arange(context)[None, :] <= pos, np.float16(0), NEG).astype(np.float16)[None, None]
+
+
+class Session:
+    def __init__(self, parts: Parts):
+        self.p = parts
+        self.states = [fn.new_state() for fn in parts.infer]
+        self.pos = 0
+
+    def _chunks(self, fns, h, positions, start):
+        mask = causal_mask(start, len(positions), self.p.context)
+        for fn, state in zip(fns, self.states):
+            h = fn({"hidden_states": h, "position_ids": positions.astype(np.int32), "causal_mask": mask,
+                    "current_pos": np.array([start], np.int32)}, state)["output_hidden_states"]
+        return h
+
+    def prefill(self, tokens) -> np.ndarray:
+        """Hidden states [n, H] of `tokens` (from the current position, in batches of `batch`)."""
+        tokens = np.asarray(tokens, np.int32)
+        b, out = self.p.batch, []
+        if self.pos + len(tokens) > self.p.context:
+            raise ValueError(f"{self.pos + len(tokens)} tokens exceed the context {self.p.context}")
+        for i in range(0, len(tokens), b):
+            part = tokens[i:i + b]
+            ids = np.zeros((1, b), np.int32)
+            ids[0, :len(part)] = part
+            start = self.pos
+            if start + b > self.p.context:
+                raise ValueError(f"prefill batch at {start} runs past the context {self.p.context}")
+            h = self.p.embeddings({"input_ids": ids})["hidden_states"]
+            h = self._chunks(self.p.prefill, h, np.arange(start, start + b), start)
+            out.append(np.asarray(h)[0, :len(part)])
+            self.pos += len(part)
+        return np.concatenate(out)
+
+    def decode(self, token: int) -> np.ndarray:
+        """Hidden state [1, H] after one token at the current position."""
+        h = self.p.embeddings({"input_ids": np.array([[token]], np.int32)})["hidden_states"]
+        h = self._chunks(self.p.infer, h, np.array([self.pos]), self.pos)
+        self.pos += 1
+        return np.asarray(h)[0]
+
+    def logits(self, hidden: np.ndarray) -> np.ndarray:
+        """[n, vocab] from hidden [n, H] (LM head without argmax)."""
+        rows = []
+        for h in hidden:
+            out = self.p.lm_head({"hidden_states": np.asarray(h, np.float16).reshape(1, 1, -1)})
+            keys = sorted((k for k in out if k.startswith("logits")), key=lambda k: int(k[6:]))
+            rows.append(np.concatenate([np.asarray(out[k]).reshape(-1) for k in keys]))
+        return np.stack(rows).astype(np.float32)
+
+    def next_token(self, hidden: np.ndarray, split_sizes: list[int]) -> int:
+        """Greedy token from one hidden state, through the in-model argmax when the LM head has one."""
+        out = self.p.lm_head({"hidden_states": np.asarray(hidden, np.float16).reshape(1, 1, -1)})
+        if "argmax_idx" in out:
+            best = int(np.argmax(np.asarray(out["argmax_val"], np.float32)))
+            return int(np.asarray(out["argmax_idx"]).reshape(-1)[best]) + int(sum(split_sizes[:best]))
+        return int(self.logits(np.asarray(hidden).reshape(1, -1))[0].argmax())
+
+
+def teacher_forced(parts: Parts, tokens, prompt_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of a reference prompt: prefill over the prompt, then `decode` over the rest (teacher
+    forced). Returns (prefill logits [prompt_len, V], decode logits [n - prompt_len, V])."""
+    s = Session(parts)
+    pre = s.logits(s.prefill(tokens[:prompt_len]))
+    dec = [s.logits(s.decode(int(t))) for t in tokens[prompt_len:]]
+    return pre, (np.concatenate(dec) if dec else np.zeros((0, pre.shape[1]), np.float32))
+
+
+def generate(parts: Parts, prompt, steps: int, split_sizes: list[int]) -> list[int]:
+    """Greedy generation (for the chat smoke test)."""
+    s = Session(parts)
+    h = s.prefill(prompt)[-1:]
+    out = []
+    for _ in range(steps):
+        tok = s.next_token(h, split_sizes)
+        out.append(tok)
+        h = s.decode(tok)
+    return out
+
+
+def describe(parts: Parts) -> dict[str, Any]:
+    return {"chunks": len(parts.infer), "context": parts.context, "batch": parts.batch}
