@@ -195,14 +195,25 @@ def train_tokenizer(corpus_txt: Path, out: Path) -> None:
 
 
 def _write_tokenizer_json(out: Path) -> None:
-    """tokenizer.json converted by transformers from tokenizer.model + tokenizer_config.json
-    (re-serialized with sorted keys)."""
+    """tokenizer.json converted by transformers from tokenizer.model alone (in a scratch dir, so a
+    stale tokenizer.json is never picked up), re-serialized with sorted keys."""
+    import shutil
+    import tempfile
+
+    import sentencepiece as spm
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(out))
-    data = json.loads(tok.backend_tokenizer.to_str())
-    if len(data["model"]["vocab"]) != VOCAB_SIZE:
-        raise RuntimeError(f"tokenizer.json conversion lost the vocabulary ({len(data['model']['vocab'])} tokens)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+            shutil.copy(out / name, Path(tmp) / name)
+        tok = AutoTokenizer.from_pretrained(tmp)
+        data = json.loads(tok.backend_tokenizer.to_str())
+    sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    vocab = data["model"]["vocab"]
+    wrong = [p for p, i in vocab.items() if sp.piece_to_id(p) != i]
+    if len(vocab) != sp.get_piece_size() or wrong:
+        raise RuntimeError(f"tokenizer.json conversion disagrees with tokenizer.model ({len(vocab)} tokens, "
+                           f"{len(wrong)} with other ids)")
     write_json(out / "tokenizer.json", data)
 
 
