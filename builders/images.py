@@ -1,200 +1,304 @@
-"""Toolchain images: docker/<name>.Dockerfile.j2 rendered with jinja2 from matrix.yaml pins, tagged by
-content hash, built through the docker SDK.
+"""Toolchain images: docker/<name>.Dockerfile.j2 rendered with jinja2 from matrix.yaml `images:` pins,
+tagged by content hash, built through the docker SDK.
 
-No registry is assumed: the root image is bootstrapped with `debootstrap --variant=minbase` and
-`docker import`. The tag of an image is a hash of its recipe — the rendered Dockerfile, the context
-files, the parent's tag — so the planner knows it without Docker and it is the same on every machine.
-Host trust configuration (CA bundle, pip index/proxy settings) is passed into builds so pip reaches
-the registries behind corporate proxies, and deliberately kept out of the tag.
+The tag of an image is a hash of its recipe - the rendered Dockerfile (which names the parent's tag
+in FROM) and the context files - so the planner knows it without Docker and it is the same on every
+machine. No registry is assumed: the root image is bootstrapped (builders/rootfs.py).
+
+Build context of image NAME: Dockerfile, docker/write-tools.py, every file in docker/NAME.context/
+(e.g. a pip constraints lock) - all part of the tag - and, not part of the tag, the host's trust
+configuration: its CA bundle (host-ca.crt) and pip index/proxy settings (build args), so pip reaches
+the registries behind corporate proxies. Wheels the host keeps for pinned packages (the CPU torch wheel
+in /opt/wheels) are served to the build over 127.0.0.1 instead of being copied into a layer.
 """
 
 from __future__ import annotations
 
+import configparser
+import fcntl
+import functools
 import hashlib
+import http.server
+import io
 import json
 import os
 import shutil
-import subprocess
+import tarfile
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import jinja2
 
+from builders import rootfs
 from builders.errors import MatrixError, ToolchainError
 
 DOCKER_DIR = Path(__file__).resolve().parents[1] / "docker"
-ROOTFS = "rootfs"  # the bootstrapped root image; `base` builds FROM it
-ROOTFS_PACKAGES = ("python3", "python3-venv", "ca-certificates")
-CONTEXT_FILES = ("write-tools.py",)  # copied into every build context (part of the tag)
+COMMON_CONTEXT = ("write-tools.py",)  # copied into every build context (part of the tag)
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
-PASSED_ENV = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
-              "http_proxy", "https_proxy", "no_proxy")
-LOG_DIR = Path(os.environ.get("BUILDMATRIX_LOGS", Path.home() / ".cache" / "buildmatrix" / "logs"))
+HOST_WHEELS = Path(os.environ.get("BUILDMATRIX_WHEELS_DIR", "/opt/wheels"))  # pinned wheels kept by this host
+CACHE = Path(os.environ.get("BUILDMATRIX_CACHE", Path.home() / ".cache" / "buildmatrix"))
+LOG_DIR = CACHE / "logs"
+LOG_TAIL = 40  # lines of a failed build's log quoted in <log>.tail
 
+# pip settings a container can use (pip config key -> env var); host paths and file:// indexes are dropped
+PIP_KEYS = {"index-url": "PIP_INDEX_URL", "extra-index-url": "PIP_EXTRA_INDEX_URL",
+            "trusted-host": "PIP_TRUSTED_HOST", "timeout": "PIP_DEFAULT_TIMEOUT",
+            "default-timeout": "PIP_DEFAULT_TIMEOUT", "retries": "PIP_RETRIES", "proxy": "PIP_PROXY"}
+PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")  # docker's own ARGs
+PIP_CONFIG_FILES = (Path("/etc/pip.conf"), Path("/etc/xdg/pip/pip.conf"), Path.home() / ".pip" / "pip.conf",
+                    Path.home() / ".config" / "pip" / "pip.conf")
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+BUILT: list[str] = []  # tags this process built (tests assert a warm ensure() builds nothing)
 
 
 def parent_of(name: str, pins: dict) -> str:
-    if name == "base":
-        return ROOTFS
-    return pins[name].get("from", "base")
+    return rootfs.NAME if name == "base" else pins[name].get("from", "base")
 
 
-def _rootfs_tag(pins: dict) -> str:
-    base = pins["base"]
-    recipe = {"suite": base.get("suite", "bookworm"), "mirror": base.get("mirror", "http://deb.debian.org/debian"),
-              "variant": "minbase", "include": ROOTFS_PACKAGES}
-    return f"buildmatrix/{ROOTFS}:{_sha(json.dumps(recipe, sort_keys=True).encode())[:12]}"
+def _template_env() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(DOCKER_DIR)), undefined=jinja2.StrictUndefined,
+                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 
 
 def render(name: str, pins: dict) -> str:
-    template = DOCKER_DIR / f"{name}.Dockerfile.j2"
+    """The Dockerfile of image `name` (pins[name] as `pins`, the parent's tag as `parent`)."""
     if name not in pins:
         raise MatrixError(f"matrix.yaml images: no entry '{name}'; add `images.{name}:` with its pins")
-    if not template.is_file():
+    if not (DOCKER_DIR / f"{name}.Dockerfile.j2").is_file():
         raise MatrixError(f"matrix.yaml images.{name}: no template docker/{name}.Dockerfile.j2")
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    parent = image_tag(parent_of(name, pins), pins)
     try:
-        return env.from_string(template.read_text()).render(pins=pins[name], parent=image_tag(parent_of(name, pins),
-                                                                                                  pins))
+        return _template_env().get_template(f"{name}.Dockerfile.j2").render(pins=pins[name], parent=parent, name=name)
     except jinja2.UndefinedError as e:
         raise MatrixError(f"matrix.yaml images.{name}: docker/{name}.Dockerfile.j2 needs a pin that is missing "
                           f"({e.message})") from None
 
 
+def context_files(name: str) -> dict[str, Path]:
+    """File name in the build context -> source file (all part of the tag)."""
+    files = {f: DOCKER_DIR / f for f in COMMON_CONTEXT}
+    extra = DOCKER_DIR / f"{name}.context"
+    if extra.is_dir():
+        files.update({p.name: p for p in sorted(extra.iterdir()) if p.is_file()})
+    return dict(sorted(files.items()))
+
+
 def image_tag(name: str, pins: dict) -> str:
     """buildmatrix/<name>:<12 hex> from the recipe alone (no Docker needed)."""
-    if name == ROOTFS:
-        return _rootfs_tag(pins)
+    if name == rootfs.NAME:
+        return rootfs.tag(pins.get("base", {}))
     h = hashlib.sha256(render(name, pins).encode())
-    for f in CONTEXT_FILES:
-        h.update(f.encode() + b"\0" + (DOCKER_DIR / f).read_bytes())
+    for rel, src in context_files(name).items():
+        h.update(rel.encode() + b"\0" + hashlib.sha256(src.read_bytes()).digest())
     return f"buildmatrix/{name}:{h.hexdigest()[:12]}"
 
 
-def _client():
+# -- host trust configuration passed into builds (never part of the tag) -------------------------------
+def _container_usable(key: str, value: str) -> str | None:
+    if key in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+        urls = [u for u in value.split() if u.startswith(("http://", "https://"))]
+        return " ".join(urls) or None
+    return None if value.startswith(("/", "file:", "~")) else value
+
+
+def build_args(environ: dict | None = None, config_files=PIP_CONFIG_FILES) -> dict[str, str]:
+    """pip index/proxy settings of this host that make sense in a container (env wins over pip.conf)."""
+    environ = os.environ if environ is None else environ
+    found: dict[str, str] = {}
+    for path in config_files:
+        cp = configparser.ConfigParser(interpolation=None)
+        try:
+            cp.read(path)
+        except configparser.Error:
+            continue
+        for section in ("global", "install", "download"):
+            for key, env in PIP_KEYS.items():
+                if cp.has_option(section, key):
+                    found[env] = " ".join(cp.get(section, key).split())
+    for env in set(PIP_KEYS.values()) | set(PROXY_ENV):
+        if environ.get(env):
+            found[env] = environ[env]
+    usable = {k: _container_usable(k, v) for k, v in found.items()}
+    return {k: v for k, v in sorted(usable.items()) if v}
+
+
+def _context(name: str, pins: dict, ctx: Path) -> None:
+    """Write the build context: Dockerfile + context_files (tagged) + the host CA bundle (not tagged)."""
+    ctx.mkdir(parents=True)
+    (ctx / "Dockerfile").write_text(render(name, pins))
+    for rel, src in context_files(name).items():
+        shutil.copy2(src, ctx / rel)
+    if HOST_CA.is_file():
+        shutil.copy2(HOST_CA, ctx / "host-ca.crt")
+    else:  # the Dockerfile falls back to the image's own ca-certificates bundle
+        (ctx / "host-ca.crt").write_text("")
+
+
+def host_wheels(name: str, pins: dict) -> list[Path]:
+    """Wheels in HOST_WHEELS for this image's exact pip pins (e.g. torch-2.13.0+cpu-...whl)."""
+    found = []
+    for pkg, ver in (pins[name].get("pip") or {}).items():
+        stem = pkg.replace("-", "_")
+        found += [w for w in sorted(HOST_WHEELS.glob(f"{stem}-{ver}*.whl"))
+                  if w.name.split("-")[1].split("+")[0] == str(ver).split("+")[0]]
+    return found
+
+
+@contextmanager
+def _wheel_server(wheels: list[Path]):
+    """Serve `wheels` on 127.0.0.1 for the duration of a build (builds use the host network); yields the URL."""
+    if not wheels:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="buildmatrix-wheels-") as tmp:
+        for w in wheels:
+            (Path(tmp) / w.name).symlink_to(w.resolve())
+        handler = functools.partial(_QuietHandler, directory=tmp)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}/"
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+# -- docker ---------------------------------------------------------------------------------------------
+def client():
+    """A docker SDK client that answered a ping, or ToolchainError."""
     import docker
 
     try:
-        client = docker.from_env(timeout=600)
-        client.ping()
-        return client
+        c = docker.from_env(timeout=900)
+        c.ping()
+        return c
     except Exception as e:  # docker raises several unrelated types for "no engine"
-        raise ToolchainError(f"no Docker engine reachable ({type(e).__name__}); run `bash scripts/setup.sh` or "
-                             "start dockerd, or use --executor native") from None
+        raise ToolchainError(f"no Docker engine reachable ({type(e).__name__}); run `bash scripts/setup.sh` "
+                             "(starts dockerd) or use --executor native") from None
 
 
-def _exists(client, tag: str) -> dict | None:
+def _inspect(c, ref: str) -> dict | None:
     import docker
 
     try:
-        return client.images.get(tag).attrs
+        return c.images.get(ref).attrs
     except docker.errors.ImageNotFound:
         return None
 
 
-def _bootstrap_rootfs(client, pins: dict, tag: str, log) -> None:
-    base = pins["base"]
-    suite, mirror = base.get("suite", "bookworm"), base.get("mirror", "http://deb.debian.org/debian")
-    if not shutil.which("debootstrap"):
-        raise ToolchainError("debootstrap is not installed; run `bash scripts/setup.sh` (apt-get install debootstrap)")
-    log(f"bootstrapping {tag}: debootstrap --variant=minbase {suite} ({mirror})")
-    with tempfile.TemporaryDirectory(prefix="buildmatrix-rootfs-") as tmp:
-        root = Path(tmp) / "root"
-        logf = LOG_DIR / "rootfs.log"
-        LOG_DIR.mkdir(parents=True, exist_ok=True)
-        with open(logf, "w") as fh:
-            rc = subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(ROOTFS_PACKAGES)}",
-                                 suite, str(root), mirror], stdout=fh, stderr=subprocess.STDOUT).returncode
-        if rc != 0:
-            raise ToolchainError(f"debootstrap {suite} failed (exit {rc}); log: {logf}")
-        for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "var/log"):
-            shutil.rmtree(root / junk, ignore_errors=True)
-            (root / junk).mkdir(parents=True, exist_ok=True)
-        tar = Path(tmp) / "rootfs.tar"
-        subprocess.run(["tar", "--numeric-owner", "--sort=name", "-C", str(root), "-cf", str(tar), "."], check=True)
-        repo, _, version = tag.partition(":")
-        client.api.import_image(src=str(tar), repository=repo, tag=version)
+@contextmanager
+def _lock(name: str):
+    """One builder per image name on this machine (parallel `invoke build`s wait instead of building twice)."""
+    (CACHE / "locks").mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "locks" / f"image-{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _context(name: str, pins: dict, tmp: Path) -> Path:
-    ctx = tmp / "ctx"
-    ctx.mkdir()
-    (ctx / "Dockerfile").write_text(render(name, pins))
-    for f in CONTEXT_FILES:
-        shutil.copy2(DOCKER_DIR / f, ctx / f)
-    # host trust configuration: not part of the tag
-    if HOST_CA.is_file():
-        shutil.copy2(HOST_CA, ctx / "host-ca.crt")
-    else:
-        (ctx / "host-ca.crt").write_text("")
-    (ctx / "wheels").mkdir()
-    torch_pin = (pins.get("base", {}).get("pip") or {}).get("torch")
-    if name == "base" and torch_pin:
-        for wheel in sorted(Path("/opt/wheels").glob(f"torch-{torch_pin}+cpu-*.whl")):
-            os.link(wheel, ctx / "wheels" / wheel.name) if wheel.stat().st_dev == ctx.stat().st_dev \
-                else shutil.copy2(wheel, ctx / "wheels" / wheel.name)
-    return ctx
+def _fail(name: str, reason: str, log_file: Path) -> ToolchainError:
+    lines = log_file.read_text(errors="replace").splitlines() if log_file.is_file() else []
+    tail = log_file.with_suffix(".tail")
+    tail.write_text("\n".join(lines[-LOG_TAIL:]) + "\n")
+    reason = " ".join(reason.split())[:200]
+    return ToolchainError(f"building image '{name}' failed: {reason}; last lines: {tail} (full log: {log_file})")
 
 
-def _build(client, name: str, pins: dict, tag: str, log) -> None:
+def _build(c, name: str, pins: dict, ref: str, log) -> None:
+    import docker
+
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    logf = LOG_DIR / f"image-{name}.log"
-    log(f"building image {tag} (log: {logf})")
-    buildargs = {k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)}
-    with tempfile.TemporaryDirectory(prefix=f"buildmatrix-{name}-") as tmp, open(logf, "w") as fh:
-        ctx = _context(name, pins, Path(tmp))
-        error = None
-        for chunk in client.api.build(path=str(ctx), tag=tag, rm=True, forcerm=True, decode=True,
-                                      network_mode="host", buildargs=buildargs, labels={"buildmatrix.image": name}):
-            if "stream" in chunk:
-                fh.write(chunk["stream"])
-            if "error" in chunk:
-                error = chunk["error"].strip()
-                fh.write(error + "\n")
-        if error:
-            raise ToolchainError(f"building image '{name}' failed: {error.splitlines()[-1][:200]}; log: {logf}")
+    log_file = LOG_DIR / f"image-{name}-{ref.rpartition(':')[2]}.log"
+    log(f"building image {ref} (log: {log_file})")
+    error = None
+    with tempfile.TemporaryDirectory(prefix=f"buildmatrix-{name}-") as tmp, open(log_file, "w") as fh, \
+            _wheel_server(host_wheels(name, pins)) as wheels_url:
+        ctx = Path(tmp) / "ctx"
+        _context(name, pins, ctx)
+        args = build_args() | ({"BUILDMATRIX_WHEELS": wheels_url} if wheels_url else {})
+        try:
+            for chunk in c.api.build(path=str(ctx), tag=ref, rm=True, forcerm=True, decode=True, pull=False,
+                                     network_mode="host", buildargs=args, labels={"buildmatrix.image": name}):
+                if "stream" in chunk:
+                    fh.write(chunk["stream"])
+                    fh.flush()
+                if "error" in chunk:
+                    error = chunk["error"].strip()
+                    fh.write(error + "\n")
+        except docker.errors.APIError as e:
+            error = str(e.explanation or e)
+            fh.write(error + "\n")
+    if error:
+        raise _fail(name, error.splitlines()[-1] if error else "unknown error", log_file)
 
 
-def ensure(names: list[str], pins: dict, log=print) -> dict[str, dict]:
-    """Build each named image (and its parents) that is missing; returns {name: {ref, id, tools}}."""
-    client = _client()
+def _tools(c, name: str, attrs: dict) -> dict:
+    """/etc/buildmatrix/tools.json of an image; cached on disk by image id (an id never changes content)."""
+    cached = CACHE / "tools" / f"{attrs['Id'].replace(':', '-')}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    container = c.containers.create(attrs["Id"], ["true"], network_disabled=True,
+                                    labels={"buildmatrix.tools": name})
+    try:
+        bits, _ = container.get_archive("/etc/buildmatrix/tools.json")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(bits))) as tar:
+            raw = tar.extractfile(tar.getmembers()[0]).read()
+    finally:
+        container.remove(force=True)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(raw)
+    return json.loads(raw)
+
+
+def build_order(names: list[str], pins: dict) -> list[str]:
+    """The images to have, parents first (the root image included)."""
     order: list[str] = []
 
     def visit(n: str) -> None:
         if n in order:
             return
-        if n != ROOTFS:
+        if n != rootfs.NAME:
+            if n not in pins:
+                raise MatrixError(f"matrix.yaml images: no entry '{n}'; add `images.{n}:` with its pins")
             visit(parent_of(n, pins))
         order.append(n)
 
     for n in names:
         visit(n)
+    return order
+
+
+def ensure(names: list[str], pins: dict, log=print) -> dict[str, dict]:
+    """Build each named image (and its parents) that is missing; returns {name: {name, ref, id, tools}}.
+    With nothing changed it only inspects the images (no build work)."""
+    c = client()
     info = {}
-    for n in order:
-        tag = image_tag(n, pins)
-        attrs = _exists(client, tag)
+    for n in build_order(names, pins):
+        ref = image_tag(n, pins)
+        attrs = _inspect(c, ref)
         if attrs is None:
-            if n == ROOTFS:
-                _bootstrap_rootfs(client, pins, tag, log)
-            else:
-                _build(client, n, pins, tag, log)
-            ensure.builds += 1
-            attrs = _exists(client, tag)
-        info[n] = {"name": n, "ref": tag, "id": attrs["Id"], "tools": _tools(client, tag) if n in names else {}}
+            with _lock(n):
+                attrs = _inspect(c, ref)  # another process may have built it while we waited
+                if attrs is None:
+                    if n == rootfs.NAME:
+                        rootfs.bootstrap(c, pins.get("base", {}), LOG_DIR / f"rootfs-{ref.rpartition(':')[2]}.log",
+                                         log)
+                    else:
+                        _build(c, n, pins, ref, log)
+                    BUILT.append(ref)
+                    attrs = _inspect(c, ref)
+            if attrs is None:
+                raise ToolchainError(f"image {ref} is missing after its build; see {LOG_DIR}")
+        if n in names:
+            info[n] = {"name": n, "ref": ref, "id": attrs["Id"], "tools": _tools(c, n, attrs)}
     return {n: info[n] for n in names}
-
-
-ensure.builds = 0  # how many images this process built (tests assert a warm ensure() builds none)
-
-_tools_cache: dict[str, dict] = {}
-
-
-def _tools(client, tag: str) -> dict:
-    """/etc/buildmatrix/tools.json of an image (read once per process)."""
-    if tag not in _tools_cache:
-        raw = client.containers.run(tag, ["cat", "/etc/buildmatrix/tools.json"], remove=True, network_mode="none")
-        _tools_cache[tag] = json.loads(raw)
-    return _tools_cache[tag]

@@ -2,15 +2,29 @@
 
     docker  (default) the node runs in its toolchain image, inputs read-only, no network
     native  the same entry point on this host (macOS runners for Metal/iPhone/Core ML; development)
+
+Both run `python -m builders.node run <spec.json>` and return its exit code. The spec uses container
+paths (/in/<role>, /node/out, /node/work, /node/result.json); one mount has container "/node" (the
+node's host staging dir). Ctrl-C or SIGTERM stops the node (no container or child outlives it) and
+the interrupt propagates.
 """
 
 from __future__ import annotations
 
+import importlib
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from builders.errors import MatrixError
+
+EXECUTORS = {  # name -> "module:class"
+    "docker": "builders.executors.docker:DockerExecutor",
+    "native": "builders.executors.native:NativeExecutor",
+}
 
 
 @dataclass(frozen=True)
@@ -27,17 +41,48 @@ class Executor(Protocol):
         """Run `python -m builders.node run` for spec; return the node process exit code."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received while a node ran; handled like Ctrl-C."""
+
+
 def node_dir(mounts: list[Mount]) -> Path:
-    return next(m.host for m in mounts if m.container == "/node")
+    for m in mounts:
+        if m.container == "/node":
+            return Path(m.host)
+    raise ValueError("executor: no mount has container path /node (the node's staging dir)")
 
 
-def get_executor(name: str) -> Executor:
-    if name == "docker":
-        from builders.executors.docker import DockerExecutor
+@contextmanager
+def sigterm_raises():
+    """While active (main thread only), SIGTERM raises Terminated instead of killing the process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
-        return DockerExecutor()
-    if name == "native":
-        from builders.executors.native import NativeExecutor
+    def handler(signum, frame):
+        raise Terminated()
 
-        return NativeExecutor()
-    raise MatrixError(f"--executor {name}: unknown executor; choose docker or native")
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def signals_deferred():
+    """Hold SIGINT/SIGTERM back (cleanup must finish); they are delivered when the block ends."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def get_executor(name: str, echo: bool = False) -> Executor:
+    """The executor called `name`; echo=True also streams node output to the terminal (stderr)."""
+    if name not in EXECUTORS:
+        raise MatrixError(f"--executor {name}: unknown executor; choose {' or '.join(EXECUTORS)}")
+    module, _, cls = EXECUTORS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)(echo=echo)

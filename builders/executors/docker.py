@@ -1,71 +1,115 @@
 """Run a node in its toolchain container through the docker SDK.
 
-The project's builders/ package is mounted read-only at /opt/buildmatrix; inputs are read-only, the
-network is off, HOME and caches live in the node's work dir. Ctrl-C or SIGTERM kills and removes the
-container before the interrupt propagates: no container outlives its build.
+The project's builders/ package is mounted read-only at /opt/buildmatrix/builders (PYTHONPATH=/opt/buildmatrix);
+inputs are mounted read-only, the network is off, HOME and caches live in the node's work dir, and the
+process runs as the host user so its files belong to whoever runs the build. Ctrl-C or SIGTERM kills and
+removes the container before the interrupt propagates: no container outlives its build.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
+import re
+import socket
+import sys
+import uuid
 from pathlib import Path
 
-from builders.executors import Mount, node_dir
+from builders.executors import Mount, node_dir, sigterm_raises, signals_deferred
 
 PROJECT = Path(__file__).resolve().parents[2]
-LABEL = "buildmatrix.node"
+LABEL = "buildmatrix.node"  # value: the node key
+OWNER_LABELS = ("buildmatrix.pid", "buildmatrix.host")  # which process started the container
+CONTAINER_ENV = {
+    "PYTHONPATH": "/opt/buildmatrix",
+    "PYTHONUNBUFFERED": "1",
+    "HOME": "/node/work/home",
+    "XDG_CACHE_HOME": "/node/work/cache",
+    "HF_HOME": "/node/work/cache/huggingface",
+    "TORCH_HOME": "/node/work/cache/torch",
+    "MPLCONFIGDIR": "/node/work/cache/matplotlib",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C."""
+def _client():
+    from builders.images import client  # one place that turns "no engine" into a one-line ToolchainError
+
+    return client()
 
 
-def _raise_terminated(signum, frame):
-    raise _Terminated()
+def _name(key: str) -> str:
+    return f"buildmatrix-{re.sub(r'[^a-zA-Z0-9_.-]', '-', key)[:80]}-{uuid.uuid4().hex[:8]}"
+
+
+def _remove(client, name: str) -> None:
+    import docker
+
+    try:
+        client.containers.get(name).remove(force=True)  # kills it if still running
+    except docker.errors.NotFound:
+        pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def cleanup_stale(client=None) -> list[str]:
+    """Remove buildmatrix node containers whose executor is gone (exited ones, or started by a process of this
+    host that no longer exists). Containers of live builds (other users' too) are left alone."""
+    client = client or _client()
+    removed = []
+    for c in client.containers.list(all=True, filters={"label": LABEL}):
+        labels = c.labels or {}
+        pid, host = labels.get(OWNER_LABELS[0], ""), labels.get(OWNER_LABELS[1])
+        orphan = host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
+        if c.status != "running" or orphan:
+            c.remove(force=True)
+            removed.append(c.name)
+    return removed
 
 
 class DockerExecutor:
     name = "docker"
 
-    def __init__(self, echo: bool = False):
-        import docker
-
-        self.client = docker.from_env(timeout=600)
+    def __init__(self, echo: bool = False, client=None):
+        self.client = client or _client()
         self.echo = echo
 
-    def cleanup_stale(self) -> int:
-        stale = self.client.containers.list(all=True, filters={"label": LABEL})
-        for c in stale:
-            c.remove(force=True)
-        return len(stale)
-
     def run(self, spec: dict, mounts: list[Mount], image_ref: str | None, log_path: Path) -> int:
-        (node_dir(mounts) / "spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
+        if not image_ref:
+            raise ValueError(f"{spec['key']}: the docker executor needs an image ref")
+        host_node = node_dir(mounts)
+        (host_node / "spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
+        (host_node / "work" / "home").mkdir(parents=True, exist_ok=True)
         volumes = {str(m.host): {"bind": m.container, "mode": "ro" if m.read_only else "rw"} for m in mounts}
         volumes[str(PROJECT / "builders")] = {"bind": "/opt/buildmatrix/builders", "mode": "ro"}
-        env = {"PYTHONPATH": "/opt/buildmatrix", "HOME": "/node/work/home", "XDG_CACHE_HOME": "/node/work/cache",
-               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-               "OMP_NUM_THREADS": str(os.cpu_count() or 2)}
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
-        container = None
-        try:
-            container = self.client.containers.run(
-                image_ref, ["python", "-m", "builders.node", "run", "/node/spec.json"], detach=True,
-                volumes=volumes, environment=env, network_mode="none", user=f"{os.getuid()}:{os.getgid()}",
-                labels={LABEL: spec["key"]}, working_dir="/node/work")
-            with open(log_path, "ab") as log:
-                for chunk in container.logs(stream=True, follow=True):
-                    log.write(chunk)
-                    log.flush()
-                    if self.echo:
-                        os.write(2, chunk)
-            return int(container.wait().get("StatusCode", 1))
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            if container is not None:
-                try:
-                    container.remove(force=True)  # kills it if still running
-                except Exception:  # already gone
-                    pass
+        labels = {LABEL: spec["key"], OWNER_LABELS[0]: str(os.getpid()), OWNER_LABELS[1]: socket.gethostname()}
+        name = _name(spec["key"])
+        with sigterm_raises():
+            try:
+                container = self.client.containers.create(
+                    image_ref, ["python", "-m", "builders.node", "run", "/node/spec.json"], name=name,
+                    volumes=volumes, environment=CONTAINER_ENV, network_mode="none", labels=labels,
+                    user=f"{os.getuid()}:{os.getgid()}", working_dir="/node/work")
+                container.start()
+                with open(log_path, "ab") as log:
+                    for chunk in container.logs(stream=True, follow=True):
+                        log.write(chunk)
+                        log.flush()
+                        if self.echo:
+                            sys.stderr.buffer.write(chunk)
+                            sys.stderr.buffer.flush()
+                return int(container.wait().get("StatusCode", 1))
+            finally:
+                with signals_deferred():
+                    _remove(self.client, name)

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian machine (as root) for buildmatrix: Docker engine, debootstrap, host Python deps.
+# Idempotent (a second run only checks), non-interactive (CI=true, no stdin). One line per phase.
+# The Python deps go to the `pip` on PATH: an activated venv gets them, otherwise the system Python.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DOCKERD_LOG=${DOCKERD_LOG:-/var/log/buildmatrix-dockerd.log}
+APT_PACKAGES=(docker.io debootstrap ca-certificates tar python3 python3-pip python3-venv python-is-python3)
+export DEBIAN_FRONTEND=noninteractive
+
+phase() { printf 'setup: %-16s %s\n' "$1" "$2"; }
+die() { printf 'setup: error: %s\n' "$1" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (apt-get and dockerd need it): sudo bash scripts/setup.sh"
+command -v apt-get >/dev/null || die "apt-get not found: scripts/setup.sh supports Debian/Ubuntu only"
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  phase apt "already installed: ${APT_PACKAGES[*]}"
+else
+  apt-get update -qq </dev/null >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
+  phase apt "installed: ${missing[*]}"
+fi
+
+if docker info >/dev/null 2>&1; then
+  phase docker "engine answers ($(docker version -f '{{.Server.Version}}' 2>/dev/null))"
+else
+  command -v dockerd >/dev/null || die "dockerd not found after installing docker.io"
+  mkdir -p "$(dirname "$DOCKERD_LOG")"
+  (setsid dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &)
+  for _ in $(seq 60); do
+    docker info >/dev/null 2>&1 && break
+    sleep 1
+  done
+  docker info >/dev/null 2>&1 || die "dockerd did not answer within 60 s; see $DOCKERD_LOG"
+  phase docker "started dockerd (log: $DOCKERD_LOG)"
+fi
+
+PIP=(python3 -m pip)
+command -v pip >/dev/null && PIP=(pip)
+# a dedicated build machine: Debian's system Python refuses pip installs (PEP 668) unless told otherwise
+[ -n "${VIRTUAL_ENV:-}" ] || export PIP_BREAK_SYSTEM_PACKAGES=1
+if "${PIP[@]}" install -q --disable-pip-version-check -r requirements.txt </dev/null >/tmp/buildmatrix-pip.log 2>&1; then
+  phase python "requirements.txt installed ($("${PIP[@]}" --version | cut -d' ' -f1-2), $(command -v python3))"
+else
+  tail -n 5 /tmp/buildmatrix-pip.log >&2
+  die "pip install -r requirements.txt failed; log: /tmp/buildmatrix-pip.log"
+fi
+
+command -v invoke >/dev/null || die "invoke is not on PATH after pip install; add $(python3 -m site --user-base)/bin to PATH"
+phase done "run: invoke build   |   invoke test"

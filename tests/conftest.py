@@ -1,0 +1,63 @@
+"""Shared fixtures. Tests marked `docker` get a reachable Docker engine: it is started (dockerd) when none
+answers, and when that is impossible those tests FAIL - they are never skipped."""
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERD_LOG = Path("/tmp/buildmatrix-tests-dockerd.log")
+DOCKERD_WAIT_S = 60
+
+
+def _engine_answers() -> bool:
+    import docker
+
+    try:
+        docker.from_env(timeout=10).ping()
+        return True
+    except Exception:  # any failure to talk to the engine means "not reachable"
+        return False
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """A docker SDK client of a running engine; starts dockerd if needed (left running afterwards)."""
+    import docker
+
+    if not _engine_answers():
+        if not shutil.which("dockerd"):
+            pytest.fail("no Docker engine answers and dockerd is not installed: run `bash scripts/setup.sh`")
+        with open(DOCKERD_LOG, "ab") as log:
+            subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+        deadline = time.monotonic() + DOCKERD_WAIT_S
+        while not _engine_answers():
+            if time.monotonic() > deadline:
+                pytest.fail(f"started dockerd but no engine answered within {DOCKERD_WAIT_S} s; log: {DOCKERD_LOG}")
+            time.sleep(1)
+    return docker.from_env(timeout=900)
+
+
+@pytest.fixture(autouse=True)
+def _engine_for_docker_tests(request):
+    if request.node.get_closest_marker("docker"):
+        request.getfixturevalue("docker_engine")
+
+
+@pytest.fixture(scope="session")
+def pins() -> dict:
+    """The `images:` section of the project's matrix.yaml."""
+    return yaml.safe_load((ROOT / "matrix.yaml").read_text())["images"]
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_engine, pins) -> dict:
+    """The real base toolchain image ({name, ref, id, tools}), built if missing."""
+    from builders import images
+
+    return images.ensure(["base"], pins)["base"]

@@ -1,0 +1,77 @@
+"""A backend used only by the executor tests: real nodes (run through `python -m builders.node run`) whose steps
+report what the node process sees - its inputs, whether it can write them, the network, its user - or sleep
+so a test can interrupt it. Registered at runtime (tests/conftest.py `exec_site`), never in the product."""
+
+import errno
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from builders.backends.base import NodeDef
+
+
+def _try_write(directory: Path) -> str:
+    try:
+        (directory / "written-by-node").write_text("x")
+        return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+
+
+def _try_connect() -> str:
+    try:
+        socket.create_connection(("1.1.1.1", 53), timeout=3).close()
+        return "connected"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, type(e).__name__) if e.errno else type(e).__name__
+
+
+def inputs(ctx):
+    config = json.loads((ctx.model_dir / "config.json").read_text())
+    (ctx.out / "copied.json").write_text(json.dumps(config))
+    ctx.result["probe"] = {"model_write": _try_write(ctx.model_dir), "model_dir": str(ctx.model_dir)}
+
+
+def environment(ctx):
+    code_dir = Path(__import__("builders").__file__).parent
+    interfaces = [line.split(":")[0].strip() for line in Path("/proc/net/dev").read_text().splitlines()[2:]]
+    ctx.result["probe"].update({
+        "uid": os.getuid(), "gid": os.getgid(), "home": os.environ.get("HOME"), "cwd": os.getcwd(),
+        "code_write": _try_write(code_dir), "network": _try_connect(), "interfaces": interfaces,
+        "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH"), "out": str(ctx.out)})
+    (ctx.out / "owner.txt").write_text(f"{os.getuid()}:{os.getgid()}")
+
+
+def sleep(ctx):
+    (ctx.out / "pid").write_text(str(os.getpid()))
+    ctx.log("sleeping")
+    time.sleep(float(ctx.params.get("seconds", 120)))
+
+
+STEPS = {"probe": [("inputs", inputs), ("environment", environment)], "sleep": [("sleep", sleep)]}
+
+
+class ExecTestBackend:
+    name = "exectest"
+    image = "base"
+    quants = {"x": None}
+    targets = ("cpu",)
+    archs = ("LlamaForCausalLM",)
+    code = ()
+
+    def normalize_options(self, options, where):
+        return dict(options)
+
+    def unavailable(self, cell):
+        return None
+
+    def expand(self, cell, model):
+        return [NodeDef(f"{model.name}.exectest", "probe", "exectest", "base", {})]
+
+    def steps(self, kind):
+        return STEPS[kind]
+
+
+BACKEND = ExecTestBackend()
