@@ -71,3 +71,13 @@ def ci(c, model=None, backends=None, quants=None, targets=None, only=None, matri
        path=".github/workflows/buildmatrix.yml"):
     """Generate the GitHub Actions workflow (Linux container jobs + macOS runner jobs) for the selected cells."""
     cli.ci(matrix, out, model, backends, quants, targets, only, path)
+
+
+@task
+def docs(c):
+    """Regenerate the README's support matrix from the backend and target tables."""
+    from pathlib import Path
+
+    from builders.docs import update_readme
+
+    print("README.md updated" if update_readme(Path("README.md")) else "README.md already up to date")

@@ -1,0 +1,36 @@
+"""The README's support matrix, generated from the backends' and targets' tables (`invoke docs`)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from builders import backends
+from builders.targets import TARGETS
+
+START, END = "<!-- support-matrix:start -->", "<!-- support-matrix:end -->"
+
+
+def support_matrix() -> str:
+    names = backends.USER_BACKENDS
+    rows = ["| target | " + " | ".join(names) + " | notes |", "|---|" + "---|" * (len(names) + 1)]
+    for t in TARGETS.values():
+        cells = ["yes" if t.name in backends.get(b).targets else "—" for b in names]
+        notes = ", ".join(n for n, on in (("needs macOS for some steps", t.needs_macos),
+                                          ("runs on a GPU", t.needs_gpu),
+                                          ("verified on the build host", t.runs_on_build_host)) if on)
+        rows.append(f"| `{t.name}` ({t.description}) | " + " | ".join(cells) + f" | {notes} |")
+    rows += ["", "| backend | quant codes | architectures |", "|---|---|---|"]
+    for b in names:
+        be = backends.get(b)
+        rows.append(f"| {b} | {' '.join(f'`{q}`' for q in be.quants)} | {', '.join(be.archs)} |")
+    return "\n".join(rows)
+
+
+def update_readme(path: Path) -> bool:
+    """Rewrite the block between the markers; return True if the file changed."""
+    text = path.read_text()
+    new = re.sub(re.escape(START) + ".*?" + re.escape(END), f"{START}\n{support_matrix()}\n{END}", text, flags=re.S)
+    if new != text:
+        path.write_text(new)
+    return new != text
