@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DOCKERD_LOG=${DOCKERD_LOG:-/var/log/buildmatrix-dockerd.log}
+APT_LOG=/tmp/buildmatrix-apt.log
+PIP_LOG=/tmp/buildmatrix-pip.log
 APT_PACKAGES=(docker.io debootstrap ca-certificates tar python3 python3-pip python3-venv python-is-python3)
-export DEBIAN_FRONTEND=noninteractive
+export DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a
 
 phase() { printf 'setup: %-16s %s\n' "$1" "$2"; }
 die() { printf 'setup: error: %s\n' "$1" >&2; exit 1; }
@@ -22,8 +24,8 @@ done
 if [ ${#missing[@]} -eq 0 ]; then
   phase apt "already installed: ${APT_PACKAGES[*]}"
 else
-  apt-get update -qq </dev/null >/dev/null
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
+  { apt-get update && apt-get install -y --no-install-recommends "${missing[@]}"; } </dev/null >"$APT_LOG" 2>&1 \
+    || { tail -n 5 "$APT_LOG" >&2; die "apt-get install ${missing[*]} failed; log: $APT_LOG"; }
   phase apt "installed: ${missing[*]}"
 fi
 
@@ -45,11 +47,11 @@ PIP=(python3 -m pip)
 command -v pip >/dev/null && PIP=(pip)
 # a dedicated build machine: Debian's system Python refuses pip installs (PEP 668) unless told otherwise
 [ -n "${VIRTUAL_ENV:-}" ] || export PIP_BREAK_SYSTEM_PACKAGES=1
-if "${PIP[@]}" install -q --disable-pip-version-check -r requirements.txt </dev/null >/tmp/buildmatrix-pip.log 2>&1; then
+if "${PIP[@]}" install --disable-pip-version-check -r requirements.txt </dev/null >"$PIP_LOG" 2>&1; then
   phase python "requirements.txt installed ($("${PIP[@]}" --version | cut -d' ' -f1-2), $(command -v python3))"
 else
-  tail -n 5 /tmp/buildmatrix-pip.log >&2
-  die "pip install -r requirements.txt failed; log: /tmp/buildmatrix-pip.log"
+  tail -n 5 "$PIP_LOG" >&2
+  die "pip install -r requirements.txt failed; log: $PIP_LOG"
 fi
 
 command -v invoke >/dev/null || die "invoke is not on PATH after pip install; add $(python3 -m site --user-base)/bin to PATH"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -78,6 +79,16 @@ def signals_deferred():
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def echo(chunk: bytes) -> None:
+    """Copy node output to the terminal (stderr), whatever stderr currently is."""
+    buffer = getattr(sys.stderr, "buffer", None)
+    if buffer is not None:
+        buffer.write(chunk)
+        buffer.flush()
+    else:
+        sys.stderr.write(chunk.decode("utf-8", "replace"))
 
 
 def get_executor(name: str, echo: bool = False) -> Executor:

@@ -12,11 +12,11 @@ import json
 import os
 import re
 import socket
-import sys
 import uuid
 from pathlib import Path
 
-from builders.executors import Mount, node_dir, sigterm_raises, signals_deferred
+from builders.errors import ToolchainError
+from builders.executors import Mount, echo, node_dir, sigterm_raises, signals_deferred
 
 PROJECT = Path(__file__).resolve().parents[2]
 LABEL = "buildmatrix.node"  # value: the node key
@@ -86,8 +86,15 @@ class DockerExecutor:
         self.echo = echo
 
     def run(self, spec: dict, mounts: list[Mount], image_ref: str | None, log_path: Path) -> int:
+        import docker
+
         if not image_ref:
             raise ValueError(f"{spec['key']}: the docker executor needs an image ref")
+        try:
+            self.client.images.get(image_ref)
+        except docker.errors.ImageNotFound:
+            raise ToolchainError(f"{spec['key']}: toolchain image {image_ref} is not built; run `invoke images`") \
+                from None
         host_node = node_dir(mounts)
         (host_node / "spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
         (host_node / "work" / "home").mkdir(parents=True, exist_ok=True)
@@ -107,8 +114,7 @@ class DockerExecutor:
                         log.write(chunk)
                         log.flush()
                         if self.echo:
-                            sys.stderr.buffer.write(chunk)
-                            sys.stderr.buffer.flush()
+                            echo(chunk)
                 return int(container.wait().get("StatusCode", 1))
             finally:
                 with signals_deferred():

@@ -1,7 +1,7 @@
 """Run a node on this host: the same entry point and spec, with container paths mapped to host paths.
 
 The spec is rewritten (container paths -> mount host paths) into <node dir>/spec.native.json and run as
-`sys.executable -m builders.node run` with PYTHONPATH = the project root. Ctrl-C or SIGTERM terminates
+`sys.executable -m builders.node run` with the project root first on PYTHONPATH. Ctrl-C or SIGTERM terminates
 the child (then kills it after a grace period) before the interrupt propagates.
 """
 
@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from builders.executors import Mount, node_dir, sigterm_raises, signals_deferred
+from builders.executors import Mount, echo, node_dir, sigterm_raises, signals_deferred
 
 PROJECT = Path(__file__).resolve().parents[2]
 PATH_KEYS = ("out", "work", "result")
@@ -55,7 +55,8 @@ class NativeExecutor:
     def run(self, spec: dict, mounts: list[Mount], image_ref: str | None, log_path: Path) -> int:
         spec_path = node_dir(mounts) / "spec.native.json"
         spec_path.write_text(json.dumps(native_spec(spec, mounts), indent=1, sort_keys=True))
-        env = {**os.environ, "PYTHONPATH": str(PROJECT), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+        pythonpath = os.pathsep.join(p for p in (str(PROJECT), os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
         with sigterm_raises(), open(log_path, "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", "builders.node", "run", str(spec_path)],
                                     stdout=subprocess.PIPE if self.echo else log, stderr=subprocess.STDOUT,
@@ -65,8 +66,7 @@ class NativeExecutor:
                     for chunk in iter(lambda: proc.stdout.read1(65536), b""):
                         log.write(chunk)
                         log.flush()
-                        sys.stderr.buffer.write(chunk)
-                        sys.stderr.buffer.flush()
+                        echo(chunk)
                 return proc.wait()
             finally:
                 with signals_deferred():

@@ -1,0 +1,198 @@
+"""Executors run real nodes through `python -m builders.node run`: in the base toolchain container (mounts,
+read-only inputs, no network, host user) and natively; Ctrl-C / SIGTERM leave no container or child behind.
+
+The nodes belong to tests/execbackend.py, a test-only backend registered at runtime through a sitecustomize
+module put on the node process's PYTHONPATH (mounted into the container, or via PYTHONPATH natively)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from builders.executors import Mount, get_executor
+from builders.executors.docker import LABEL, cleanup_stale
+from builders.executors.native import native_spec
+from builders.errors import MatrixError, ToolchainError
+
+ROOT = Path(__file__).resolve().parents[1]
+SITECUSTOMIZE = "from builders import backends\nbackends.REGISTRY['exectest'] = 'execbackend'\n"
+
+
+@pytest.fixture(scope="session")
+def exec_site(tmp_path_factory) -> Path:
+    """A directory holding sitecustomize.py (registers the exectest backend) and execbackend.py."""
+    d = tmp_path_factory.mktemp("exec-site")
+    (d / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    (d / "execbackend.py").write_text((ROOT / "tests" / "execbackend.py").read_text())
+    return d
+
+
+def site_mounts(site: Path) -> list[Mount]:
+    return [Mount(site / f, f"/opt/buildmatrix/{f}", True) for f in ("sitecustomize.py", "execbackend.py")]
+
+
+def make_node(tmp_path: Path, kind: str, **params) -> tuple[dict, list[Mount], Path]:
+    key = f"exec-{kind}-{uuid.uuid4().hex[:8]}"
+    stage, model = tmp_path / "stage", tmp_path / "model"
+    stage.mkdir()
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "hidden_size": 8}))
+    spec = {"schema": 1, "key": key, "kind": kind, "backend": "exectest", "digest": "d" * 64, "params": params,
+            "model": {"name": "m"}, "inputs": {"model": "/in/model"}, "out": "/node/out", "work": "/node/work",
+            "result": "/node/result.json", "steps": {}, "env": {"SOURCE_DATE_EPOCH": "315532800"}}
+    return spec, [Mount(stage, "/node", False), Mount(model, "/in/model", True)], stage
+
+
+def containers_of(client, key: str) -> list:
+    return client.containers.list(all=True, filters={"label": f"{LABEL}={key}"})
+
+
+def test_unknown_executor_is_a_one_line_error():
+    with pytest.raises(MatrixError, match=r"^--executor podman: unknown executor; choose docker or native$"):
+        get_executor("podman")
+
+
+def test_native_spec_maps_container_paths_to_mount_hosts(tmp_path):
+    spec, mounts, stage = make_node(tmp_path, "probe")
+    mapped = native_spec(spec, mounts + [Mount(tmp_path / "ref", "/in/reference", True)])
+    assert mapped["out"] == str(stage / "out") and mapped["result"] == str(stage / "result.json")
+    assert mapped["inputs"] == {"model": str(tmp_path / "model")}
+    assert spec["out"] == "/node/out", "the caller's spec is not changed"
+
+
+@pytest.mark.docker
+def test_docker_executor_runs_a_node_read_only_inputs_no_network_host_user(tmp_path, base_image, exec_site,
+                                                                           docker_engine, capfd):
+    spec, mounts, stage = make_node(tmp_path, "probe")
+    log = stage / "log.txt"
+    rc = get_executor("docker", echo=True).run(spec, mounts + site_mounts(exec_site), base_image["ref"], log)
+    result = json.loads((stage / "result.json").read_text())
+    assert (rc, result["status"]) == (0, "ok"), log.read_text()
+    assert json.loads((stage / "spec.json").read_text()) == spec, "the spec the container ran is kept"
+    probe = result["probe"]
+    assert probe["model_dir"] == "/in/model" and probe["out"] == "/node/out"
+    assert probe["model_write"] == "EROFS", "the model input is mounted read-only"
+    assert probe["code_write"] == "EROFS", "the project's builders/ package is mounted read-only"
+    assert probe["network"] == "ENETUNREACH" and probe["interfaces"] == ["lo"], "no network in the container"
+    assert (probe["uid"], probe["gid"]) == (os.getuid(), os.getgid())
+    assert probe["home"].startswith("/node/work/") and probe["source_date_epoch"] == "315532800"
+    assert json.loads((stage / "out" / "copied.json").read_text())["hidden_size"] == 8
+    assert (stage / "out" / "owner.txt").stat().st_uid == os.getuid()
+    assert not (tmp_path / "model" / "written-by-node").exists()
+    text = log.read_text()
+    assert f"[{spec['key']}] step 1/2 inputs" in text and f"[{spec['key']}] ok" in text
+    assert f"[{spec['key']}] step 2/2 environment" in capfd.readouterr().err, "echo=True streams to the terminal"
+    assert containers_of(docker_engine, spec["key"]) == [], "the container is removed after the node"
+
+
+@pytest.mark.docker
+def test_docker_executor_returns_the_node_exit_code(tmp_path, base_image, exec_site):
+    spec, mounts, stage = make_node(tmp_path, "probe")
+    (tmp_path / "model" / "config.json").unlink()  # the inputs step fails
+    rc = get_executor("docker").run(spec, mounts + site_mounts(exec_site), base_image["ref"], stage / "log.txt")
+    result = json.loads((stage / "result.json").read_text())
+    assert rc == 1 and result["status"] == "failed" and "config.json" in result["reason"]
+
+
+def test_native_executor_runs_the_same_node_with_host_paths(tmp_path, exec_site, monkeypatch, capfd):
+    monkeypatch.setenv("PYTHONPATH", str(exec_site))
+    spec, mounts, stage = make_node(tmp_path, "probe")
+    rc = get_executor("native", echo=True).run(spec, mounts, None, stage / "log.txt")
+    assert f"[{spec['key']}] step 2/2 environment" in capfd.readouterr().err
+    result = json.loads((stage / "result.json").read_text())
+    assert (rc, result["status"]) == (0, "ok"), (stage / "log.txt").read_text()
+    assert result["probe"]["model_dir"] == str(tmp_path / "model")
+    assert result["probe"]["out"] == str(stage / "out")
+    assert json.loads((stage / "spec.native.json").read_text())["work"] == str(stage / "work")
+    assert f"[{spec['key']}] ok" in (stage / "log.txt").read_text()
+
+
+@pytest.mark.docker
+def test_docker_executor_names_a_missing_image(tmp_path, exec_site):
+    spec, mounts, stage = make_node(tmp_path, "probe")
+    with pytest.raises(ToolchainError, match=r"buildmatrix/base:000000000000 is not built; run `invoke images`"):
+        get_executor("docker").run(spec, mounts, "buildmatrix/base:000000000000", stage / "log.txt")
+
+
+RUNNER = """
+import sys
+from pathlib import Path
+from builders.executors import Mount, get_executor
+spec, mounts, image = {spec!r}, [Mount(Path(h), c, r) for h, c, r in {mounts!r}], {image!r}
+sys.exit(get_executor({executor!r}).run(spec, mounts, image, Path({log!r})))
+"""
+
+
+def start_runner(tmp_path, executor: str, image, exec_site: Path) -> tuple[subprocess.Popen, dict, Path]:
+    """The executor in its own Python process, running a node that sleeps; returns once the node sleeps."""
+    spec, mounts, stage = make_node(tmp_path, "sleep", seconds=300)
+    if executor == "docker":
+        mounts += site_mounts(exec_site)
+    code = RUNNER.format(spec=spec, mounts=[(str(m.host), m.container, m.read_only) for m in mounts], image=image,
+                         executor=executor, log=str(stage / "log.txt"))
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{exec_site}"}
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (stage / "out" / "pid").exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "the node never started sleeping"
+        time.sleep(0.2)
+    return proc, spec, stage
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupting_the_docker_executor_removes_the_container(tmp_path, base_image, exec_site, docker_engine, sig):
+    proc, spec, stage = start_runner(tmp_path, "docker", base_image["ref"], exec_site)
+    assert [c.status for c in containers_of(docker_engine, spec["key"])] == ["running"]
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and ("KeyboardInterrupt" in out or "Terminated" in out), out
+    assert containers_of(docker_engine, spec["key"]) == [], "no container is left after the interrupt"
+    assert not (stage / "result.json").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupting_the_native_executor_stops_the_node_process(tmp_path, exec_site, sig):
+    proc, spec, stage = start_runner(tmp_path, "native", None, exec_site)
+    child = int((stage / "out" / "pid").read_text())
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and ("KeyboardInterrupt" in out or "Terminated" in out), out
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+
+
+@pytest.mark.docker
+def test_cleanup_stale_removes_orphans_and_leaves_live_builds(base_image, docker_engine):
+    def make(pid: int, start: bool):
+        c = docker_engine.containers.create(
+            base_image["ref"], ["sleep", "300"], network_mode="none",
+            labels={LABEL: f"stale-test-{uuid.uuid4().hex[:8]}", "buildmatrix.pid": str(pid),
+                    "buildmatrix.host": os.uname().nodename})
+        if start:
+            c.start()
+        return c
+
+    dead = subprocess.Popen(["true"])  # a process id that no longer exists
+    dead.wait()
+    live, orphan, exited = make(os.getpid(), True), make(dead.pid, True), make(os.getpid(), False)
+    try:
+        removed = cleanup_stale(docker_engine)
+        assert orphan.name in removed and exited.name in removed
+        assert live.name not in removed
+        live.reload()
+        assert live.status == "running"
+    finally:
+        for c in (live, orphan, exited):
+            try:
+                c.remove(force=True)
+            except Exception:  # already removed by cleanup_stale
+                pass
