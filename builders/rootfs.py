@@ -56,4 +56,8 @@ def bootstrap(client, base_pins: dict, log_file: Path, log=print) -> None:
         tar = Path(tmp) / "rootfs.tar"
         subprocess.run(["tar", "--numeric-owner", "--sort=name", "-C", str(root), "-cf", str(tar), "."], check=True)
         repo, _, version = ref.partition(":")
-        client.api.import_image(src=str(tar), repository=repo, tag=version)
+        try:
+            client.api.import_image(src=str(tar), repository=repo, tag=version)
+        except Exception as e:  # docker.errors.APIError and transport errors alike
+            raise ToolchainError(f"docker import of the {r['suite']} root filesystem as {ref} failed: "
+                                 f"{' '.join(str(e).split())[:200]}") from None
