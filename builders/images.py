@@ -36,7 +36,8 @@ from builders.errors import MatrixError, ToolchainError
 
 DOCKER_DIR = Path(__file__).resolve().parents[1] / "docker"
 COMMON_CONTEXT = ("write-tools.py",)  # copied into every build context (part of the tag)
-HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")  # unless PIP_CERT / REQUESTS_CA_BUNDLE / SSL_CERT_FILE names one
+CA_ENV = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
 HOST_WHEELS = Path(os.environ.get("BUILDMATRIX_WHEELS_DIR", "/opt/wheels"))  # pinned wheels kept by this host
 CACHE = Path(os.environ.get("BUILDMATRIX_CACHE", Path.home() / ".cache" / "buildmatrix"))
 LOG_DIR = CACHE / "logs"
@@ -107,6 +108,8 @@ def build_args(environ: dict | None = None, config_files=PIP_CONFIG_FILES) -> di
     """pip index/proxy settings of this host that make sense in a container (env wins over pip.conf)."""
     environ = os.environ if environ is None else environ
     found: dict[str, str] = {}
+    if environ.get("PIP_CONFIG_FILE"):
+        config_files = (*config_files, Path(environ["PIP_CONFIG_FILE"]))
     for path in config_files:
         cp = configparser.ConfigParser(interpolation=None)
         try:
@@ -124,14 +127,24 @@ def build_args(environ: dict | None = None, config_files=PIP_CONFIG_FILES) -> di
     return {k: v for k, v in sorted(usable.items()) if v}
 
 
+def host_ca(environ: dict | None = None) -> Path | None:
+    """The CA bundle this host's pip trusts (a corporate proxy's CA included), or None."""
+    environ = os.environ if environ is None else environ
+    for candidate in [environ.get(k) for k in CA_ENV] + [str(HOST_CA)]:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
 def _context(name: str, pins: dict, ctx: Path) -> None:
     """Write the build context: Dockerfile + context_files (tagged) + the host CA bundle (not tagged)."""
     ctx.mkdir(parents=True)
     (ctx / "Dockerfile").write_text(render(name, pins))
     for rel, src in context_files(name).items():
         shutil.copy2(src, ctx / rel)
-    if HOST_CA.is_file():
-        shutil.copy2(HOST_CA, ctx / "host-ca.crt")
+    ca = host_ca()
+    if ca:
+        shutil.copy2(ca, ctx / "host-ca.crt")
     else:  # the Dockerfile falls back to the image's own ca-certificates bundle
         (ctx / "host-ca.crt").write_text("")
 

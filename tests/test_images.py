@@ -82,7 +82,8 @@ def test_host_trust_configuration_is_not_part_of_the_tag(pins, no_docker, monkey
     before = tags(pins)
     ca = tmp_path / "corporate-ca.crt"
     ca.write_text("-----BEGIN CERTIFICATE-----\nnot the host's\n-----END CERTIFICATE-----\n")
-    monkeypatch.setattr(images, "HOST_CA", ca)
+    monkeypatch.setenv("PIP_CERT", str(ca))
+    assert images.host_ca() == ca, "the CA bundle pip is told to trust is the one passed into builds"
     monkeypatch.setattr(images, "HOST_WHEELS", tmp_path / "no-wheels")
     monkeypatch.setenv("PIP_INDEX_URL", "https://pypi-proxy.example/simple")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
