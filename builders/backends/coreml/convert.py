@@ -1,11 +1,12 @@
-"""Conversion of the parts: torch trace -> ct.convert (mlprogram, fp16, iOS18) -> optional k-means LUT
-palettization -> save; FFN + prefill combined with save_multifunction. Saved packages are made
-byte-deterministic (see `normalize_package`)."""
+"""Conversion of the parts: torch trace -> ct.convert (mlprogram, fp16, iOS18) -> save, then optional
+k-means LUT palettization in its own process (palettize.py); FFN + prefill combined with
+save_multifunction. Saved packages are made byte-deterministic (see `normalize_package`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -60,18 +61,7 @@ def _convert(module, example: tuple, inputs: list, outputs: list, states: list |
                       compute_precision=ct.precision.FLOAT16, convert_to="mlprogram", skip_model_load=True)
 
 
-def palettize(mlmodel, lut: Lut | None):
-    """k-means LUT (constexpr_lut_to_dense) on every weight, one LUT per `group_size` output channels."""
-    if lut is None:
-        return mlmodel
-    import coremltools.optimize.coreml as cto
-
-    op = cto.OpPalettizerConfig(mode="kmeans", nbits=lut.bits, granularity="per_grouped_channel",
-                                group_size=lut.group_size, num_kmeans_workers=KMEANS_WORKERS, weight_threshold=0)
-    return cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
-
-
-def embeddings(src: Source, batch: int, lut: Lut | None):
+def embeddings(src: Source, batch: int):
     import coremltools as ct
     import torch
 
@@ -80,10 +70,10 @@ def embeddings(src: Source, batch: int, lut: Lut | None):
     ml = _convert(module, (torch.zeros(1, 1, dtype=torch.int32),),
                   [ct.TensorType(name="input_ids", shape=shape, dtype=np.int32)],
                   [ct.TensorType(name="hidden_states", dtype=np.float16)])
-    return palettize(ml, lut)
+    return ml
 
 
-def lm_head(src: Source, splits: int, argmax: bool, lut: Lut | None):
+def lm_head(src: Source, splits: int, argmax: bool):
     import coremltools as ct
     import torch
 
@@ -92,10 +82,10 @@ def lm_head(src: Source, splits: int, argmax: bool, lut: Lut | None):
     ml = _convert(module, (torch.zeros(1, 1, src.cfg["hidden"], dtype=parts.DTYPE),),
                   [ct.TensorType(name="hidden_states", shape=(1, 1, src.cfg["hidden"]), dtype=np.float16)],
                   [ct.TensorType(name=n) for n in names])
-    return palettize(ml, lut)
+    return ml
 
 
-def chunk(src: Source, layers: range, last: bool, seq: int, lut: Lut | None):
+def chunk(src: Source, layers: range, last: bool, seq: int):
     """One FFN chunk (seq=1, `infer`) or prefill chunk (seq=batch) with its KV cache state."""
     import coremltools as ct
     import torch
@@ -113,7 +103,28 @@ def chunk(src: Source, layers: range, last: bool, seq: int, lut: Lut | None):
     states = [ct.StateType(wrapped_type=ct.TensorType(shape=tuple(module.kv_cache.shape), dtype=np.float16),
                            name="kv_cache")]
     ml = _convert(module, example, inputs, [ct.TensorType(name="output_hidden_states", dtype=np.float16)], states)
-    return palettize(ml, lut)
+    return ml
+
+
+def save_part(mlmodel, path: Path, lut: Lut | None, work: Path) -> None:
+    """Save a converted part; with a LUT, the fp16 program is kept in `work` (fp16_path(); the LUT
+    reconstruction check reads it) and palettized into `path` in a separate process (palettize.py).
+    A missing LUT output is an error, never replaced by the fp16 file."""
+    if lut is None:
+        save(mlmodel, path)
+        return
+    from builders.backends.coreml.palettize import palettize_package
+
+    fp16 = fp16_path(work, path.name)
+    fp16.parent.mkdir(parents=True, exist_ok=True)
+    save(mlmodel, fp16)
+    if path.exists():
+        shutil.rmtree(path)
+    palettize_package(fp16, path, lut.bits, lut.group_size, KMEANS_WORKERS)
+
+
+def fp16_path(work: Path, name: str) -> Path:
+    return work / "fp16" / name
 
 
 def save(mlmodel, path: Path) -> None:
@@ -141,15 +152,41 @@ def _det_uuid(text: str) -> str:
     return str(uuid.UUID(bytes=hashlib.sha256(text.encode()).digest()[:16])).upper()
 
 
+CONVERSION_DATE_KEY = "com.github.apple.coremltools.conversion_date"
+VERSION_KEY = "com.github.apple.coremltools.version"
+
+
+def _build_date() -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d", time.gmtime(int(os.environ.get("SOURCE_DATE_EPOCH", "0"))))
+
+
 def normalize_package(path: Path) -> None:
-    """Make a saved .mlpackage byte-deterministic: coremltools names the items of Manifest.json with
-    fresh random UUIDs; replace each by a UUID derived from the item's path (same format), and write
-    the JSON with sorted keys."""
+    """Make a saved .mlpackage byte-deterministic:
+    - Manifest.json: coremltools names its items with fresh random UUIDs; each is replaced by a UUID
+      derived from the item's path (same format), keys sorted;
+    - model.mlmodel: the conversion date in the metadata is set to SOURCE_DATE_EPOCH's date, and the
+      spec is re-serialized deterministically (sorted map keys)."""
+    from coremltools.proto import Model_pb2
+
+    model_file = path / "Data" / "com.apple.CoreML" / "model.mlmodel"
+    spec = Model_pb2.Model()
+    spec.ParseFromString(model_file.read_bytes())
+    meta = spec.description.metadata.userDefined
+    kept = {k: v for k, v in meta.items() if k and k != CONVERSION_DATE_KEY}
+    meta.clear()
+    meta.update(kept)
+    import coremltools as ct
+
+    meta[VERSION_KEY] = ct.__version__
+    meta[CONVERSION_DATE_KEY] = _build_date()
+    model_file.write_bytes(spec.SerializeToString(deterministic=True))
+
     manifest = path / "Manifest.json"
     data = json.loads(manifest.read_text())
-    items = data.get("itemInfoEntries", {})
     renamed = {}
-    for old, entry in items.items():
+    for old, entry in data.get("itemInfoEntries", {}).items():
         new = _det_uuid(entry.get("path", old))
         renamed[new] = entry
         if data.get("rootModelIdentifier") == old:

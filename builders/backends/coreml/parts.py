@@ -1,5 +1,5 @@
 """Torch modules for the Core ML parts, laid out for the Neural Engine the way ANEMLL does it:
-1x1 convolutions instead of linear layers ([1, C, 1, S] activations), RMSNorm through layer_norm of
+1x1 convolutions (with the checkpoint's biases, e.g. Qwen2 q/k/v) instead of linear layers ([1, C, 1, S] activations), RMSNorm through layer_norm of
 [x, -x] (mean zero, so layer_norm divides by the RMS), fp16 weights, one KV cache state per chunk
 ([2 * layers, kv_heads, context, head_dim]) updated in place at `current_pos`.
 
@@ -33,10 +33,12 @@ class AneRMSNorm(nn.Module):
         return normed[..., :h] * self.weight
 
 
-def _conv(weight: torch.Tensor) -> nn.Conv2d:
+def _conv(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Conv2d:
     out_ch, in_ch = weight.shape
-    conv = nn.Conv2d(in_ch, out_ch, 1, bias=False, dtype=DTYPE)
+    conv = nn.Conv2d(in_ch, out_ch, 1, bias=bias is not None, dtype=DTYPE)
     conv.weight = nn.Parameter(weight.to(DTYPE).reshape(out_ch, in_ch, 1, 1), requires_grad=False)
+    if bias is not None:
+        conv.bias = nn.Parameter(bias.to(DTYPE), requires_grad=False)
     return conv
 
 
@@ -83,9 +85,9 @@ class DecoderLayer(nn.Module):
         self.input_norm = AneRMSNorm(weights["input_layernorm.weight"], cfg["eps"])
         self.post_norm = AneRMSNorm(weights["post_attention_layernorm.weight"], cfg["eps"])
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            setattr(self, name, _conv(weights[f"self_attn.{name}.weight"]))
+            setattr(self, name, _conv(weights[f"self_attn.{name}.weight"], weights.get(f"self_attn.{name}.bias")))
         for name in ("gate_proj", "up_proj", "down_proj"):
-            setattr(self, name, _conv(weights[f"mlp.{name}.weight"]))
+            setattr(self, name, _conv(weights[f"mlp.{name}.weight"], weights.get(f"mlp.{name}.bias")))
         self.scale = self.head_dim ** -0.5
 
     def _heads(self, x, n):  # [1, n*hd, 1, S] -> [1, n, S, hd]

@@ -1,0 +1,64 @@
+"""Core ML backend for the Apple Neural Engine, ANEMLL-style: embeddings, LM head, FFN chunks with a KV
+cache state, prefill chunks, FFN+prefill combined per chunk (multifunction), LUT palettization per
+part, meta.yaml. `.mlmodelc` compilation and the Core ML smoke test need macOS; on Linux they are
+deferred and the saved ML programs are checked with a numpy interpreter (milrun.py) instead.
+
+Node: `<model>.coreml.<quant>.ane` (kind `coreml`), steps (numbered as ANEMLL's convert_model.sh):
+  1 embeddings (preflight first)  2 lm_head  3 ffn  4 prefill  5 combine  6 compile  7 meta  8 test
+Plan side reads tables only (options.py); torch and coremltools are imported inside the steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from builders.backends.base import Cell, ModelRef, NodeDef
+from builders.backends.coreml import options as opt
+from builders.errors import NodeFailed
+
+ARCHS = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+
+
+class CoremlBackend:
+    name = "coreml"
+    image = "coreml"
+    quants = {code: {"lut1": p.lut1, "lut2": p.lut2, "lut3": p.lut3, "about": p.about}
+              for code, p in opt.QUANTS.items()}
+    targets = ("ane",)
+    archs = ARCHS
+    code = ("backends/coreml", "verify/metrics.py")
+
+    def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
+        return opt.normalize(options, where)
+
+    def unavailable(self, cell: Cell) -> str | None:
+        if cell.quant not in opt.QUANTS:
+            return f"unknown coreml quant '{cell.quant}': use one of {', '.join(opt.QUANTS)}"
+        return None
+
+    def expand(self, cell: Cell, model: ModelRef) -> list[NodeDef]:
+        options = dict(cell.options)
+        luts = opt.luts_for(cell.quant, options)
+        where = f"matrix.yaml backends.coreml.options / cells (for {cell.id})"
+        config = dict(model.config or {})
+        chunks = opt.resolve_chunks(config, options, luts["lut2"], where) if config else options["chunk"]
+        window = config.get("sliding_window")
+        reason = None
+        if window and config.get("use_sliding_window", True) and window < options["context"]:
+            reason = (f"{model.name}: sliding_window={window} is shorter than context={options['context']}; "
+                      f"the Core ML parts attend to the whole context: set context <= {window}")
+        params = {"quant": cell.quant, "target": cell.target, "model_name": model.name, "luts": luts,
+                  "chunks": chunks, "options": options}
+        return [NodeDef(key=f"{model.name}.coreml.{cell.quant}.{cell.target}", kind="coreml", backend="coreml",
+                        image="coreml", params=params, parents={"reference": f"{model.name}.reference"},
+                        publish="coreml", unavailable=reason)]
+
+    def steps(self, kind: str):
+        if kind != "coreml":
+            raise NodeFailed(f"coreml backend has no node kind '{kind}'")
+        from builders.backends.coreml import steps
+
+        return list(steps.STEPS)
+
+
+BACKEND = CoremlBackend()

@@ -1,0 +1,171 @@
+"""Linux checks of the saved packages (step 8): spec checks, LUT reconstruction error per weight,
+numerical check of the saved ML programs (numpy interpreter) against the transformers reference,
+content hashes."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from builders.backends.coreml import milrun, runtime
+from builders.backends.coreml.layout import Layout
+from builders.backends.coreml.options import Lut
+
+SPEC_VERSION_IOS18 = 9
+OPSET = "CoreML8"
+
+
+def tree_hash(path: Path) -> str:
+    """sha256 over (relative path, sha256) of every file of a package, in sorted order."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _io(fn_desc) -> tuple[list, list, list]:
+    inputs = [i.name for i in fn_desc.input]
+    outputs = [o.name for o in fn_desc.output]
+    states = [s.name for s in fn_desc.state]
+    return inputs, outputs, states
+
+
+def expected(layout: Layout) -> dict[str, dict]:
+    """package name -> what its spec must show."""
+    chunk_io = (["hidden_states", "position_ids", "causal_mask", "current_pos"], ["output_hidden_states"], ["kv_cache"])
+    head_out = ["argmax_idx", "argmax_val"] if layout.argmax else [f"logits{i + 1}" for i in range(layout.splits)]
+    n = layout.names
+    exp = {n["embeddings"]: {"functions": {"main": (["input_ids"], ["hidden_states"], [])}, "lut": layout.lut("lut1")},
+           n["lm_head"]: {"functions": {"main": (["hidden_states"], head_out, [])}, "lut": layout.lut("lut3")}}
+    for name in n["ffn_pf"]:
+        exp[name] = {"functions": {"infer": chunk_io, "prefill": chunk_io}, "lut": layout.lut("lut2")}
+    return exp
+
+
+def spec_check(path: Path, want: dict) -> tuple[dict, list[str]]:
+    """Inputs, outputs, states, functions, deployment target and LUT ops of one saved package."""
+    pkg = milrun.Package(path)
+    spec, failures = pkg.spec, []
+    desc = spec.description
+    functions = {f.name: _io(f) for f in desc.functions} or {"main": _io(desc)}
+    facts = {"specification_version": spec.specificationVersion, "functions": sorted(functions),
+             "default_function": desc.defaultFunctionName or None}
+    if spec.specificationVersion < SPEC_VERSION_IOS18:
+        failures.append(f"{path.name}: specification version {spec.specificationVersion} < {SPEC_VERSION_IOS18} (iOS18)")
+    if sorted(functions) != sorted(want["functions"]):
+        failures.append(f"{path.name}: functions {sorted(functions)} != {sorted(want['functions'])}")
+    for fname, (inputs, outputs, states) in want["functions"].items():
+        got = functions.get(fname)
+        if got is None:
+            continue
+        for what, a, b in (("inputs", got[0], inputs), ("outputs", got[1], outputs), ("states", got[2], states)):
+            if list(a) != list(b):
+                failures.append(f"{path.name}:{fname}: {what} {list(a)} != {list(b)}")
+        f = spec.mlProgram.functions[fname]
+        if f.opset != OPSET:
+            failures.append(f"{path.name}:{fname}: opset {f.opset} != {OPSET}")
+    luts = lut_ops(pkg)
+    facts["lut_ops"] = len(luts)
+    lut: Lut | None = want["lut"]
+    if lut is None and luts:
+        failures.append(f"{path.name}: {len(luts)} constexpr_lut_to_dense ops but no LUT was asked")
+    if lut is not None:
+        if not luts:
+            failures.append(f"{path.name}: LUT {lut.code} asked but no constexpr_lut_to_dense op")
+        for name, (indices, table) in luts.items():
+            bits, group = lut_geometry(indices, table)
+            if (bits, group) != (lut.bits, min(lut.group_size, indices.shape[0])):
+                failures.append(f"{path.name}: {name} has LUT {bits},{group}, asked {lut.code}")
+        facts["lut"] = lut.code
+    return facts, failures
+
+
+def lut_ops(pkg: milrun.Package, function: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """output name -> (indices, lut) of every constexpr_lut_to_dense op of one function."""
+    block, _ = pkg.block(function or pkg.functions[0])
+    out = {}
+    for op in block.operations:
+        if op.type == "constexpr_lut_to_dense":
+            args = {k: pkg.value(v.arguments[0].value) if not v.arguments[0].name else None
+                    for k, v in op.inputs.items()}
+            if args.get("indices") is None or args.get("lut") is None:
+                consts = milrun.Function(pkg, function or pkg.functions[0])._consts
+                args = {k: consts[v.arguments[0].name] if v.arguments[0].name else pkg.value(v.arguments[0].value)
+                        for k, v in op.inputs.items()}
+            out[op.outputs[0].name] = (np.asarray(args["indices"]), np.asarray(args["lut"]))
+    return out
+
+
+def lut_geometry(indices: np.ndarray, table: np.ndarray) -> tuple[int, int]:
+    """(bits, output channels per LUT) of one op (per_grouped_channel on axis 0)."""
+    bits = int(round(np.log2(table.shape[-2])))
+    return bits, indices.shape[0] // table.shape[0]
+
+
+def lut_errors(final: Path, fp16: Path, function: str | None = None) -> dict[str, dict]:
+    """Per palettized weight: relative L2 and max |error| of the dequantized weight against the fp16
+    weight of the same part before palettization (read back from both saved packages)."""
+    pkg, ref = milrun.Package(final), milrun.Function(milrun.Package(fp16), "main")
+    fn = function or pkg.functions[0]
+    out = {}
+    for name, (indices, table) in lut_ops(pkg, fn).items():
+        dense = milrun.op_lut_to_dense({"indices": indices, "lut": table}, None).astype(np.float32)
+        base = name[: -len("_palettized")] if name.endswith("_palettized") else name
+        if base not in ref._consts:
+            out[name] = {"error": "no fp16 weight of that name"}
+            continue
+        w = np.asarray(ref._consts[base], np.float32).reshape(dense.shape)
+        out[base] = {"shape": list(dense.shape), "rel_l2": float(np.linalg.norm(w - dense) / max(np.linalg.norm(w), 1e-30)),
+                     "max_abs": float(np.abs(w - dense).max())}
+    return out
+
+
+def load_parts(out: Path, layout: Layout) -> runtime.Parts:
+    n = layout.names
+    return runtime.Parts(
+        embeddings=milrun.load(out / n["embeddings"]),
+        infer=[milrun.load(out / name, "infer") for name in n["ffn_pf"]],
+        prefill=[milrun.load(out / name, "prefill") for name in n["ffn_pf"]],
+        lm_head=milrun.load(out / n["lm_head"]), context=layout.context, batch=layout.batch, argmax=layout.argmax)
+
+
+def numerical(parts: runtime.Parts, reference: dict, layout: Layout) -> dict:
+    """Teacher-forced logits of every reference prompt (prefill over the prompt, then one `infer` call per
+    continuation token) and of the perplexity text (prefill), compared with the transformers logits."""
+    from builders.verify.metrics import compare, perplexity
+
+    if layout.argmax:
+        return argmax_agreement(parts, reference, layout)
+    refs_pre, arts_pre, refs_dec, arts_dec = [], [], [], []
+    for tokens, prompt_len, logits in reference["prompts"]:
+        pre, dec = runtime.teacher_forced(parts, tokens, prompt_len)
+        refs_pre.append(logits[:prompt_len]), arts_pre.append(pre)
+        refs_dec.append(logits[prompt_len:]), arts_dec.append(dec)
+    ref_all = np.concatenate(refs_pre + refs_dec)
+    art_all = np.concatenate(arts_pre + arts_dec)
+    figures = compare(ref_all, art_all)
+    figures["prefill"] = compare(np.concatenate(refs_pre), np.concatenate(arts_pre))
+    figures["decode"] = compare(np.concatenate(refs_dec), np.concatenate(arts_dec))
+    text = reference["text_tokens"][: layout.context - layout.batch]
+    s = runtime.Session(parts)
+    text_art = s.logits(s.prefill(text))
+    figures["ppl_ref"] = perplexity(reference["text_logits"][: len(text)], text)
+    figures["ppl_art"] = perplexity(text_art, text)
+    figures["ppl_delta"] = figures["ppl_art"] - figures["ppl_ref"]
+    figures["rel_l2"] = max(figures["rel_l2"], figures["prefill"]["rel_l2"], figures["decode"]["rel_l2"])
+    return figures
+
+
+def argmax_agreement(parts: runtime.Parts, reference: dict, layout: Layout) -> dict:
+    """With the in-model argmax there are no logits: top-1 agreement of the greedy token per position."""
+    hits = total = 0
+    for tokens, prompt_len, logits in reference["prompts"]:
+        s = runtime.Session(parts)
+        hidden = list(s.prefill(tokens[:prompt_len]))
+        hidden += [s.decode(int(t))[0] for t in tokens[prompt_len:]]
+        for h, row in zip(hidden, logits):
+            hits += int(s.next_token(h, layout.split_sizes) == int(row.argmax()))
+            total += 1
+    return {"positions": total, "top1": hits / total, "argmax_in_model": True}

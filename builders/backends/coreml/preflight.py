@@ -1,0 +1,59 @@
+"""Preflight before conversion: architecture support, the chunk estimate, and an fp16 range sweep
+(every activation of the original model on the reference prompts must stay inside fp16 range)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from builders.backends.coreml import options as opt
+from builders.backends.coreml.layout import Layout
+from builders.errors import NodeFailed
+
+FP16_MAX = 65504.0
+MARGIN = 0.5  # warn when an activation uses more than half of the fp16 range
+
+
+def fp16_sweep(model_dir: Path, token_lists: list) -> dict:
+    """Max |activation| per module output of the fp32 original over the given token lists."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    peaks: dict[str, float] = {}
+
+    def hook(name):
+        def record(_module, _inp, out):
+            t = out[0] if isinstance(out, tuple) else out
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                peaks[name] = max(peaks.get(name, 0.0), float(t.detach().abs().max()))
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    with torch.no_grad():
+        for tokens in token_lists:
+            model(input_ids=torch.tensor([list(map(int, tokens))]), use_cache=False)
+    for h in handles:
+        h.remove()
+    worst = max(peaks, key=peaks.get)
+    return {"fp16_max": FP16_MAX, "max_abs": round(peaks[worst], 4), "worst_module": worst,
+            "over_half_range": sorted(n for n, v in peaks.items() if v > FP16_MAX * MARGIN),
+            "per_module": {n: round(v, 4) for n, v in sorted(peaks.items())}}
+
+
+def preflight(layout: Layout, model_dir: Path, token_lists: list, arch_supported: tuple) -> dict:
+    arch = (layout.config.get("architectures") or ["?"])[0]
+    if arch not in arch_supported:
+        raise NodeFailed(f"preflight: architecture {arch} is not supported by coreml ({', '.join(arch_supported)})")
+    sweep = fp16_sweep(model_dir, token_lists)
+    report = {"arch": arch, "fp16_sweep": sweep, "chunks": layout.chunks,
+              "chunk_layers": [[r.start, r.stop] for r in layout.layers],
+              "chunk_mb_estimate": round(opt.chunk_mb(layout.config, layout.lut("lut2"), layout.chunks), 3)}
+    if sweep["max_abs"] > FP16_MAX:
+        raise NodeFailed(f"preflight: activation {sweep['worst_module']} reaches {sweep['max_abs']:.4g}, outside the "
+                         f"fp16 range ({FP16_MAX}); this model cannot run in fp16 on the Neural Engine")
+    if not np.isfinite(sweep["max_abs"]):
+        raise NodeFailed(f"preflight: activation {sweep['worst_module']} is not finite in fp32")
+    return report
