@@ -64,6 +64,7 @@ def metadata(c: ModelConfig, q: MlcQuant, model_type: str, kv_dtype: str) -> dic
 def export(hf_config: dict, c: ModelConfig, q: MlcQuant, target):
     """(IRModule with _metadata, parameter names) for one target."""
     from tvm import relax
+    from tvm.ir import StringImm
 
     arch = ARCHS[hf_config["architectures"][0]]
     cls = importlib.import_module(f"builders.backends.mlc.models.{arch.module}").CausalLM
@@ -76,14 +77,8 @@ def export(hf_config: dict, c: ModelConfig, q: MlcQuant, target):
     bb = relax.BlockBuilder(mod)
     with bb.function("_metadata", params=[]):
         text = json.dumps(metadata(c, q, arch.model_type, q.model_dtype), sort_keys=True)
-        bb.emit_func_output(relax.StringImm(text) if hasattr(relax, "StringImm") else _string(text))
+        bb.emit_func_output(StringImm(text))
     return bb.get(), names
-
-
-def _string(text: str):
-    from tvm.ir import StringImm
-
-    return StringImm(text)
 
 
 def pipeline(t: MlcTarget, target):
@@ -136,7 +131,8 @@ def lib_name(model: str, q: MlcQuant, target: str, suffix: str, ctx_suffix: str 
     return f"{model}-{q.code}{ctx_suffix}-{target}.{suffix}"
 
 
-def compile_lib(hf_config: dict, c: ModelConfig, q: MlcQuant, t: MlcTarget, out_file: Path, log=print) -> dict:
+def compile_lib(hf_config: dict, c: ModelConfig, q: MlcQuant, t: MlcTarget, out_file: Path, log=print,
+                system_lib_prefix: str | None = None) -> dict:
     """Build the library into out_file; return timings and facts for the manifest."""
     import tvm
     from tvm import relax
@@ -144,9 +140,11 @@ def compile_lib(hf_config: dict, c: ModelConfig, q: MlcQuant, t: MlcTarget, out_
     target = tvm_target(t)
     t0 = time.monotonic()
     mod, _ = export(hf_config, c, q, target)
+    if system_lib_prefix is not None:
+        mod = mod.with_attr("system_lib_prefix", system_lib_prefix)
     t_export = time.monotonic() - t0
     kwargs = {"system_lib": True} if t.system_lib else {}
-    with target:
+    with target, tvm.transform.PassContext(config=dict(t.pass_config)):
         ex = relax.build(mod, target=target, relax_pipeline=pipeline(t, target), **kwargs)
     t_build = time.monotonic() - t0 - t_export
     with tempfile.TemporaryDirectory() as ws:

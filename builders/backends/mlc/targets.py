@@ -20,11 +20,17 @@ class MlcTarget:
     object_arch: str | None = None  # what the objects in a .tar must be (checked structurally)
     deferred: str | None = None  # a step that only runs elsewhere (recorded in the manifest)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    pass_config: tuple[tuple[str, object], ...] = ()  # tvm PassContext config for this target
 
 
 GPU_RULES = ("Matmul", "GEMV", "Reduction", "GeneralReduction", "Fallback")
-# dlight's Matmul rule segfaults when scheduling for Metal: leave it out there
-METAL_RULES = ("GEMV", "Reduction", "GeneralReduction", "Fallback")
+# dlight's Matmul rule segfaults when scheduling for Metal, and in Tensorize for CUDA sm_80 fp16
+# (TVM 0.27.0.post1): leave it out there
+NO_MATMUL_RULES = ("GEMV", "Reduction", "GeneralReduction", "Fallback")
+
+# TIR common-subexpression elimination breaks some kernels for OpenCL/Metal/WebGPU in TVM 0.27.0.post1
+# ("variable cse_v.. has been used before definition"): off for those targets
+NO_CSE = (("tirx.disable_cse_tir", True),)
 
 ANDROID_HOST = {"kind": "llvm", "mtriple": "aarch64-linux-android"}
 IOS_HOST = {"kind": "llvm", "mtriple": "arm64-apple-ios14.0.0"}
@@ -36,24 +42,24 @@ TARGETS: dict[str, MlcTarget] = {t.name: t for t in [
     MlcTarget("cpu", {"kind": "llvm", "mtriple": "x86_64-pc-linux-gnu"}, None, "so"),
     MlcTarget("cuda", {"kind": "cuda", "arch": "sm_80", "max_threads_per_block": 1024,
                        "max_num_threads": 1024, "thread_warp_size": 32, "max_shared_memory_per_block": 49152},
-              {"kind": "llvm", "mtriple": "x86_64-pc-linux-gnu"}, "so", GPU_RULES),
+              {"kind": "llvm", "mtriple": "x86_64-pc-linux-gnu"}, "so", NO_MATMUL_RULES),
     MlcTarget("android", {"kind": "opencl", "device": "adreno", "max_threads_per_block": 256,
                           "max_num_threads": 256, "thread_warp_size": 1, "max_shared_memory_per_block": 16384},
-              ANDROID_HOST, "tar", GPU_RULES, system_lib=True, object_arch="aarch64-elf"),
+              ANDROID_HOST, "tar", GPU_RULES, system_lib=True, object_arch="aarch64-elf", pass_config=NO_CSE),
     MlcTarget("iphone", {"kind": "metal", "max_threads_per_block": 256, "max_num_threads": 256,
                          "thread_warp_size": 32, "max_shared_memory_per_block": 32768},
-              IOS_HOST, "tar", METAL_RULES, system_lib=True, object_arch="arm64-macho",
+              IOS_HOST, "tar", NO_MATMUL_RULES, system_lib=True, object_arch="arm64-macho", pass_config=NO_CSE,
               notes=("linked into the iOS app by Xcode (static system library)",)),
     MlcTarget("metal", {"kind": "metal", "max_threads_per_block": 1024, "max_num_threads": 1024,
                         "thread_warp_size": 32, "max_shared_memory_per_block": 32768},
-              MAC_HOST, "dylib", METAL_RULES, object_arch="arm64-macho",
+              MAC_HOST, "dylib", NO_MATMUL_RULES, object_arch="arm64-macho", pass_config=NO_CSE,
               deferred="link: the .dylib is linked on macOS (native executor); Linux builds the objects"),
     MlcTarget("metal_x86_64", {"kind": "metal", "max_threads_per_block": 1024, "max_num_threads": 1024,
                                "thread_warp_size": 32, "max_shared_memory_per_block": 32768},
-              MAC_X86_HOST, "dylib", METAL_RULES, object_arch="x86_64-macho",
+              MAC_X86_HOST, "dylib", NO_MATMUL_RULES, object_arch="x86_64-macho", pass_config=NO_CSE,
               deferred="link: the .dylib is linked on macOS (native executor); Linux builds the objects"),
     MlcTarget("webgpu", {"kind": "webgpu", "max_num_threads": 256}, WASM_HOST, "wasm", GPU_RULES,
-              system_lib=True, object_arch="wasm"),
+              system_lib=True, object_arch="wasm", pass_config=NO_CSE),
 ]}
 
 UNAVAILABLE: dict[str, str] = {"vulkan": VULKAN_REASON, "vulkan-windows": VULKAN_REASON}

@@ -31,6 +31,13 @@ def _dequantize_te(q_weight: te.Tensor, q_scale: te.Tensor, rows: int | tirx.Pri
     return te.compute((rows, k), value, name="dequantize")
 
 
+def _matmul(x: nn.Tensor, w: nn.Tensor, dtype: str) -> nn.Tensor:
+    """x @ w accumulated in float32 (then cast back to the model dtype)."""
+    if dtype == "float32":
+        return op.matmul(x, w)
+    return op.matmul(x, w, out_dtype="float32").astype(dtype)
+
+
 class QuantLinear(nn.Module):
     """y = x @ dequantize(q_weight, q_scale).T (+ bias)."""
 
@@ -51,7 +58,7 @@ class QuantLinear(nn.Module):
             "dequantize", [self.q_weight, self.q_scale])
 
     def forward(self, x: nn.Tensor) -> nn.Tensor:
-        y = op.matmul(x, op.permute_dims(self.weight()))
+        y = _matmul(x, op.permute_dims(self.weight()), self.q.model_dtype)
         return y + self.bias if self.bias is not None else y
 
 
@@ -75,6 +82,19 @@ class QuantEmbedding(nn.Module):
         return op.matmul(x, op.permute_dims(w), out_dtype="float32")
 
 
+class PlainLinear(nn.Module):
+    """nn.Linear with float32 accumulation."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: str):
+        self.dtype = dtype
+        self.weight = nn.Parameter((out_features, in_features), dtype)
+        self.bias = nn.Parameter((out_features,), dtype) if bias else None
+
+    def forward(self, x: nn.Tensor) -> nn.Tensor:
+        y = _matmul(x, op.permute_dims(self.weight), self.dtype)
+        return y + self.bias if self.bias is not None else y
+
+
 class PlainEmbedding(nn.Embedding):
     def lm_head_forward(self, x: nn.Tensor) -> nn.Tensor:
         return op.matmul(x, op.permute_dims(self.weight), out_dtype="float32")
@@ -83,7 +103,7 @@ class PlainEmbedding(nn.Embedding):
 def linear(in_features: int, out_features: int, bias: bool, q: MlcQuant) -> nn.Module:
     if q.bits:
         return QuantLinear(in_features, out_features, bias, q)
-    return nn.Linear(in_features, out_features, bias=bias, dtype=q.model_dtype)
+    return PlainLinear(in_features, out_features, bias, q.model_dtype)
 
 
 def embedding(vocab: int, dim: int, q: MlcQuant) -> nn.Module:

@@ -1,0 +1,88 @@
+"""MLC backend on Apache TVM: MLC-format weights + mlc-chat-config.json, and one model library per
+target, verified by running the cpu library with TVM's runtime.
+
+Nodes (see README "mlc"):
+  mlc-weights  <model>.mlc.<quant>.weights        convert_weight -> gen_config -> verify_quant
+  mlc-lib      <model>.mlc.<quant>.lib.<target>   compile -> verify
+Plan side only reads tables here (quant.py, targets.py, models/__init__.py); tvm, torch and the
+transformers reference are imported inside the steps (steps.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from builders.backends.base import Cell, ModelRef, NodeDef
+from builders.backends.mlc.models import ARCHS, ModelConfig
+from builders.backends.mlc.quant import QUANTS, REFUSED_LEGACY, describe
+from builders.backends.mlc.targets import TARGETS, UNAVAILABLE
+from builders.errors import MatrixError
+
+# option -> (type, default, validity check, what a valid value is)
+OPTIONS: dict[str, tuple[type, Any, Any, str]] = {
+    "context_window_size": (int, 512, lambda v: v > 0, "a positive integer"),
+    "prefill_chunk_size": (int, 128, lambda v: v > 0, "a positive integer"),
+    "conv_template": (str, None, lambda v: bool(v), "an MLC conversation template name"),
+}
+OPTION_ALIASES = {"max_seq_len": "context_window_size", "max-seq-len": "context_window_size"}
+
+
+class MlcBackend:
+    name = "mlc"
+    image = "mlc"
+    quants = {code: describe(code) for code in QUANTS}
+    targets = ("cpu", "cuda", "vulkan", "vulkan-windows", "android", "iphone", "metal", "metal_x86_64", "webgpu")
+    archs = tuple(ARCHS)
+    code = ("backends/mlc",)
+
+    def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
+        out = {k: default for k, (_, default, _, _) in OPTIONS.items()}
+        for key, value in options.items():
+            key = OPTION_ALIASES.get(key, key)
+            if key not in OPTIONS:
+                raise MatrixError(f"{where}: unknown mlc option '{key}'; known: {', '.join(OPTIONS)}")
+            typ, _, ok, what = OPTIONS[key]
+            if value is not None and (not isinstance(value, typ) or isinstance(value, bool) or not ok(value)):
+                raise MatrixError(f"{where}: mlc option {key}={value!r} must be {what}")
+            out[key] = value if value is not None else OPTIONS[key][1]
+        if out["prefill_chunk_size"] > out["context_window_size"]:
+            out["prefill_chunk_size"] = out["context_window_size"]
+        return out
+
+    def unavailable(self, cell: Cell) -> str | None:
+        if cell.quant in REFUSED_LEGACY:
+            return (f"{cell.quant} is a legacy MLC code with no equivalent in MLC's current flow: "
+                    f"use {REFUSED_LEGACY[cell.quant]}")
+        if cell.quant not in QUANTS:
+            return f"unknown mlc quant '{cell.quant}': use one of {', '.join(QUANTS)}"
+        return UNAVAILABLE.get(cell.target)
+
+    def expand(self, cell: Cell, model: ModelRef) -> list[NodeDef]:
+        opts = dict(cell.options)
+        config = ModelConfig.from_hf(dict(model.config), opts) if model.config else None
+        wkey = f"{model.name}.mlc.{cell.quant}.weights"
+        reference = {"reference": f"{model.name}.reference"}
+        weights = NodeDef(
+            key=wkey, kind="mlc-weights", backend="mlc", image="mlc",
+            params={"quant": cell.quant, "model_name": model.name, "options": opts},
+            parents=dict(reference), publish=f"mlc/{model.name}-{cell.quant}-MLC",
+            unavailable=config.unsupported() if config else None)
+        ctx = opts["context_window_size"]
+        default_ctx = (model.config or {}).get("max_position_embeddings")
+        ctx_suffix = "" if ctx == default_ctx else f"-ctx{ctx}"
+        lib = NodeDef(
+            key=f"{model.name}.mlc.{cell.quant}.lib.{cell.target}", kind="mlc-lib", backend="mlc", image="mlc",
+            params={"quant": cell.quant, "target": cell.target, "model_name": model.name,
+                    "lib_stem": f"{model.name}-{cell.quant}{ctx_suffix}-{cell.target}",
+                    "options": {k: opts[k] for k in ("context_window_size", "prefill_chunk_size")}},
+            parents={"weights": wkey, **reference}, publish="mlc/libs",
+            unavailable=weights.unavailable)
+        return [weights, lib]
+
+    def steps(self, kind: str):
+        from builders.backends.mlc import steps
+
+        return steps.steps_of(kind)
+
+
+BACKEND = MlcBackend()

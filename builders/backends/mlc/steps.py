@@ -1,0 +1,184 @@
+"""Run side of the mlc backend: the steps of `mlc-weights` and `mlc-lib` nodes (inside the mlc image).
+
+mlc-weights: convert_weight -> gen_config -> verify_quant
+mlc-lib:     compile -> verify
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from builders.backends.base import NodeContext
+from builders.backends.mlc import compile as compile_mod
+from builders.backends.mlc import convert_weight, gen_config, inspect_lib
+from builders.backends.mlc.models import ModelConfig
+from builders.backends.mlc.quant import QUANTS, MlcQuant, error_bound
+from builders.backends.mlc.targets import TARGETS
+from builders.errors import NodeFailed
+
+LIB_VS_DEQUANT_MAX = 1e-2  # library vs transformers on the same dequantized weights, max |Δlogit|
+TOOLS_JSON = Path("/etc/buildmatrix/tools.json")
+
+
+def _setup(ctx: NodeContext) -> tuple[dict, ModelConfig, MlcQuant]:
+    hf = ctx.load_json(ctx.model_dir / "config.json")
+    q = QUANTS.get(ctx.params["quant"])
+    if q is None:
+        raise NodeFailed(f"unknown mlc quant '{ctx.params['quant']}'")
+    return hf, ModelConfig.from_hf(hf, ctx.params.get("options") or {}), q
+
+
+def tool_versions() -> dict:
+    import tvm
+
+    info = json.loads(TOOLS_JSON.read_text()) if TOOLS_JSON.is_file() else {}
+    pip = info.get("pip", {})
+    return {"apache-tvm": getattr(tvm, "__version__", None), "apache-tvm-ffi": pip.get("apache-tvm-ffi"),
+            "cuda_toolkit": info.get("cuda"), "python": platform.python_version()}
+
+
+# ---- mlc-weights ----------------------------------------------------------------------------------
+
+def step_convert_weight(ctx: NodeContext) -> None:
+    hf, c, q = _setup(ctx)
+    ctx.result["weights"] = convert_weight.convert(ctx.model_dir, ctx.out, c, q, ctx.log)
+    ctx.result["runtime_abi"] = {"weights_format": "tensor-cache.json (raw-shard)", "quantization": q.code,
+                                 "layout": q.layout if q.bits else None}
+
+
+def step_gen_config(ctx: NodeContext) -> None:
+    hf, c, q = _setup(ctx)
+    cfg = gen_config.write(ctx.model_dir, ctx.out, hf, c, q, (ctx.params.get("options") or {}).get("conv_template"))
+    ctx.result["chat_config"] = {"conv_template": cfg["conv_template"]["name"],
+                                 "tokenizer_files": cfg["tokenizer_files"],
+                                 "context_window_size": cfg["context_window_size"]}
+
+
+def step_verify_quant(ctx: NodeContext) -> None:
+    """Per tensor: dequantize(stored) vs the original within the bound implied by bits and group size;
+    unquantized tensors must equal the original cast to the model dtype."""
+    from builders.backends.mlc.reference import dequantized_params
+
+    _, c, q = _setup(ctx)
+    src = convert_weight.SafetensorsSource(ctx.model_dir)
+    stored = dequantized_params(ctx.out, c, q)
+    checks, failures = {}, []
+    worst = 0.0
+    for name, shape in convert_weight.unquantized_params(c):
+        w = convert_weight.source_tensor(src, name, c)
+        err = np.abs(stored[name] - w)
+        if convert_weight.is_quantized(name, shape, q):
+            ratio = float((err / np.maximum(error_bound(w, q), 1e-30)).max())
+            worst = max(worst, ratio)
+            checks[name] = {"max_abs_err": float(err.max()), "max_err_over_bound": round(ratio, 4)}
+            if ratio > 1.0:
+                failures.append(f"{name}: quantization error {err.max():.3g} exceeds the {q.code} bound")
+        else:
+            exact = np.array_equal(stored[name], w.astype(q.model_dtype).astype(np.float32))
+            checks[name] = {"max_abs_err": float(err.max()), "exact_cast": exact}
+            if not exact:
+                failures.append(f"{name}: stored tensor differs from the original cast to {q.model_dtype}")
+    summary = {"tensors": len(checks), "max_err_over_bound": round(worst, 4), "per_tensor": checks}
+    ctx.result["verification"] = {"passed": not failures, "checks": {"quantization": summary},
+                                  "thresholds": {"max_err_over_bound": 1.0}, "failures": failures}
+    ctx.log(f"verify_quant: {len(checks)} tensors, worst error/bound {worst:.3f}")
+
+
+# ---- mlc-lib --------------------------------------------------------------------------------------
+
+def lib_file(ctx: NodeContext) -> Path:
+    t = TARGETS[ctx.params["target"]]
+    suffix = "tar" if t.suffix in ("tar", "dylib", "wasm") else t.suffix  # objects; links deferred
+    return ctx.out / f"{ctx.params['lib_stem']}.{suffix}"
+
+
+def step_compile(ctx: NodeContext) -> None:
+    hf, c, q = _setup(ctx)
+    t = TARGETS[ctx.params["target"]]
+    out = lib_file(ctx)
+    facts = compile_mod.compile_lib(hf, c, q, t, out, ctx.log, system_lib_prefix=_prefix(ctx) if t.system_lib else None)
+    ctx.result["library"] = facts
+    ctx.result["tool_versions"] = tool_versions()
+    ctx.result["runtime_abi"] = {"tvm": ctx.result["tool_versions"]["apache-tvm"], "target": t.name,
+                                 "tvm_target": t.tvm, "tvm_host": t.host, "quantization": q.code,
+                                 "system_lib_prefix": _prefix(ctx) if t.system_lib else None,
+                                 "entry_points": list(compile_mod.ENTRY_POINTS)}
+    deferred = []
+    if t.deferred:
+        deferred.append({"step": "link", "reason": t.deferred})
+    if t.suffix == "wasm":
+        deferred.append({"step": "link", "reason": "a .wasm needs emcc and TVM's web runtime (tvmjs); the tar "
+                                                   "holds the wasm32 objects to link"})
+    if deferred:
+        ctx.result["deferred"] = deferred
+
+
+def _prefix(ctx: NodeContext) -> str:
+    """MLC's system-lib prefix: the library name with '-' -> '_' plus '_' (what `system://<lib>` looks up)."""
+    return ctx.params["lib_stem"].replace("-", "_") + "_"
+
+
+def step_verify(ctx: NodeContext) -> None:
+    t = TARGETS[ctx.params["target"]]
+    path = lib_file(ctx)
+    if t.name == "cpu":
+        return _verify_cpu(ctx, path)
+    if t.name == "cuda":
+        facts, failures = inspect_lib.check_cuda_so(path)
+    else:
+        facts, failures = inspect_lib.check_tar(path, t.object_arch)
+    ctx.result["verification"] = {"passed": not failures, "checks": {"structural": facts},
+                                  "thresholds": {}, "failures": failures,
+                                  "not_run": f"{t.name} library needs its device; checked structurally"}
+    ctx.log(f"verify {t.name}: structural {'ok' if not failures else failures}")
+
+
+def _verify_cpu(ctx: NodeContext, path: Path) -> None:
+    from builders.backends.mlc import harness, reference
+    from builders.verify.metrics import compare, load_reference, perplexity, verdict
+
+    _, c, q = _setup(ctx)
+    sess = harness.Session(path, ctx.inputs["weights"])
+    ref = load_reference(ctx.inputs["reference"])
+    lib_logits = [sess.forward(tokens, prompt_len) for tokens, prompt_len, _ in ref["prompts"]]
+    figures = compare(np.concatenate([r for _, _, r in ref["prompts"]]), np.concatenate(lib_logits))
+    text = ref["text_tokens"][: sess.ctx]
+    text_lib = sess.forward(text)
+    figures["ppl_ref"] = perplexity(ref["text_logits"][: len(text)], text)
+    figures["ppl_art"] = perplexity(text_lib, text)
+    figures["ppl_delta"] = figures["ppl_art"] - figures["ppl_ref"]
+    figures["decode_steps"] = int(min(len(tk) - pl for tk, pl, _ in ref["prompts"]))
+    first = ref["prompts"][0]
+    figures["prefill_entry_max_abs"] = float(np.abs(sess.prefill_last(first[0][: first[1]]) - first[2][first[1] - 1]).max())
+    ver = verdict(figures, ctx.params.get("thresholds"))
+    # (b) library correctness alone: same dequantized weights through transformers
+    fwd = reference.forward_fn(ctx.model_dir, reference.hf_state(reference.dequantized_params(ctx.inputs["weights"], c, q), c))
+    dq = np.concatenate([fwd(tokens) for tokens, _, _ in ref["prompts"]])
+    lib_vs_dq = float(np.abs(dq - np.concatenate(lib_logits)).max())
+    ver["checks"]["lib_vs_dequantized_max_abs_logit"] = lib_vs_dq
+    ver["thresholds"]["lib_vs_dequantized_max_abs_logit"] = LIB_VS_DEQUANT_MAX
+    if lib_vs_dq > LIB_VS_DEQUANT_MAX:
+        ver["failures"].append(f"library vs dequantized reference max|Δlogit|={lib_vs_dq:.4g} > {LIB_VS_DEQUANT_MAX}")
+        ver["passed"] = False
+    if figures["decode_steps"] < 8:
+        ver["failures"].append(f"only {figures['decode_steps']} decode steps compared (need >= 8)")
+        ver["passed"] = False
+    ctx.result["verification"] = ver
+    ctx.log("verify cpu: " + ", ".join(f"{k}={v:.4g}" for k, v in ver["checks"].items() if isinstance(v, float)))
+
+
+STEPS = {
+    "mlc-weights": [("convert_weight", step_convert_weight), ("gen_config", step_gen_config),
+                    ("verify_quant", step_verify_quant)],
+    "mlc-lib": [("compile", step_compile), ("verify", step_verify)],
+}
+
+
+def steps_of(kind: str):
+    if kind not in STEPS:
+        raise NodeFailed(f"mlc backend has no node kind '{kind}' (kinds: {', '.join(STEPS)})")
+    return STEPS[kind]
