@@ -302,6 +302,7 @@ def save(arch: str, state_file: Path, out: Path) -> None:
     model.load_state_dict(torch.load(state_file, weights_only=True))
     out = Path(out)
     model.save_pretrained(out, safe_serialization=True)
+    os.chmod(out / "model.safetensors", 0o644)  # save_pretrained creates it owner-only
     # config.json and generation_config.json from our tables: no version string, sorted keys
     write_json(out / "config.json", tiny_config(arch))
     write_json(out / "generation_config.json", GENERATION_CONFIG)

@@ -10,13 +10,15 @@ from builders.models import corpus
 
 DECODE_STEPS = 8
 
+# Continuations that follow from the text (sequences, facts, agreement), not from a coin toss or a
+# sum: a tiny model is confident there, so top-1 agreement measures the artifact, not luck.
 PROMPTS: tuple[str, ...] = (
     "count from three to nine: three, four,",
     "after monday comes tuesday. after tuesday comes",
     "q: what color is the grass? a: the grass",
-    "two plus five is seven. four plus four is",
+    "the letters c d e f g come in order. the letters",
     "the happy cats sleep on the mat. the old dog",
-    "anna has two apples and three pears. in total anna has",
+    "the color of the snow is white. the color of the sky is",
 )
 
 PERPLEXITY_CHARS = 640  # about 200 tokens of the tiny models' tokenizer
