@@ -14,7 +14,7 @@ def test_workflow_routes_macos_targets_to_macos_runners(tmp_path):
     assert jobs["macos"]["strategy"]["matrix"]["cell"] == ["tiny-llama.gguf.F16.metal"]
     assert jobs["macos"]["runs-on"].startswith("macos")
     mac_run = " ".join(s.get("run", "") for s in jobs["macos"]["steps"])
-    assert "--executor native" in mac_run and "--targets 'cpu,metal'" in mac_run
+    assert "--executor native" in mac_run and "--targets cpu,metal" in mac_run
     linux_run = " ".join(s.get("run", "") for s in jobs["linux"]["steps"])
     assert "scripts/setup.sh" in linux_run and "invoke build" in linux_run
     assert jobs["release"]["needs"] == ["linux", "macos"]
