@@ -106,7 +106,7 @@ def chunk(src: Source, layers: range, last: bool, seq: int):
     return ml
 
 
-def save_part(mlmodel, path: Path, lut: Lut | None, work: Path) -> None:
+def save_part(mlmodel, path: Path, lut: Lut | None, work: Path, op_types: tuple[str, ...] = ("conv",)) -> None:
     """Save a converted part; with a LUT, the fp16 program is kept in `work` (fp16_path(); the LUT
     reconstruction check reads it) and palettized into `path` in a separate process (palettize.py).
     A missing LUT output is an error, never replaced by the fp16 file."""
@@ -120,7 +120,7 @@ def save_part(mlmodel, path: Path, lut: Lut | None, work: Path) -> None:
     save(mlmodel, fp16)
     if path.exists():
         shutil.rmtree(path)
-    palettize_package(fp16, path, lut.bits, lut.group_size, KMEANS_WORKERS)
+    palettize_package(fp16, path, lut.bits, lut.group_size, op_types, KMEANS_WORKERS)
 
 
 def fp16_path(work: Path, name: str) -> Path:

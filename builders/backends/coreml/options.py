@@ -184,26 +184,33 @@ def chunk_layers(n_layers: int, n_chunks: int) -> list[range]:
     return out
 
 
-def chunk_mb(config: Mapping[str, Any], lut: Lut | None, n_chunks: int) -> float:
+def rope_bytes(config: Mapping[str, Any], context: int) -> int:
+    """cos and sin tables [context, head_dim] in fp16, stored in every chunk."""
+    hd = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    return 2 * context * hd * 2
+
+
+def chunk_mb(config: Mapping[str, Any], lut: Lut | None, n_chunks: int, context: int = 0) -> float:
     """Estimated size of the largest chunk's weight file (MiB), 10% overhead included."""
     largest = math.ceil(config["num_hidden_layers"] / n_chunks)
-    return largest * layer_bytes(config, lut) * CHUNK_OVERHEAD / MB
+    return (largest * layer_bytes(config, lut) + rope_bytes(config, context)) * CHUNK_OVERHEAD / MB
 
 
-def auto_chunks(config: Mapping[str, Any], lut: Lut | None, max_mb: float, where: str) -> int:
+def auto_chunks(config: Mapping[str, Any], lut: Lut | None, max_mb: float, where: str, context: int = 0) -> int:
     """The fewest chunks whose largest weight file fits in max_mb."""
     n_layers = config["num_hidden_layers"]
     for n in range(1, n_layers + 1):
-        if chunk_mb(config, lut, n) <= max_mb:
+        if chunk_mb(config, lut, n, context) <= max_mb:
             return n
-    raise MatrixError(f"{where}: one decoder layer alone needs {chunk_mb(config, lut, n_layers):.1f} MiB, more "
-                      f"than max_chunk_mb={max_mb}; raise max_chunk_mb or use a smaller LUT")
+    need = chunk_mb(config, lut, n_layers, context)
+    raise MatrixError(f"{where}: one decoder layer alone needs {need:.1f} MiB, more than max_chunk_mb={max_mb}; "
+                      "raise max_chunk_mb or use a smaller LUT")
 
 
 def resolve_chunks(config: Mapping[str, Any], options: Mapping[str, Any], lut2: str | None, where: str) -> int:
     n_layers = config["num_hidden_layers"]
     if options["chunk"] == "auto":
-        return auto_chunks(config, lut_of(lut2), options["max_chunk_mb"], where)
+        return auto_chunks(config, lut_of(lut2), options["max_chunk_mb"], where, options["context"])
     if options["chunk"] > n_layers:
         raise MatrixError(f"{where}: coreml option chunk={options['chunk']} exceeds the model's {n_layers} layers; "
                           f"use chunk <= {n_layers}")

@@ -50,7 +50,8 @@ def preflight(layout: Layout, model_dir: Path, token_lists: list, arch_supported
     sweep = fp16_sweep(model_dir, token_lists)
     report = {"arch": arch, "fp16_sweep": sweep, "chunks": layout.chunks,
               "chunk_layers": [[r.start, r.stop] for r in layout.layers],
-              "chunk_mb_estimate": round(opt.chunk_mb(layout.config, layout.lut("lut2"), layout.chunks), 3)}
+              "chunk_mb_estimate": round(opt.chunk_mb(layout.config, layout.lut("lut2"), layout.chunks,
+                                                                layout.context), 3)}
     if sweep["max_abs"] > FP16_MAX:
         raise NodeFailed(f"preflight: activation {sweep['worst_module']} reaches {sweep['max_abs']:.4g}, outside the "
                          f"fp16 range ({FP16_MAX}); this model cannot run in fp16 on the Neural Engine")

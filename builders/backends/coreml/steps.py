@@ -61,7 +61,7 @@ def step_embeddings(ctx: NodeContext) -> None:
                                  "compute_precision": "fp16"}
     src = _source(ctx, layout)
     convert.save_part(convert.embeddings(src, layout.batch), ctx.out / layout.names["embeddings"],
-                      layout.lut("lut1"), ctx.work)
+                      layout.lut("lut1"), ctx.work, op_types=("gather",))
 
 
 def step_lm_head(ctx: NodeContext) -> None:
