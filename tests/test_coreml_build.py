@@ -1,0 +1,117 @@
+"""coreml backend end to end through the real CLI, the real Docker engine and coremltools in the coreml
+image: the fp16 cell of the tiny Llama (all parts, manifest, compile deferred to macOS, numerical check
+of the saved ML programs against transformers), determinism across two builds, and the step controls
+(`--only-step 3`, an interrupted build resumed with `--restart-step 4`)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import ROOT, assert_outputs_match_manifest, invoke, manifests
+
+pytestmark = pytest.mark.docker
+
+CELL = ["--model", "tiny:llama", "--backends", "coreml", "--targets", "ane"]
+KEY = "tiny-llama.coreml.fp16.ane"
+PARTS = ["llama_embeddings.mlpackage", "llama_lm_head.mlpackage", "llama_FFN_PF_chunk_01of01.mlpackage"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist-coreml")
+    invoke("build", *CELL, "--out", str(out), check=0)
+    return out, manifests(out)[KEY]
+
+
+def _node_dir(out: Path, m: dict) -> Path:
+    return Path(out) / ".store" / m["node"]["digest"] / "out"
+
+
+def test_fp16_cell_builds_every_part_in_the_container_with_a_manifest(built):
+    out, m = built
+    assert_outputs_match_manifest(out, m)
+    assert m["image"]["ref"].startswith("buildmatrix/coreml:")
+    assert m["tool_versions"]["coremltools"] == "9.0"
+    files = {o["path"].split("/")[0] for o in m["outputs"]}
+    assert set(PARTS) <= files and "meta.yaml" in files and "tokenizer.json" in files
+    assert not [f for f in files if f.endswith(".mlmodelc")], "no .mlmodelc can be made on Linux"
+    (deferred,) = [d for d in m["deferred"] if d["step"] == "compile"]
+    assert "macOS" in deferred["reason"] and deferred["outputs"] == [p.replace(".mlpackage", ".mlmodelc") for p in PARTS]
+    assert m["timings"]["steps"]["compile"]["status"] == "ran"  # ran, and recorded the deferral - never a compiled output
+    meta = yaml.safe_load((_node_dir(out, m) / "meta.yaml").read_text())["model_info"]
+    p = meta["parameters"]
+    assert (p["context_length"], p["batch_size"], p["num_chunks"], p["lut_ffn"]) == (512, 64, 1, "none")
+    assert p["ffn"] == "llama_FFN_PF_chunk_01of01.mlmodelc" and meta["version"]
+    pre = m["extra"]["preflight"]
+    assert pre["fp16_sweep"]["max_abs"] < 65504 and pre["chunks"] == 1
+
+
+def test_fp16_saved_programs_match_transformers(built):
+    _, m = built
+    v = m["verification"]
+    assert v["passed"] is True, v["failures"]
+    checks = v["checks"]
+    assert checks["prefill"]["rel_l2"] <= 2e-3 and checks["decode"]["rel_l2"] <= 2e-3
+    assert checks["decode"]["positions"] == 6 * 8, "8 decode steps per reference prompt"
+    assert checks["top1"] == 1.0 and abs(checks["ppl_delta"]) < 0.05
+    spec = checks["spec"]
+    assert spec["llama_FFN_PF_chunk_01of01.mlpackage"]["functions"] == ["infer", "prefill"]
+    assert spec["llama_FFN_PF_chunk_01of01.mlpackage"]["default_function"] == "infer"
+    assert all(s["specification_version"] >= 9 and s["lut_ops"] == 0 for s in spec.values())
+
+
+def test_two_builds_give_identical_content(built, tmp_path):
+    out, m = built
+    invoke("build", *CELL, "--out", str(tmp_path), check=0)
+    m2 = manifests(tmp_path)[KEY]
+    assert {o["path"]: o["sha256"] for o in m["outputs"]} == {o["path"]: o["sha256"] for o in m2["outputs"]}
+    assert m["verification"]["checks"]["content_hash"] == m2["verification"]["checks"]["content_hash"]
+
+
+def test_only_step_3_reruns_only_the_ffn_step(built):
+    out, m = built
+    invoke("build", *CELL, "--out", str(out), "--only-step", "3", check=0)
+    m2 = manifests(out)[KEY]
+    status = {k: v["status"] for k, v in m2["timings"]["steps"].items()}
+    assert status.pop("ffn") == "ran"
+    assert set(status.values()) == {"not selected"}
+    assert {o["path"]: o["sha256"] for o in m["outputs"]} == {o["path"]: o["sha256"] for o in m2["outputs"]}
+
+
+def _wait_for(path_glob: Path, text: str, proc, timeout: float = 900) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        for log in path_glob.parent.glob(path_glob.name):
+            if (log / "log.txt").is_file() and text in (log / "log.txt").read_text(errors="replace"):
+                return
+        assert proc.poll() is None, "the build ended before reaching the step"
+        time.sleep(0.5)
+    raise AssertionError(f"'{text}' never appeared")
+
+
+def test_interrupted_in_step_4_then_restart_4_does_not_redo_steps_1_to_3(tmp_path):
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "build", *CELL, "--out", str(tmp_path)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(tmp_path / ".staging" / "*", "step 4/8 prefill", proc)
+        proc.send_signal(signal.SIGINT)  # a real failure: the build is interrupted inside step 4
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert KEY not in manifests(tmp_path)
+    invoke("build", *CELL, "--out", str(tmp_path), "--restart-step", "4", check=0)
+    m = manifests(tmp_path)[KEY]
+    status = {k: v["status"] for k, v in m["timings"]["steps"].items()}
+    assert [status[s] for s in ("embeddings", "lm_head", "ffn")] == ["done earlier"] * 3
+    assert [status[s] for s in ("prefill", "combine", "compile", "meta", "test")] == ["ran"] * 5
+    assert m["verification"]["passed"] is True
+    assert_outputs_match_manifest(tmp_path, m)

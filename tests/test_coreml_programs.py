@@ -1,0 +1,145 @@
+"""coreml backend, run side on the host: conversion of the parts of a small random Llama, the numpy
+interpreter of the saved ML programs against transformers, LUT spec checks and reconstruction, and
+byte-deterministic packages. Needs coremltools (the coreml image has it; on a host:
+`pip install -r requirements-macos.txt`); the Docker end-to-end test covers the same code in CI."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+ct = pytest.importorskip("coremltools")
+torch = pytest.importorskip("torch")
+
+from builders.backends.coreml import checks, convert, milrun, options, runtime  # noqa: E402
+from builders.backends.coreml.layout import layout_of  # noqa: E402
+from builders.backends.coreml.palettize import palettize_package  # noqa: E402
+
+CONTEXT, BATCH = 32, 8
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=16, max_position_embeddings=128, rope_theta=10000.0,
+                      tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # larger weights than the init so the logits are far from flat
+        for p in model.parameters():
+            p.mul_(4.0)
+    d = tmp_path_factory.mktemp("tiny-random-llama")
+    model.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def built(model_dir, tmp_path_factory):
+    """Two chunks (layers 0-1, 2) converted, combined, plus embeddings and LM head (fp16)."""
+    out = tmp_path_factory.mktemp("coreml-parts")
+    params = {"model_name": "t", "luts": options.luts_for("fp16", {}), "chunks": 2,
+              "options": options.normalize({"context": CONTEXT, "batch": BATCH, "chunk": 2}, "test")}
+    layout = layout_of(params, model_dir)
+    src = convert.Source(model_dir, CONTEXT)
+    n = layout.names
+    convert.save(convert.embeddings(src, BATCH), out / n["embeddings"])
+    convert.save(convert.lm_head(src, 1, False), out / n["lm_head"])
+    for i, layers in enumerate(layout.layers):
+        last = i == len(layout.layers) - 1
+        convert.save(convert.chunk(src, layers, last, 1), out / n["ffn"][i])
+        convert.save(convert.chunk(src, layers, last, BATCH), out / n["prefill"][i])
+        convert.combine(out / n["ffn"][i], out / n["prefill"][i], out / n["ffn_pf"][i])
+    return out, layout, src
+
+
+def _hf_logits(model_dir, tokens):
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        return m(input_ids=torch.tensor([tokens])).logits[0].numpy()
+
+
+def test_interpreted_programs_match_transformers_for_prefill_and_decode(built, model_dir):
+    from builders.verify.metrics import compare
+
+    out, layout, _ = built
+    tokens = [int(t) for t in np.random.RandomState(1).randint(3, 96, size=19)]
+    prompt_len = 11  # two prefill batches (8 + 3), then 8 decode steps
+    ref = _hf_logits(model_dir, tokens)
+    pre, dec = runtime.teacher_forced(checks.load_parts(out, layout), tokens, prompt_len)
+    assert pre.shape == (prompt_len, 96) and dec.shape == (8, 96)
+    fp, fd = compare(ref[:prompt_len], pre), compare(ref[prompt_len:], dec)
+    # fp16 arithmetic on random weights scaled x4 (the trained tiny model's fp16 cell gets ~3e-4)
+    assert fp["rel_l2"] < 1e-2 and fd["rel_l2"] < 1e-2, (fp, fd)
+    assert fp["top1"] >= 0.9 and fd["top1"] >= 0.9, (fp, fd)
+    # the interpreter is not vacuous: a wrong position (stale KV cache) changes the logits
+    s = runtime.Session(checks.load_parts(out, layout))
+    s.prefill(tokens[:prompt_len])
+    s.pos += 1
+    wrong = s.logits(s.decode(tokens[prompt_len]))
+    assert compare(ref[prompt_len:prompt_len + 1], wrong)["rel_l2"] > 5e-2
+
+
+def test_spec_checks_pass_and_catch_a_missing_lut(built):
+    out, layout, _ = built
+    for name, want in checks.expected(layout).items():
+        facts, failures = checks.spec_check(out / name, want)
+        assert failures == [], failures
+    name = layout.names["ffn_pf"][0]
+    want = {**checks.expected(layout)[name], "lut": options.Lut(4, 8)}
+    _, failures = checks.spec_check(out / name, want)
+    assert failures == [f"{name}: LUT 4,8 asked but no constexpr_lut_to_dense op"]
+
+
+def test_lut_palettization_spec_and_reconstruction(built, tmp_path):
+    out, layout, src = built
+    fp16 = out / layout.names["lm_head"]
+    lut_pkg = tmp_path / "head_lut6.mlpackage"
+    palettize_package(fp16, lut_pkg, 6, 4, ("conv",))
+    want = {"functions": {"main": (["hidden_states"], ["logits1"], [])}, "lut": options.Lut(6, 4)}
+    facts, failures = checks.spec_check(lut_pkg, want)
+    assert failures == [] and facts["lut_ops"] == 1
+    _, failures = checks.spec_check(lut_pkg, {**want, "lut": options.Lut(4, 8)})
+    assert any("asked 4,8" in f for f in failures)
+    (indices, table), = checks.lut_ops(milrun.Package(lut_pkg)).values()
+    assert checks.lut_geometry(indices, table) == (6, 4) and indices.shape[0] == 96
+    errors = checks.lut_errors(lut_pkg, fp16)
+    (err,) = errors.values()
+    assert 0 < err["rel_l2"] < 0.05
+    # the dequantized weight is what the interpreter computes with
+    h = np.random.RandomState(2).randn(1, 1, 64).astype(np.float16)
+    dense = milrun.op_lut_to_dense({"indices": indices, "lut": table}, None).astype(np.float32).reshape(96, 64)
+    got = milrun.load(lut_pkg)({"hidden_states": h})["logits1"].reshape(-1).astype(np.float32)
+    np.testing.assert_allclose(got, dense @ h.reshape(-1).astype(np.float32), rtol=2e-2, atol=2e-2)
+
+
+def test_saved_packages_are_byte_deterministic(built, tmp_path):
+    out, layout, src = built
+    a, b = tmp_path / "a.mlpackage", tmp_path / "b.mlpackage"
+    convert.save(convert.embeddings(src, BATCH), a)
+    convert.save(convert.embeddings(src, BATCH), b)
+    assert checks.tree_hash(a) == checks.tree_hash(b) == checks.tree_hash(out / layout.names["embeddings"])
+    manifest = json.loads((a / "Manifest.json").read_text())
+    assert manifest["rootModelIdentifier"] == convert._det_uuid("com.apple.CoreML/model.mlmodel")
+
+
+def test_multifunction_package_stores_shared_weights_once(built):
+    out, layout, _ = built
+    weights = lambda p: (p / "Data/com.apple.CoreML/weights/weight.bin").stat().st_size  # noqa: E731
+    n = layout.names
+    assert weights(out / n["ffn_pf"][0]) < 1.1 * weights(out / n["ffn"][0])
+    assert sorted(milrun.Package(out / n["ffn_pf"][0]).functions) == ["infer", "prefill"]
+
+
+def test_unknown_op_fails_loudly(built, tmp_path):
+    out, layout, _ = built
+    pkg = milrun.Package(out / layout.names["lm_head"])
+    block, _ = pkg.block("main")
+    conv = next(op for op in block.operations if op.type == "conv")
+    conv.type = "conv_transpose"
+    with pytest.raises(milrun.UnsupportedOp, match="conv_transpose"):
+        milrun.Function(pkg, "main")
