@@ -120,7 +120,7 @@ def save_part(mlmodel, path: Path, lut: Lut | None, work: Path, op_types: tuple[
     save(mlmodel, fp16)
     if path.exists():
         shutil.rmtree(path)
-    palettize_package(fp16, path, lut.bits, lut.group_size, op_types, KMEANS_WORKERS)
+    palettize_package(fp16, path, lut.bits, lut.group_size, op_types, KMEANS_WORKERS, cache=work / "lut-cache")
 
 
 def fp16_path(work: Path, name: str) -> Path:

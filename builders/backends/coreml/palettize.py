@@ -1,9 +1,13 @@
 """k-means LUT palettization of a saved package, run as its own process:
 
-    python -m builders.backends.coreml.palettize IN.mlpackage OUT.mlpackage BITS GROUP_SIZE WORKERS OP_TYPES
+    python -m builders.backends.coreml.palettize IN.mlpackage OUT.mlpackage BITS GROUP_SIZE WORKERS OP_TYPES [CACHE]
 
 Only the weights of the named op types are palettized (conv for projections and the LM head, gather
 for the embedding table): rope tables and norms stay fp16, as in ANEMLL.
+
+With CACHE (a directory), the k-means result of every weight is kept there (.npz), keyed by the weight's
+bytes and the settings: the prefill chunks carry the same weights as the FFN chunks, so step 4 reads
+step 3's LUTs instead of clustering again (k-means is deterministic: the bytes are the same either way).
 
 coremltools forks its k-means workers (multiprocessing.Pool); a parent that has run torch ops holds an
 OpenMP thread pool and the forked workers deadlock. This process never runs torch, so forking is safe.
@@ -11,16 +15,52 @@ OpenMP thread pool and the forked workers deadlock. This process never runs torc
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 
-def run(src: Path, dst: Path, bits: int, group_size: int, workers: int, op_types: list[str]) -> None:
+def _cache_lut_results(cache: Path) -> None:
+    """Memoize coremltools' per-weight palettization (palettize_weights.blockwise_compress) on disk."""
+    import numpy as np
+    from coremltools.converters.mil.mil import types
+    from coremltools.optimize import _utils as optimize_utils
+    from coremltools.optimize.coreml._quantization_passes import palettize_weights
+
+    compress = palettize_weights.blockwise_compress
+    cache.mkdir(parents=True, exist_ok=True)
+
+    def cached(original_data, *args, **kwargs):
+        h = hashlib.sha256(np.ascontiguousarray(original_data).tobytes())
+        h.update(repr((original_data.shape, str(original_data.dtype), args, sorted(kwargs.items()))).encode())
+        f = cache / f"{h.hexdigest()}.npz"
+        if f.is_file():
+            with np.load(f) as z:
+                nbits = int(z["nbits"])
+                axis = int(z["vector_axis"])
+                dtype = types.nptype_from_builtin(types.string_to_builtin(f"uint{nbits}"))
+                return optimize_utils.LutParams(z["indices"].astype(dtype), z["lut"], None if axis < 0 else axis)
+        result = compress(original_data, *args, **kwargs)
+        if isinstance(result, optimize_utils.LutParams):
+            nbits = int(np.log2(result.lut.shape[-2]))
+            tmp = f.with_suffix(".tmp.npz")
+            np.savez(tmp, indices=np.asarray(result.indices, np.uint8), lut=result.lut, nbits=nbits,
+                     vector_axis=-1 if result.vector_axis is None else result.vector_axis)
+            tmp.replace(f)
+        return result
+
+    palettize_weights.blockwise_compress = staticmethod(cached)
+
+
+def run(src: Path, dst: Path, bits: int, group_size: int, workers: int, op_types: list[str],
+        cache: Path | None = None) -> None:
     import coremltools as ct
     import coremltools.optimize.coreml as cto
 
+    if cache is not None:
+        _cache_lut_results(cache)
     from builders.backends.coreml.convert import save
 
     model = ct.models.MLModel(str(src), skip_model_load=True)
@@ -31,10 +71,10 @@ def run(src: Path, dst: Path, bits: int, group_size: int, workers: int, op_types
 
 
 def palettize_package(src: Path, dst: Path, bits: int, group_size: int, op_types: tuple[str, ...],
-                      workers: int = 2) -> None:
+                      workers: int = 2, cache: Path | None = None) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "builders.backends.coreml.palettize", str(src), str(dst), str(bits),
-           str(group_size), str(workers), ",".join(op_types)]
+           str(group_size), str(workers), ",".join(op_types)] + ([str(cache)] if cache else [])
     proc = subprocess.run(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr)
     if proc.returncode != 0 or not (dst / "Manifest.json").is_file():
         raise RuntimeError(f"palettizing {src.name} to {bits},{group_size} exited {proc.returncode}; see the log")
@@ -42,4 +82,4 @@ def palettize_package(src: Path, dst: Path, bits: int, group_size: int, op_types
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    run(Path(a[0]), Path(a[1]), int(a[2]), int(a[3]), int(a[4]), a[5].split(","))
+    run(Path(a[0]), Path(a[1]), int(a[2]), int(a[3]), int(a[4]), a[5].split(","), Path(a[6]) if len(a) > 6 else None)
