@@ -14,7 +14,7 @@ from typing import Callable
 
 TRAIN_SEED = 20260101
 TRAIN_BYTES = 300_000
-ZIPF = 1.25  # exponent of the word-choice weights (1.25 measured: fewer near-tie top-1 positions than 1.0, more learned structure than 1.5)
+ZIPF = 1.25  # word-choice skew; measured: fewer near-tie top-1 positions than 1.0, more structure than 1.5
 
 NUMBERS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
            "fifteen sixteen seventeen eighteen nineteen twenty").split()
