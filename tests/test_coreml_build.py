@@ -67,10 +67,12 @@ def test_fp16_saved_programs_match_transformers(built):
     assert all(s["specification_version"] >= 9 and s["lut_ops"] == 0 for s in spec.values())
 
 
-def test_two_builds_give_identical_content(built, tmp_path):
+def test_two_builds_give_identical_content(built):
+    """A second full build of the node (--restart-step 1 reruns every step) gives the same bytes."""
     out, m = built
-    invoke("build", *CELL, "--out", str(tmp_path), check=0)
-    m2 = manifests(tmp_path)[KEY]
+    invoke("build", *CELL, "--out", str(out), "--restart-step", "1", check=0)
+    m2 = manifests(out)[KEY]
+    assert all(v["status"] == "ran" for v in m2["timings"]["steps"].values())
     assert {o["path"]: o["sha256"] for o in m["outputs"]} == {o["path"]: o["sha256"] for o in m2["outputs"]}
     assert m["verification"]["checks"]["content_hash"] == m2["verification"]["checks"]["content_hash"]
 
@@ -81,37 +83,47 @@ def test_only_step_3_reruns_only_the_ffn_step(built):
     m2 = manifests(out)[KEY]
     status = {k: v["status"] for k, v in m2["timings"]["steps"].items()}
     assert status.pop("ffn") == "ran"
-    assert set(status.values()) == {"not selected"}
+    assert set(status.values()) == {"done earlier"}, status
     assert {o["path"]: o["sha256"] for o in m["outputs"]} == {o["path"]: o["sha256"] for o in m2["outputs"]}
 
 
 def _wait_for(path_glob: Path, text: str, proc, timeout: float = 900) -> None:
     t0 = time.monotonic()
+    start = {p: p.stat().st_mtime for p in path_glob.parent.glob(path_glob.name + "/log.txt")}
     while time.monotonic() - t0 < timeout:
-        for log in path_glob.parent.glob(path_glob.name):
-            if (log / "log.txt").is_file() and text in (log / "log.txt").read_text(errors="replace"):
+        for log in path_glob.parent.glob(path_glob.name + "/log.txt"):
+            if log.stat().st_mtime != start.get(log) and text in log.read_text(errors="replace"):
                 return
         assert proc.poll() is None, "the build ended before reaching the step"
         time.sleep(0.5)
     raise AssertionError(f"'{text}' never appeared")
 
 
-def test_interrupted_in_step_4_then_restart_4_does_not_redo_steps_1_to_3(tmp_path):
-    env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "build", *CELL, "--out", str(tmp_path)], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def test_interrupted_in_step_4_then_restart_4_does_not_redo_steps_1_to_3(built, tmp_path):
+    """Another cell (batch 32, so a new node; the model and reference stay cached), interrupted while
+    step 4 runs, then resumed with --restart-step 4."""
+    out, _ = built
+    matrix = yaml.safe_load((ROOT / "matrix.yaml").read_text())
+    matrix["backends"]["coreml"]["options"]["batch"] = 32
+    (tmp_path / "matrix.yaml").write_text(yaml.safe_dump(matrix))
+    args = [*CELL, "--out", str(out), "--matrix", str(tmp_path / "matrix.yaml")]
+    before = set(manifests(out))
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "build", *args], cwd=ROOT,
+                            env={**os.environ, "COLUMNS": "200"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     try:
-        _wait_for(tmp_path / ".staging" / "*", "step 4/8 prefill", proc)
+        _wait_for(out / ".staging" / "*", "step 4/8 prefill", proc)
         proc.send_signal(signal.SIGINT)  # a real failure: the build is interrupted inside step 4
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert KEY not in manifests(tmp_path)
-    invoke("build", *CELL, "--out", str(tmp_path), "--restart-step", "4", check=0)
-    m = manifests(tmp_path)[KEY]
+    assert set(manifests(out)) == before, "nothing promoted from the interrupted build"
+    invoke("build", *args, "--restart-step", "4", check=0)
+    (m,) = [m for m in manifests(out).values()
+            if m["node"]["key"].startswith(KEY) and m["options"]["options"]["batch"] == 32]
     status = {k: v["status"] for k, v in m["timings"]["steps"].items()}
     assert [status[s] for s in ("embeddings", "lm_head", "ffn")] == ["done earlier"] * 3
     assert [status[s] for s in ("prefill", "combine", "compile", "meta", "test")] == ["ran"] * 5
     assert m["verification"]["passed"] is True
-    assert_outputs_match_manifest(tmp_path, m)
+    assert_outputs_match_manifest(out, m)

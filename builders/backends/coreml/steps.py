@@ -123,7 +123,7 @@ def step_compile(ctx: NodeContext) -> None:
         dest = ctx.out / pkg.name.replace(".mlpackage", ".mlmodelc")
         if dest.exists():
             shutil.rmtree(dest)
-        ct.utils.compile_model(str(pkg), str(dest))
+        ct.utils.compile_model(str(pkg), destination_path=str(dest))
         if not dest.is_dir():
             raise NodeFailed(f"compile: {dest.name} was not written")
     ctx.result["deferred"] = deferred
