@@ -28,8 +28,8 @@ GPU_RULES = ("Matmul", "GEMV", "Reduction", "GeneralReduction", "Fallback")
 # (TVM 0.27.0.post1): leave it out there
 NO_MATMUL_RULES = ("GEMV", "Reduction", "GeneralReduction", "Fallback")
 
-# TIR common-subexpression elimination breaks some kernels for OpenCL/Metal/WebGPU in TVM 0.27.0.post1
-# ("variable cse_v.. has been used before definition"): off for those targets
+# TIR common-subexpression elimination breaks some GPU kernels in TVM 0.27.0.post1 ("variable cse_v..
+# has been used before definition", seen for cuda/opencl/metal/webgpu): off for every GPU target
 NO_CSE = (("tirx.disable_cse_tir", True),)
 
 ANDROID_HOST = {"kind": "llvm", "mtriple": "aarch64-linux-android"}
@@ -42,7 +42,7 @@ TARGETS: dict[str, MlcTarget] = {t.name: t for t in [
     MlcTarget("cpu", {"kind": "llvm", "mtriple": "x86_64-pc-linux-gnu"}, None, "so"),
     MlcTarget("cuda", {"kind": "cuda", "arch": "sm_80", "max_threads_per_block": 1024,
                        "max_num_threads": 1024, "thread_warp_size": 32, "max_shared_memory_per_block": 49152},
-              {"kind": "llvm", "mtriple": "x86_64-pc-linux-gnu"}, "so", NO_MATMUL_RULES),
+              {"kind": "llvm", "mtriple": "x86_64-pc-linux-gnu"}, "so", NO_MATMUL_RULES, pass_config=NO_CSE),
     MlcTarget("android", {"kind": "opencl", "device": "adreno", "max_threads_per_block": 256,
                           "max_num_threads": 256, "thread_warp_size": 1, "max_shared_memory_per_block": 16384},
               ANDROID_HOST, "tar", GPU_RULES, system_lib=True, object_arch="aarch64-elf", pass_config=NO_CSE),

@@ -1,0 +1,208 @@
+"""mlc backend on the host, without Docker or TVM: the plan side (quant codes, legacy refusals,
+targets, options, node expansion) and the numpy parts of the run side (group quantizer layout and
+error bound, streaming weight conversion into MLC's tensor-cache format, mlc-chat-config.json)
+on a real transformers checkpoint written here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from builders.backends import get as get_backend
+from builders.backends.base import Cell, ModelRef
+from builders.backends.mlc import quant as q_mod
+from builders.backends.mlc.models import ModelConfig
+from builders.errors import MatrixError
+
+BACKEND = get_backend("mlc")
+
+TINY_CFG = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 96, "hidden_size": 64,
+    "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "head_dim": 16, "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+    "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+}
+
+
+def _model(cfg=TINY_CFG, name="tiny-test") -> ModelRef:
+    return ModelRef(name, "local", "local-abc1234", "d" * 64, cfg, cfg["architectures"][0])
+
+
+def _cell(quant="q4f16_1", target="cpu", **opts) -> Cell:
+    return Cell("tiny-test", "mlc", quant, target, BACKEND.normalize_options(opts, "test"))
+
+
+# ---- plan side -------------------------------------------------------------------------------------
+
+def test_quant_codes_and_legacy_codes():
+    for code in ("q0f32", "q0f16", "q4f16_1", "q4f32_1", "q3f16_1"):
+        assert code in BACKEND.quants and BACKEND.unavailable(_cell(code)) is None
+    # legacy codes that MLC's current flow still defines: mapped explicitly, KN layout
+    assert q_mod.QUANTS["q4f16_0"].layout == "KN" and q_mod.QUANTS["q4f16_1"].layout == "NK"
+    assert BACKEND.unavailable(_cell("q4f16_0")) is None
+    # legacy codes without an equivalent: refused, naming the code to use
+    assert "use q4f32_1" in BACKEND.unavailable(Cell("m", "mlc", "q4f32_0", "cpu"))
+    assert "use q0f16" in BACKEND.unavailable(Cell("m", "mlc", "q8f16_0", "cpu"))
+
+
+def test_vulkan_cells_fail_fast_with_the_reason():
+    for target in ("vulkan", "vulkan-windows"):
+        reason = BACKEND.unavailable(_cell(target=target))
+        assert "no Vulkan codegen" in reason and "\n" not in reason
+    assert BACKEND.unavailable(_cell(target="android")) is None
+
+
+def test_options_are_validated_with_the_location():
+    assert BACKEND.normalize_options({}, "w") == {"context_window_size": 512, "prefill_chunk_size": 128,
+                                                  "conv_template": None}
+    assert BACKEND.normalize_options({"max_seq_len": 64}, "w")["prefill_chunk_size"] == 64
+    with pytest.raises(MatrixError, match="matrix.yaml: unknown mlc option 'ctx'"):
+        BACKEND.normalize_options({"ctx": 1}, "matrix.yaml")
+    with pytest.raises(MatrixError, match="context_window_size=-5 must be a positive integer"):
+        BACKEND.normalize_options({"context_window_size": -5}, "matrix.yaml")
+
+
+def test_expand_shares_weights_across_targets():
+    model = _model()
+    nodes = {t: BACKEND.expand(_cell(target=t), model) for t in ("cpu", "cuda")}
+    w_cpu, lib_cpu = nodes["cpu"]
+    w_cuda, lib_cuda = nodes["cuda"]
+    assert w_cpu.key == w_cuda.key == "tiny-test.mlc.q4f16_1.weights" and w_cpu.params == w_cuda.params
+    assert w_cpu.kind == "mlc-weights" and w_cpu.publish == "mlc/tiny-test-q4f16_1-MLC"
+    assert w_cpu.parents == {"reference": "tiny-test.reference"}
+    assert lib_cpu.key == "tiny-test.mlc.q4f16_1.lib.cpu" and lib_cuda.key.endswith(".lib.cuda")
+    assert lib_cpu.parents == {"weights": w_cpu.key, "reference": "tiny-test.reference"}
+    assert lib_cpu.publish == "mlc/libs" and lib_cpu.kind == "mlc-lib"
+    # MLC naming: <Model>-<quant>[-ctx<N>]-<target>; the suffix appears when the context differs
+    assert lib_cpu.params["lib_stem"] == "tiny-test-q4f16_1-ctx512-cpu"
+    (_, lib_full) = BACKEND.expand(_cell(context_window_size=256), model)
+    assert lib_full.params["lib_stem"] == "tiny-test-q4f16_1-cpu"
+
+
+def test_mistral_context_wider_than_its_window_is_refused():
+    cfg = {**TINY_CFG, "architectures": ["MistralForCausalLM"], "sliding_window": 128}
+    weights, lib = BACKEND.expand(_cell(context_window_size=256), _model(cfg))
+    assert "sliding_window 128" in weights.unavailable and lib.unavailable == weights.unavailable
+    assert BACKEND.expand(_cell(context_window_size=128), _model(cfg))[0].unavailable is None
+
+
+# ---- group quantizer ---------------------------------------------------------------------------------
+
+def test_q4_packing_follows_mlc_layout():
+    """One row of 32 values whose levels are known: q = round(w/scale) + 7 packed 8 per uint32,
+    element i of a word at bits 4i (little end first); scale = max|w| / 7 in float16."""
+    levels = np.array([i % 15 for i in range(32)], dtype=np.int64)  # 0..14
+    w = ((levels - 7) * 0.5).astype(np.float32)[None, :]  # max|w| = 3.5 -> scale 0.5
+    qw, qs = q_mod.quantize(w, q_mod.QUANTS["q4f16_1"])
+    assert qs.dtype == np.float16 and qs.tolist() == [[0.5]]
+    expected = [sum(int(levels[8 * j + i]) << (4 * i) for i in range(8)) for j in range(4)]
+    assert qw.dtype == np.uint32 and qw[0].tolist() == expected
+    kn_w, kn_s = q_mod.quantize(w, q_mod.QUANTS["q4f16_0"])
+    assert kn_w.shape == (4, 1) and kn_w[:, 0].tolist() == expected and kn_s.shape == (1, 1)
+
+
+@pytest.mark.parametrize("code", ["q4f16_1", "q4f32_1", "q3f16_1", "q4f16_0", "q3f16_0"])
+def test_quantization_error_within_the_bound(code):
+    q = q_mod.QUANTS[code]
+    w = np.random.default_rng(0).normal(size=(48, 200)).astype(np.float32)  # 200: not a multiple of 40/32
+    qw, qs = q_mod.quantize(w, q)
+    assert qw.shape == ((48, q.words(200)) if q.layout == "NK" else (q.words(200), 48))
+    err = np.abs(q_mod.dequantize(qw, qs, 200, q) - w)
+    bound = q_mod.error_bound(w, q)
+    assert (err <= bound).all()
+    assert err.max() > 0.5 * bound.max()  # the bound is tight, not vacuous
+
+
+# ---- streaming conversion + chat config on a real checkpoint ----------------------------------------
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    d = tmp_path_factory.mktemp("hf-llama")
+    torch.manual_seed(0)
+    cfg = dict(TINY_CFG)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
+    model.save_pretrained(d, safe_serialization=True)
+    (d / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True}))
+    (d / "tokenizer.json").write_text(json.dumps({"decoder": {"type": "Sequence", "decoders": [{"type": "ByteFallback"}]}}))
+    return d
+
+
+@pytest.mark.parametrize("code", ["q0f32", "q4f16_1", "q3f16_0"])
+def test_convert_weight_writes_mlc_tensor_cache(hf_dir, tmp_path, code):
+    from safetensors.torch import load_file
+
+    from builders.backends.mlc import convert_weight
+    from builders.backends.mlc.reference import dequantized_params, hf_state
+
+    q = q_mod.QUANTS[code]
+    c = ModelConfig.from_hf(TINY_CFG, {"context_window_size": 128})
+    summary = convert_weight.convert(hf_dir, tmp_path, c, q, log=lambda *_: None)
+    cache = json.loads((tmp_path / "tensor-cache.json").read_text())
+    assert set(cache["metadata"]) == {"ParamSize", "ParamBytes", "BitsPerParam"}
+    names = []
+    for shard in cache["records"]:
+        data = (tmp_path / shard["dataPath"]).read_bytes()
+        assert shard["format"] == "raw-shard" and shard["nbytes"] == len(data)
+        assert shard["md5sum"] == hashlib.md5(data).hexdigest()
+        for r in shard["records"]:
+            assert set(r) == {"name", "shape", "dtype", "format", "nbytes", "byteOffset"}
+            names.append(r["name"])
+    plan = convert_weight.param_plan(c, q)
+    assert names == [p.name for p in plan] and summary["params"] == len(plan)
+    arrays = convert_weight.read_cache(tmp_path)
+    for p in plan:
+        assert arrays[p.name].shape == p.shape and str(arrays[p.name].dtype) == p.dtype
+    if q.bits:
+        assert "model.layers.0.self_attn.qkv_proj.q_weight" in arrays
+        # 4 bits + a float16 scale per 32 values (+ float16 norms); 3-bit groups of 40 pad the 64-wide rows to 80
+        assert 4.5 < summary["bits_per_param"] < 4.6 if q.bits == 4 else 3.0 < summary["bits_per_param"] < 4.6
+    # un-fusing the stored (dequantized) params gives back the original tensors (exactly for q0f32)
+    original = {k: v.numpy() for k, v in load_file(str(hf_dir / "model.safetensors")).items()}
+    back = hf_state(dequantized_params(tmp_path, c, q), c)
+    assert set(back) == set(original)
+    for k, v in original.items():
+        if q.bits == 0:
+            assert np.array_equal(back[k], v), k
+        elif v.ndim == 2:
+            assert (np.abs(back[k] - v) <= q_mod.error_bound(v, q)).all(), k
+
+
+def test_shards_are_cut_at_the_cap(hf_dir, tmp_path):
+    from builders.backends.mlc import convert_weight
+
+    c = ModelConfig.from_hf(TINY_CFG, {})
+    writer = convert_weight.ShardWriter(tmp_path, cap=20000)
+    writer.add("a", np.zeros((3000,), np.float32))
+    writer.add("b", np.zeros((3000,), np.float32))
+    writer.add("c", np.zeros((10,), np.float32))
+    writer.flush()
+    assert [[r["name"] for r in s["records"]] for s in writer.shards] == [["a"], ["b", "c"]]
+    assert writer.shards[1]["records"][1]["byteOffset"] == 12000 and c.head_dim == 16
+
+
+def test_chat_config_fields(hf_dir, tmp_path):
+    from builders.backends.mlc import gen_config
+
+    c = ModelConfig.from_hf(TINY_CFG, {"context_window_size": 128, "prefill_chunk_size": 64})
+    cfg = gen_config.write(hf_dir, tmp_path, TINY_CFG, c, q_mod.QUANTS["q4f16_1"], None)
+    on_disk = json.loads((tmp_path / "mlc-chat-config.json").read_text())
+    assert on_disk == json.loads(json.dumps(cfg))
+    for field in ("model_type", "quantization", "model_config", "vocab_size", "context_window_size",
+                  "sliding_window_size", "prefill_chunk_size", "tensor_parallel_shards", "temperature",
+                  "top_p", "tokenizer_files", "tokenizer_info", "conv_template", "bos_token_id",
+                  "eos_token_id", "pad_token_id"):
+        assert field in cfg, field
+    assert cfg["model_type"] == "llama" and cfg["quantization"] == "q4f16_1" and cfg["context_window_size"] == 128
+    assert cfg["conv_template"]["name"] == "llama-3" and cfg["conv_template"]["stop_token_ids"] == [2]
+    assert cfg["tokenizer_files"] == ["tokenizer.json", "tokenizer_config.json"]
+    assert (tmp_path / "tokenizer.json").read_bytes() == (hf_dir / "tokenizer.json").read_bytes()
+    assert cfg["tokenizer_info"]["token_postproc_method"] == "byte_fallback"
+    other = gen_config.chat_config(hf_dir, TINY_CFG, c, q_mod.QUANTS["q0f32"], "LM")
+    assert other["conv_template"]["name"] == "LM"
