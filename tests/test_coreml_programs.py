@@ -143,3 +143,14 @@ def test_unknown_op_fails_loudly(built, tmp_path):
     conv.type = "conv_transpose"
     with pytest.raises(milrun.UnsupportedOp, match="conv_transpose"):
         milrun.Function(pkg, "main")
+
+
+def test_chunk_auto_estimate_covers_the_real_weight_files(built, model_dir):
+    out, layout, _ = built
+    config = json.loads((model_dir / "config.json").read_text())
+    limit = options.chunk_mb(config, None, 2, CONTEXT)  # the estimate for two chunks (layers 0-1, 2)
+    assert options.auto_chunks(config, None, limit, "test", CONTEXT) == 2
+    assert options.auto_chunks(config, None, limit * 0.99, "test", CONTEXT) == 3
+    largest = max(checks.weight_mb(out / name) for name in layout.names["ffn_pf"])
+    assert largest <= limit, (largest, limit)
+    assert largest > 0.8 * limit, "the estimate is close, not just an upper bound"

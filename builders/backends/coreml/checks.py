@@ -25,6 +25,11 @@ def tree_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def weight_mb(path: Path) -> float:
+    """Size of a package's weight files in MiB (what --max-chunk-mb limits)."""
+    return sum(f.stat().st_size for f in (Path(path) / "Data" / "com.apple.CoreML" / "weights").glob("*")) / (1 << 20)
+
+
 def _io(fn_desc) -> tuple[list, list, list]:
     inputs = [i.name for i in fn_desc.input]
     outputs = [o.name for o in fn_desc.output]
@@ -85,17 +90,14 @@ def spec_check(path: Path, want: dict) -> tuple[dict, list[str]]:
 def lut_ops(pkg: milrun.Package, function: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """output name -> (indices, lut) of every constexpr_lut_to_dense op of one function."""
     block, _ = pkg.block(function or pkg.functions[0])
-    out = {}
-    for op in block.operations:
-        if op.type == "constexpr_lut_to_dense":
-            args = {k: pkg.value(v.arguments[0].value) if not v.arguments[0].name else None
-                    for k, v in op.inputs.items()}
-            if args.get("indices") is None or args.get("lut") is None:
-                consts = milrun.Function(pkg, function or pkg.functions[0])._consts
-                args = {k: consts[v.arguments[0].name] if v.arguments[0].name else pkg.value(v.arguments[0].value)
-                        for k, v in op.inputs.items()}
-            out[op.outputs[0].name] = (np.asarray(args["indices"]), np.asarray(args["lut"]))
-    return out
+    consts = {op.outputs[0].name: op.attributes["val"] for op in block.operations if op.type == "const"}
+
+    def value(binding):
+        return pkg.value(consts[binding.name] if binding.name else binding.value)
+
+    return {op.outputs[0].name: (np.asarray(value(op.inputs["indices"].arguments[0])),
+                                 np.asarray(value(op.inputs["lut"].arguments[0])))
+            for op in block.operations if op.type == "constexpr_lut_to_dense"}
 
 
 def lut_geometry(indices: np.ndarray, table: np.ndarray) -> tuple[int, int]:

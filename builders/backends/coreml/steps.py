@@ -168,6 +168,10 @@ def step_test(ctx: NodeContext) -> None:
     t0 = time.monotonic()
     figures = checks.numerical(checks.load_parts(ctx.out, layout), load_reference(ctx.inputs["reference"]), layout)
     ctx.log(f"numerical check of the saved programs: {time.monotonic() - t0:.1f}s")
+    sizes = {name: round(checks.weight_mb(ctx.out / name), 4) for name in layout.names["ffn_pf"]}
+    limit = ctx.params["options"]["max_chunk_mb"]
+    if ctx.params["options"]["chunk"] == "auto" and max(sizes.values()) > limit:
+        failures.append(f"chunk auto: largest chunk weights {max(sizes.values()):.2f} MiB exceed max_chunk_mb={limit}")
     figures["lut_rel_l2_max"] = max((e["rel_l2"] for per in lut.values() for e in per.values() if "rel_l2" in e),
                                     default=0.0)
     ver = verdict(figures, ctx.params.get("thresholds"))
@@ -175,6 +179,7 @@ def step_test(ctx: NodeContext) -> None:
     ver["passed"] = not ver["failures"]
     ver["checks"]["spec"] = specs
     ver["checks"]["lut_reconstruction"] = lut
+    ver["checks"]["chunk_weights_mb"] = {"actual": sizes, "estimate_largest": opt_chunk_mb(layout)}
     ver["checks"]["content_hash"] = {p.name: checks.tree_hash(p) for p in packages}
     ver["checks"]["evaluator"] = ("numpy interpreter of the saved ML programs (builders/backends/coreml/milrun.py): "
                                   "fp32 math, every op rounded to its declared dtype")
@@ -184,6 +189,12 @@ def step_test(ctx: NodeContext) -> None:
         ver["checks"]["coreml_smoke"] = macos.smoke(ctx.out, layout, load_reference(ctx.inputs["reference"]))
     ctx.result["verification"] = ver
     ctx.log("test: " + ", ".join(f"{k}={v:.4g}" for k, v in figures.items() if isinstance(v, float)))
+
+
+def opt_chunk_mb(layout: Layout) -> float:
+    from builders.backends.coreml import options as opt
+
+    return round(opt.chunk_mb(layout.config, layout.lut("lut2"), layout.chunks, layout.context), 4)
 
 
 STEPS = [("embeddings", step_embeddings), ("lm_head", step_lm_head), ("ffn", step_ffn), ("prefill", step_prefill),
