@@ -47,6 +47,11 @@ PIP=(python3 -m pip)
 command -v pip >/dev/null && PIP=(pip)
 # a dedicated build machine: Debian's system Python refuses pip installs (PEP 668) unless told otherwise
 [ -n "${VIRTUAL_ENV:-}" ] || export PIP_BREAK_SYSTEM_PACKAGES=1
+# torch is the CPU build (requirements.txt): from a local wheel if this machine keeps one, else PyTorch's CPU index
+torch_pin=$(sed -n 's/^torch==//p' requirements.txt)
+if ! ls "${BUILDMATRIX_WHEELS_DIR:-/opt/wheels}"/torch-"${torch_pin}"-*.whl >/dev/null 2>&1; then
+  export PIP_EXTRA_INDEX_URL="${PIP_EXTRA_INDEX_URL:+$PIP_EXTRA_INDEX_URL }https://download.pytorch.org/whl/cpu"
+fi
 if "${PIP[@]}" install --disable-pip-version-check -r requirements.txt </dev/null >"$PIP_LOG" 2>&1; then
   phase python "requirements.txt installed ($("${PIP[@]}" --version | cut -d' ' -f1-2), $(command -v python3))"
 else
