@@ -22,6 +22,7 @@ import http.server
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -223,6 +224,10 @@ def _fail(name: str, reason: str, log_file: Path) -> ToolchainError:
     lines = log_file.read_text(errors="replace").splitlines() if log_file.is_file() else []
     tail = log_file.with_suffix(".tail")
     tail.write_text("\n".join(lines[-LOG_TAIL:]) + "\n")
+    code = re.search(r"returned a non-zero code: (\d+)", reason)
+    if code:  # the message quotes the whole RUN command; name the step instead
+        steps = [line.split(" : ")[0] for line in lines if re.match(r"Step \d+/\d+ : ", line)]
+        reason = f"{steps[-1] if steps else 'a RUN step'} exited with code {code.group(1)}"
     reason = " ".join(reason.split())[:200]
     return ToolchainError(f"building image '{name}' failed: {reason}; last lines: {tail} (full log: {log_file})")
 
@@ -252,7 +257,7 @@ def _build(c, name: str, pins: dict, ref: str, log) -> None:
             error = str(e.explanation or e)
             fh.write(error + "\n")
     if error:
-        raise _fail(name, error.splitlines()[-1] if error else "unknown error", log_file)
+        raise _fail(name, error.splitlines()[-1], log_file)
 
 
 def _tools(c, name: str, attrs: dict) -> dict:
