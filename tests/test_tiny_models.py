@@ -43,7 +43,7 @@ def few_step_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("few")
     out = {}
     for arch in tiny.TINY_ARCHS:
-        tiny.generate(arch, root / arch, steps=FEW_STEPS, log=lambda *a: None)
+        tiny.generate(arch, root / arch, steps=FEW_STEPS)
         out[arch] = root / arch
     return out
 
@@ -52,7 +52,7 @@ def few_step_models(tmp_path_factory):
 def trained_llama(tmp_path_factory):
     """tiny:llama with the default training (the model the build uses)."""
     out = tmp_path_factory.mktemp("trained") / "llama"
-    figures = tiny.generate("llama", out, log=lambda *a: None)
+    figures = tiny.generate("llama", out)
     return out, figures
 
 
@@ -132,7 +132,7 @@ def test_node_defs_and_backend():
 def test_generate_is_deterministic(few_step_models, tmp_path):
     first = hashes(few_step_models["llama"])
     assert set(first) == MODEL_FILES
-    tiny.generate("llama", tmp_path / "again", steps=FEW_STEPS, log=lambda *a: None)
+    tiny.generate("llama", tmp_path / "again", steps=FEW_STEPS)
     assert hashes(tmp_path / "again") == first
 
 

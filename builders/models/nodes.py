@@ -60,8 +60,8 @@ def step_tokenizer(ctx: NodeContext) -> None:
 
 
 def step_train(ctx: NodeContext) -> None:
-    figures = tiny.train(_arch(ctx), _corpus_txt(ctx), ctx.out / "tokenizer.model", _state(ctx),
-                         int(ctx.params.get("train_steps", tiny.TRAIN_STEPS)), log=ctx.log)
+    figures = tiny.train_pinned(_arch(ctx), _corpus_txt(ctx), ctx.out / "tokenizer.model", _state(ctx),
+                                int(ctx.params.get("train_steps", tiny.TRAIN_STEPS)))
     ctx.result["training"] = figures
 
 

@@ -3,13 +3,15 @@
 `TINY_ARCHS` is the table of supported architectures (HF class + config fields that make each one
 exercise a real feature: Llama-3 rope scaling and GQA, Qwen2 qkv bias and tied embeddings, Mistral
 sliding window). `tiny_config(arch)` is the config.json content, known without generating anything
-(plan side: no torch import). `generate(arch, out)` writes the model dir:
+(plan side: no torch import). `generate(arch, out)` writes the model dir
+(`python -m builders.models.tiny generate ARCH OUT [STEPS]` does the same):
 
     config.json generation_config.json model.safetensors (float32)
     tokenizer.model (SentencePiece BPE, byte fallback) tokenizer.json tokenizer_config.json
     special_tokens_map.json
 
-Same bytes on every run: fixed seeds, one thread, sorted JSON, safetensors metadata fixed. The run
+Same bytes on every run: fixed seeds, one thread and pinned CPU kernels (PINNED_ENV), sorted JSON,
+safetensors metadata fixed. The run
 side is split into the steps the `tiny-model` node runs (builders/models/nodes.py); each step reads
 and writes files only, so a failed node resumes at its first unfinished step.
 """
@@ -31,6 +33,16 @@ VOCAB_SIZE = 512
 SEED = 1234
 TRAIN_STEPS = 150  # default training length: about 65 s on one thread here (see TRAINING for the rest)
 THREADS = 1  # one thread: float reductions in one fixed order
+# Training runs in a child process with these set before torch loads: one thread, and CPU kernels
+# pinned to the AVX2 code paths (torch's vectorized ops, MKL's conditional numerical reproducibility)
+# so that x86-64 hosts with wider vector units pick the same kernels. Measured here: no slowdown.
+PINNED_ENV = {
+    "OMP_NUM_THREADS": str(THREADS),
+    "MKL_NUM_THREADS": str(THREADS),
+    "MKL_CBWR": "AVX2",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "PYTHONHASHSEED": "0",
+}
 
 
 @dataclass(frozen=True)
@@ -230,6 +242,12 @@ def encode_corpus(corpus_txt: Path, tokenizer_model: Path):
     return torch.tensor(ids, dtype=torch.int64)
 
 
+def _log(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)
+
+
 def _deterministic_torch():
     import torch
 
@@ -261,8 +279,10 @@ def lr_at(step: int, steps: int, t: Training) -> float:
 
 
 def train(arch: str, corpus_txt: Path, tokenizer_model: Path, state_out: Path,
-          steps: int = TRAIN_STEPS, log=print) -> dict:
-    """Train from the fixed init on random windows of the corpus; save the state dict to state_out."""
+          steps: int = TRAIN_STEPS, log=None) -> dict:
+    """Train from the fixed init on random windows of the corpus; save the state dict to state_out.
+    Runs in this process as it is: generate() and the node call it through train_pinned()."""
+    log = log or _log
     torch = _deterministic_torch()
     data = encode_corpus(corpus_txt, tokenizer_model)
     model = build_model(arch)
@@ -308,7 +328,24 @@ def save(arch: str, state_file: Path, out: Path) -> None:
     write_json(out / "generation_config.json", GENERATION_CONFIG)
 
 
-def generate(arch: str, out: Path, steps: int = TRAIN_STEPS, work: Path | None = None, log=print) -> dict:
+def train_pinned(arch: str, corpus_txt: Path, tokenizer_model: Path, state_out: Path,
+                 steps: int = TRAIN_STEPS) -> dict:
+    """train() in a child process started with PINNED_ENV (its log lines go to our stderr)."""
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, **PINNED_ENV, "PYTHONPATH": path}
+    cmd = [sys.executable, "-m", "builders.models.tiny", "train", arch, str(corpus_txt),
+           str(tokenizer_model), str(state_out), str(steps)]
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"training tiny:{arch} failed (exit {proc.returncode}); see the log above")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def generate(arch: str, out: Path, steps: int = TRAIN_STEPS, work: Path | None = None) -> dict:
     """Write the complete `tiny:<arch>` model dir into out; return training figures."""
     import tempfile
 
@@ -319,17 +356,26 @@ def generate(arch: str, out: Path, steps: int = TRAIN_STEPS, work: Path | None =
         work = Path(work or tmp)
         corpus_txt = write_corpus(work)
         train_tokenizer(corpus_txt, out)
-        figures = train(arch, corpus_txt, out / "tokenizer.model", work / "state.pt", steps, log)
+        figures = train_pinned(arch, corpus_txt, out / "tokenizer.model", work / "state.pt", steps)
         save(arch, work / "state.pt", out)
     return figures
 
 
+USAGE = ("usage: python -m builders.models.tiny generate ARCH OUT [STEPS]\n"
+         "       python -m builders.models.tiny train ARCH CORPUS_TXT TOKENIZER_MODEL STATE_OUT STEPS")
+
+
 def main(argv: list[str]) -> int:
-    """python -m builders.models.tiny ARCH OUT [STEPS]"""
-    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
-    steps = int(argv[2]) if len(argv) > 2 else TRAIN_STEPS
-    print(json.dumps(generate(argv[0], Path(argv[1]), steps)))
-    return 0
+    if argv[:1] == ["generate"] and len(argv) in (3, 4):
+        steps = int(argv[3]) if len(argv) == 4 else TRAIN_STEPS
+        print(json.dumps(generate(argv[1], Path(argv[2]), steps)))
+        return 0
+    if argv[:1] == ["train"] and len(argv) == 6:
+        arch, corpus_txt, tok, state, steps = argv[1:]
+        print(json.dumps(train(arch, Path(corpus_txt), Path(tok), Path(state), int(steps), log=_log)))
+        return 0
+    print(USAGE)
+    return 2
 
 
 if __name__ == "__main__":
