@@ -33,13 +33,25 @@ class AneRMSNorm(nn.Module):
         return normed[..., :h] * self.weight
 
 
-def _conv(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Conv2d:
+def _conv(weight: torch.Tensor) -> nn.Conv2d:
     out_ch, in_ch = weight.shape
-    conv = nn.Conv2d(in_ch, out_ch, 1, bias=bias is not None, dtype=DTYPE)
+    conv = nn.Conv2d(in_ch, out_ch, 1, bias=False, dtype=DTYPE)
     conv.weight = nn.Parameter(weight.to(DTYPE).reshape(out_ch, in_ch, 1, 1), requires_grad=False)
-    if bias is not None:
-        conv.bias = nn.Parameter(bias.to(DTYPE), requires_grad=False)
     return conv
+
+
+class Proj(nn.Module):
+    """1x1 convolution, plus the checkpoint's bias as a separate add (coremltools' torch frontend
+    rejects an fp16 conv bias next to the weight it promotes)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.conv = _conv(weight)
+        self.bias = None if bias is None else nn.Parameter(bias.to(DTYPE).reshape(1, -1, 1, 1), requires_grad=False)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y if self.bias is None else y + self.bias
 
 
 def _to_conv_layout(x):  # [1, S, C] -> [1, C, 1, S]
@@ -85,9 +97,9 @@ class DecoderLayer(nn.Module):
         self.input_norm = AneRMSNorm(weights["input_layernorm.weight"], cfg["eps"])
         self.post_norm = AneRMSNorm(weights["post_attention_layernorm.weight"], cfg["eps"])
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            setattr(self, name, _conv(weights[f"self_attn.{name}.weight"], weights.get(f"self_attn.{name}.bias")))
+            setattr(self, name, Proj(weights[f"self_attn.{name}.weight"], weights.get(f"self_attn.{name}.bias")))
         for name in ("gate_proj", "up_proj", "down_proj"):
-            setattr(self, name, _conv(weights[f"mlp.{name}.weight"], weights.get(f"mlp.{name}.bias")))
+            setattr(self, name, Proj(weights[f"mlp.{name}.weight"], weights.get(f"mlp.{name}.bias")))
         self.scale = self.head_dim ** -0.5
 
     def _heads(self, x, n):  # [1, n*hd, 1, S] -> [1, n, S, hd]
