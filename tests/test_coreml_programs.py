@@ -154,3 +154,37 @@ def test_chunk_auto_estimate_covers_the_real_weight_files(built, model_dir):
     largest = max(checks.weight_mb(out / name) for name in layout.names["ffn_pf"])
     assert largest <= limit, (largest, limit)
     assert largest > 0.8 * limit, "the estimate is close, not just an upper bound"
+
+
+def test_qwen2_biases_and_tied_embeddings(tmp_path):
+    """Qwen2: q/k/v biases (added after the 1x1 convolutions) and the LM head tied to the embeddings."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from builders.verify.metrics import compare
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
+    model = Qwen2ForCausalLM(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "bias" in name:
+                p.normal_(0, 0.5)  # biases that matter
+    model.save_pretrained(tmp_path / "qwen2")
+    params = {"model_name": "q", "luts": options.luts_for("fp16", {}), "chunks": 1,
+              "options": options.normalize({"context": CONTEXT, "batch": BATCH}, "test")}
+    layout = layout_of(params, tmp_path / "qwen2")
+    src = convert.Source(tmp_path / "qwen2", CONTEXT)
+    out, n = tmp_path / "out", layout.names
+    out.mkdir()
+    convert.save(convert.embeddings(src, BATCH), out / n["embeddings"])
+    convert.save(convert.lm_head(src, 1, False), out / n["lm_head"])
+    convert.save(convert.chunk(src, range(2), True, 1), out / n["ffn"][0])
+    convert.save(convert.chunk(src, range(2), True, BATCH), out / n["prefill"][0])
+    convert.combine(out / n["ffn"][0], out / n["prefill"][0], out / n["ffn_pf"][0])
+    tokens = [int(t) for t in np.random.RandomState(1).randint(3, 96, size=15)]
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([tokens])).logits[0].numpy()
+    pre, dec = runtime.teacher_forced(checks.load_parts(out, layout), tokens, 9)
+    figures = compare(ref, np.concatenate([pre, dec]))
+    assert figures["rel_l2"] < 2e-3 and figures["top1"] == 1.0, figures
