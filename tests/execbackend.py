@@ -39,7 +39,7 @@ def environment(ctx):
     interfaces = [line.split(":")[0].strip() for line in Path("/proc/net/dev").read_text().splitlines()[2:]]
     ctx.result["probe"].update({
         "uid": os.getuid(), "gid": os.getgid(), "home": os.environ.get("HOME"), "cwd": os.getcwd(),
-        "code_write": _try_write(code_dir), "network": _try_connect(), "interfaces": interfaces,
+        "code_write": _try_write(code_dir) if ctx.params.get("try_code_write") else None, "network": _try_connect(), "interfaces": interfaces,
         "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH"), "out": str(ctx.out)})
     (ctx.out / "owner.txt").write_text(f"{os.getuid()}:{os.getgid()}")
 

@@ -69,7 +69,7 @@ def test_native_spec_maps_container_paths_to_mount_hosts(tmp_path):
 @pytest.mark.docker
 def test_docker_executor_runs_a_node_read_only_inputs_no_network_host_user(tmp_path, base_image, exec_site,
                                                                            docker_engine, capfd):
-    spec, mounts, stage = make_node(tmp_path, "probe")
+    spec, mounts, stage = make_node(tmp_path, "probe", try_code_write=True)
     log = stage / "log.txt"
     rc = get_executor("docker", echo=True).run(spec, mounts + site_mounts(exec_site), base_image["ref"], log)
     result = json.loads((stage / "result.json").read_text())
@@ -110,6 +110,7 @@ def test_native_executor_runs_the_same_node_with_host_paths(tmp_path, exec_site,
     assert result["probe"]["model_dir"] == str(tmp_path / "model")
     assert result["probe"]["out"] == str(stage / "out")
     assert json.loads((stage / "spec.native.json").read_text())["work"] == str(stage / "work")
+    assert result["probe"]["code_write"] is None, "natively the probe leaves the project's files alone"
     assert f"[{spec['key']}] ok" in (stage / "log.txt").read_text()
 
 
