@@ -27,6 +27,26 @@ ENTRY_POINTS = ("embed", "prefill", "decode", "batch_prefill", "batch_decode", "
                 "create_tir_paged_kv_cache", "_metadata")
 
 
+def ensure_libcuda() -> str:
+    """Make `libcuda.so.1` loadable before tvm is imported: TVM's CUDA module (and with it the nvcc
+    callback that produces a fatbin) only loads when it is. Uses the driver when present, else the stub
+    named by $BUILDMATRIX_CUDA_STUB (built in the mlc image). Returns which one, for the manifest."""
+    import ctypes
+    import sys
+
+    if "tvm" in sys.modules:
+        return "unknown (tvm imported before the compile step)"
+    try:
+        ctypes.CDLL("libcuda.so.1", mode=ctypes.RTLD_GLOBAL)
+        return "driver"
+    except OSError:
+        stub = os.environ.get("BUILDMATRIX_CUDA_STUB")
+        if stub and Path(stub).is_file():
+            ctypes.CDLL(stub, mode=ctypes.RTLD_GLOBAL)
+            return f"stub ({Path(stub).name})"
+    return "missing"
+
+
 def tvm_target(t: MlcTarget):
     import tvm
 

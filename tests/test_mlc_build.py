@@ -1,0 +1,110 @@
+"""mlc end to end through the real CLI and the real Docker engine (mlc image: apache-tvm from PyPI,
+CUDA toolkit wheels, stub libcuda): weights + libraries for cpu/cuda/android/iphone/webgpu, the cpu
+library run with TVM's runtime against transformers, structural checks of the other targets read
+here from the files themselves, vulkan failing fast, caching, and the other architectures."""
+
+import json
+import struct
+import tarfile
+
+import pytest
+
+from helpers import assert_outputs_match_manifest, invoke, manifests, plan_json
+
+pytestmark = pytest.mark.docker
+
+TARGETS = "cpu,cuda,android,iphone,webgpu,vulkan"
+ARGS = ("--backends", "mlc", "--quants", "q0f32,q4f16_1")
+
+
+@pytest.fixture(scope="module")
+def llama_out(tmp_path_factory, docker_engine):
+    out = tmp_path_factory.mktemp("dist-mlc")
+    proc = invoke("build", "--model", "tiny:llama", *ARGS, "--targets", TARGETS, "--out", str(out))
+    return out, proc
+
+
+def _file(out, m, suffix):
+    (rel,) = [o["path"] for o in m["outputs"] if o["path"].endswith(suffix)]
+    return out / ".store" / m["node"]["digest"] / "out" / rel
+
+
+def test_one_weights_node_per_quant_and_one_lib_per_target(llama_out):
+    out, proc = llama_out
+    ms = manifests(out)
+    for quant in ("q0f32", "q4f16_1"):
+        w = ms[f"tiny-llama.mlc.{quant}.weights"]
+        assert_outputs_match_manifest(out, w)
+        files = {o["path"] for o in w["outputs"]}
+        assert {"tensor-cache.json", "mlc-chat-config.json", "params_shard_0.bin", "tokenizer.model"} <= files
+        assert w["image"]["ref"].startswith("buildmatrix/mlc:")
+        assert w["verification"]["passed"] and w["verification"]["checks"]["quantization"]["max_err_over_bound"] <= 1
+        for target in ("cpu", "cuda", "android", "iphone", "webgpu"):
+            m = ms[f"tiny-llama.mlc.{quant}.lib.{target}"]
+            assert_outputs_match_manifest(out, m)
+            assert m["runtime_abi"]["tvm"] == "0.27.0.post1"
+            (lib,) = [o["path"] for o in m["outputs"]]
+            assert lib.startswith(f"tiny-llama-{quant}-ctx512-{target}.")
+        assert list(out.glob(f"tiny-llama/*/mlc/tiny-llama-{quant}-MLC/mlc-chat-config.json"))
+    assert list(out.glob("tiny-llama/*/mlc/libs/tiny-llama-q4f16_1-ctx512-cpu.so"))
+
+
+def test_cpu_libraries_match_transformers(llama_out):
+    out, _ = llama_out
+    ms = manifests(out)
+    exact = ms["tiny-llama.mlc.q0f32.lib.cpu"]["verification"]
+    assert exact["passed"] and exact["checks"]["max_abs_logit"] <= 1e-3 and exact["checks"]["top1"] == 1.0
+    assert exact["checks"]["decode_steps"] >= 8
+    q4 = ms["tiny-llama.mlc.q4f16_1.lib.cpu"]["verification"]
+    assert q4["passed"] and q4["checks"]["lib_vs_dequantized_max_abs_logit"] <= 1e-2
+    assert "top1" in q4["checks"] and "kl" in q4["checks"]  # vs the fp32 original, reported
+
+
+def test_gpu_and_phone_libraries_hold_compiled_code_for_their_arch(llama_out):
+    out, _ = llama_out
+    ms = manifests(out)
+    cuda = _file(out, ms["tiny-llama.mlc.q4f16_1.lib.cuda"], ".so").read_bytes()
+    assert struct.pack("<I", 0xBA55ED50) in cuda, "a CUDA fatbin is embedded"
+    assert b"__global__" not in cuda, "not CUDA source"
+
+    def members(m):
+        with tarfile.open(_file(out, m, ".tar")) as tar:
+            infos = tar.getmembers()
+            assert all(i.uid == 0 and i.mtime == infos[0].mtime for i in infos)
+            return {i.name: tar.extractfile(i).read() for i in infos}
+
+    for name, data in members(ms["tiny-llama.mlc.q4f16_1.lib.android"]).items():
+        assert data[:4] == b"\x7fELF" and struct.unpack_from("<H", data, 18)[0] == 183, f"{name}: aarch64 ELF"
+    for name, data in members(ms["tiny-llama.mlc.q4f16_1.lib.iphone"]).items():
+        assert data[:4] == b"\xcf\xfa\xed\xfe" and struct.unpack_from("<I", data, 4)[0] == 0x0100000C, name
+    for name, data in members(ms["tiny-llama.mlc.q4f16_1.lib.webgpu"]).items():
+        assert data[:4] == b"\x00asm", f"{name}: wasm object"
+    assert ms["tiny-llama.mlc.q4f16_1.lib.webgpu"]["deferred"]
+
+
+def test_vulkan_fails_fast_and_the_rest_builds(llama_out):
+    out, proc = llama_out
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "no Vulkan codegen" in text
+    assert not any(".lib.vulkan" in k for k in manifests(out))
+
+
+def test_second_run_is_cached_and_a_new_target_builds_only_its_library(llama_out):
+    out, _ = llama_out
+    plan = plan_json(out, "--model", "tiny:llama", *ARGS, "--targets", "cpu,cuda,android,iphone,webgpu")
+    assert plan["nodes"] and all(n["cached"] for n in plan["nodes"]), "everything built above is a cache hit"
+    plan = plan_json(out, "--model", "tiny:llama", *ARGS, "--targets", "cpu,metal")
+    assert sorted(n["key"] for n in plan["nodes"] if not n["cached"]) == [
+        "tiny-llama.mlc.q0f32.lib.metal", "tiny-llama.mlc.q4f16_1.lib.metal"]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "mistral"])
+def test_other_architectures_match_transformers(tmp_path_factory, docker_engine, arch):
+    out = tmp_path_factory.mktemp(f"dist-mlc-{arch}")
+    invoke("build", "--model", f"tiny:{arch}", "--backends", "mlc", "--quants", "q0f32", "--targets", "cpu",
+           "--out", str(out), check=0)
+    m = manifests(out)[f"tiny-{arch}.mlc.q0f32.lib.cpu"]
+    assert m["verification"]["checks"]["max_abs_logit"] <= 1e-3 and m["verification"]["checks"]["top1"] == 1.0
+    assert json.loads(_file(out, manifests(out)[f"tiny-{arch}.mlc.q0f32.weights"], "mlc-chat-config.json")
+                      .read_text())["model_type"] == arch
