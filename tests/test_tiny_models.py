@@ -21,7 +21,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from builders.backends import get as get_backend
-from builders.errors import ModelError
+from builders.errors import ModelError, NodeFailed
 from builders.models import corpus, nodes, tiny
 from builders.verify import prompts
 from builders.verify.metrics import load_reference, perplexity
@@ -125,6 +125,14 @@ def test_node_defs_and_backend():
     assert [n for n, _ in backend.steps("reference")] == ["logits"]
     for rel in backend.code:
         assert (ROOT / "builders" / rel).is_file(), rel
+    with pytest.raises(NodeFailed, match="no node kind 'bogus'"):
+        backend.steps("bogus")
+
+
+def test_training_failure_is_one_line(tmp_path):
+    txt = tiny.write_corpus(tmp_path)
+    with pytest.raises(NodeFailed, match=r"training tiny:gpt2 failed \(exit 1\)"):
+        tiny.train_pinned("gpt2", txt, tmp_path / "tokenizer.model", tmp_path / "state.pt", 1)
 
 
 # ---- generated models -----------------------------------------------------------------------------

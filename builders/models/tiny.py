@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builders.errors import ModelError
+from builders.errors import ModelError, NodeFailed
 from builders.models import corpus as corpus_mod
 
 VOCAB_SIZE = 512
@@ -224,7 +224,7 @@ def _write_tokenizer_json(out: Path) -> None:
     vocab = data["model"]["vocab"]
     wrong = [p for p, i in vocab.items() if sp.piece_to_id(p) != i]
     if len(vocab) != sp.get_piece_size() or wrong:
-        raise RuntimeError(f"tokenizer.json conversion disagrees with tokenizer.model ({len(vocab)} tokens, "
+        raise NodeFailed(f"tokenizer.json conversion disagrees with tokenizer.model ({len(vocab)} tokens, "
                            f"{len(wrong)} with other ids)")
     write_json(out / "tokenizer.json", data)
 
@@ -341,7 +341,7 @@ def train_pinned(arch: str, corpus_txt: Path, tokenizer_model: Path, state_out: 
            str(tokenizer_model), str(state_out), str(steps)]
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"training tiny:{arch} failed (exit {proc.returncode}); see the log above")
+        raise NodeFailed(f"training tiny:{arch} failed (exit {proc.returncode}); see the log above")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
