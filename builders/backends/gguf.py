@@ -98,11 +98,9 @@ class GgufBackend:
 def _tool_versions() -> dict:
     tools = Path("/etc/buildmatrix/tools.json")
     info = json.loads(tools.read_text()) if tools.is_file() else {}
-    versions = {"llama.cpp": info.get("llama_cpp", {}), "llama_cpp_python": info.get("llama_cpp_python")}
-    import gguf  # noqa: PLC0415  (the vendored gguf-py)
-
-    versions["gguf-py"] = getattr(gguf, "__version__", None) or info.get("pip", {}).get("gguf")
-    return versions
+    llama_cpp = info.get("llama_cpp", {})
+    return {"llama.cpp": llama_cpp, "llama_cpp_python": info.get("llama_cpp_python"),
+            "gguf-py": llama_cpp.get("gguf_py_version") or info.get("pip", {}).get("gguf")}
 
 
 def _gguf_file(out: Path) -> Path:
