@@ -52,16 +52,16 @@ def hf_state(params: dict[str, np.ndarray], c: ModelConfig) -> dict[str, np.ndar
     return state
 
 
-def forward_fn(model_dir: Path, state: dict[str, np.ndarray]):
-    """tokens -> float32 logits [n, vocab] of the HF model (float32) carrying `state`."""
+def forward_fn(model_dir: Path, state: dict[str, np.ndarray], dtype: str = "float32"):
+    """tokens -> float32 logits [n, vocab] of the HF model carrying `state`, computing in `dtype`."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     config = AutoConfig.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
-    missing, unexpected = model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()},
-                                                strict=False)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype), attn_implementation="eager")
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(getattr(torch, dtype)) for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [m for m in missing if m != "lm_head.weight" or not config.tie_word_embeddings]
     if missing or unexpected:
         raise RuntimeError(f"dequantized state does not fit the HF model: missing {missing[:3]}, unexpected {unexpected[:3]}")

@@ -21,6 +21,9 @@ from builders.backends.mlc.targets import TARGETS
 from builders.errors import NodeFailed
 
 LIB_VS_DEQUANT_MAX = 1e-2  # library vs transformers on the same dequantized weights, max |Δlogit|
+# float16 codes compute activations in float16 (as MLC's libraries do): allow 4 float16 units of
+# roundoff of the largest logit when that is larger (measured: tiny Qwen2 q4f16_1 0.013 at max|logit| ~20)
+F16_ULPS = 4 * 2.0**-11
 TOOLS_JSON = Path("/etc/buildmatrix/tools.json")
 REPRO_NOTE = ("library bytes are not bit-identical across builds with apache-tvm 0.27.0.post1 (measured: its "
               "code generator orders a few instructions differently run to run); weights and archives' "
@@ -166,10 +169,13 @@ def _verify_cpu(ctx: NodeContext, path: Path) -> None:
     fwd = reference.forward_fn(ctx.model_dir, reference.hf_state(reference.dequantized_params(ctx.inputs["weights"], c, q), c))
     dq = np.concatenate([fwd(tokens) for tokens, _, _ in ref["prompts"]])
     lib_vs_dq = float(np.abs(dq - np.concatenate(lib_logits)).max())
+    bound = LIB_VS_DEQUANT_MAX
+    if q.model_dtype == "float16":
+        bound = max(bound, F16_ULPS * float(np.abs(dq).max()))
     ver["checks"]["lib_vs_dequantized_max_abs_logit"] = lib_vs_dq
-    ver["thresholds"]["lib_vs_dequantized_max_abs_logit"] = LIB_VS_DEQUANT_MAX
-    if lib_vs_dq > LIB_VS_DEQUANT_MAX:
-        ver["failures"].append(f"library vs dequantized reference max|Δlogit|={lib_vs_dq:.4g} > {LIB_VS_DEQUANT_MAX}")
+    ver["thresholds"]["lib_vs_dequantized_max_abs_logit"] = round(bound, 6)
+    if lib_vs_dq > bound:
+        ver["failures"].append(f"library vs dequantized reference max|Δlogit|={lib_vs_dq:.4g} > {bound:.4g}")
         ver["passed"] = False
     if figures["decode_steps"] < 8:
         ver["failures"].append(f"only {figures['decode_steps']} decode steps compared (need >= 8)")
