@@ -25,12 +25,16 @@ SELECT_HELP = {
             "only_step": "run only this step (name or 1-based number) of the selected cells' artifact nodes",
             "restart_step": "rerun the artifact nodes from this step (name or number) on",
             "hf_token": "Hugging Face token for gated models (default: $HF_TOKEN; never written anywhere)",
-            "offline": "use only the local Hugging Face cache"})
+            "offline": "use only the local Hugging Face cache",
+            "cache_from": "comma-separated other output roots to import already-built nodes from, by digest "
+                          "(default: $BUILDMATRIX_CACHE_FROM)",
+            "echo": "stream node logs to the terminal"})
 def build(c, model=None, backends=None, quants=None, targets=None, only=None, matrix=MATRIX, out=OUT,
-          executor="docker", only_step=None, restart_step=None, hf_token=None, offline=False):
+          executor="docker", only_step=None, restart_step=None, hf_token=None, offline=False, cache_from=None,
+          echo=False):
     """Build every selected cell (default: the embedded tiny model) and print a summary table."""
     cli.build(matrix, out, model, backends, quants, targets, only, executor, only_step, restart_step,
-              hf_token=hf_token, offline=offline)
+              hf_token=hf_token, offline=offline, cache_from=cache_from, echo=echo)
 
 
 @task(help={**SELECT_HELP, "json": "print the plan as JSON (cell ids, nodes, digests, cache state)"})

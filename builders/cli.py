@@ -37,14 +37,15 @@ def guarded(fn):
     return wrapper
 
 
-def _plan(matrix_path, out, model, backends, quants, targets, only, executor, hf_token=None, offline=False):
+def _plan(matrix_path, out, model, backends, quants, targets, only, executor, hf_token=None, offline=False,
+          cache_from=None):
     from builders import matrix as matrix_mod
     from builders.plan import make_plan
     from builders.store import Store
 
     m = matrix_mod.load(Path(matrix_path))
     sel = matrix_mod.select(m, model=model, backends_=backends, quants=quants, targets=targets, only=only)
-    store = Store(Path(out))
+    store = Store(Path(out), [Path(p) for p in cache_from.split(",")] if cache_from else None)
     return m, store, make_plan(m, sel, store, hf_token=hf_token, offline=offline, executor=executor)
 
 
@@ -67,10 +68,11 @@ def plan(matrix_path, out, model, backends, quants, targets, only, executor, as_
 
 @guarded
 def build(matrix_path, out, model, backends, quants, targets, only, executor, only_step, restart_step,
-          hf_token=None, offline=False, echo=False) -> int:
+          hf_token=None, offline=False, echo=False, cache_from=None) -> int:
     from builders.build import Builder
 
-    m, store, p = _plan(matrix_path, out, model, backends, quants, targets, only, executor, hf_token, offline)
+    m, store, p = _plan(matrix_path, out, model, backends, quants, targets, only, executor, hf_token, offline,
+                        cache_from)
     builder = Builder(p, store, m, executor=executor, steps={"only": only_step, "restart": restart_step},
                       echo=echo, log=console.print)
     report = builder.run()

@@ -34,9 +34,30 @@ def write_json_atomic(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+CACHE_FROM_ENV = "BUILDMATRIX_CACHE_FROM"
+
+
+def _copy_tree_linked(src: Path, dest: Path) -> None:
+    """Copy a promoted node: hardlinks where possible (same filesystem), else copies."""
+    shutil.copytree(src, dest, copy_function=_link_or_copy)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 class Store:
-    def __init__(self, root: Path):
+    """The content store under `root`. `cache_from` names other output roots whose promoted nodes are
+    imported (hardlinked) on a digest match - CI caches, a colleague's dist/, the test suite's seed."""
+
+    def __init__(self, root: Path, cache_from: list[Path] | None = None):
         self.root = Path(root).resolve()
+        if cache_from is None:
+            cache_from = [Path(p) for p in os.environ.get(CACHE_FROM_ENV, "").split(os.pathsep) if p]
+        self.cache_from = [Path(p).resolve() for p in cache_from if Path(p).resolve() != self.root]
 
     def node_dir(self, digest: str) -> Path:
         return self.root / ".store" / digest
@@ -45,7 +66,18 @@ class Store:
         return self.node_dir(digest) / "out"
 
     def has(self, digest: str) -> bool:
-        return (self.node_dir(digest) / "manifest.json").is_file()
+        if (self.node_dir(digest) / "manifest.json").is_file():
+            return True
+        for other in self.cache_from:
+            src = other / ".store" / digest
+            if (src / "manifest.json").is_file():
+                tmp = self.root / ".store" / f".incoming-{digest}"
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.parent.mkdir(parents=True, exist_ok=True)
+                _copy_tree_linked(src, tmp)
+                os.replace(tmp, self.node_dir(digest))
+                return True
+        return False
 
     def manifest(self, digest: str) -> dict:
         return json.loads((self.node_dir(digest) / "manifest.json").read_text())

@@ -61,3 +61,31 @@ def base_image(docker_engine, pins) -> dict:
     from builders import images
 
     return images.ensure(["base"], pins)["base"]
+
+
+SEED_ARCHS = ("llama", "qwen2", "mistral")
+
+
+@pytest.fixture(scope="session")
+def seed_store(docker_engine, tmp_path_factory) -> Path:
+    """One output root holding the tiny models, their reference logits and their F16 GGUF, built once per
+    session through the real CLI; other docker tests import those nodes by digest from it
+    (BUILDMATRIX_CACHE_FROM) instead of retraining the same tiny model in every output dir."""
+    import sys
+
+    out = tmp_path_factory.mktemp("seed")
+    for arch in SEED_ARCHS:
+        proc = subprocess.run([sys.executable, "-m", "invoke", "build", "--out", str(out), "--model", f"tiny:{arch}",
+                               "--backends", "gguf", "--quants", "F16"], cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.fail(f"seed build of tiny:{arch} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _seeded_cache(request, monkeypatch):
+    """Docker tests share the seed store unless marked `fresh_store` (they need to run model nodes)."""
+    if request.node.get_closest_marker("docker") and not request.node.get_closest_marker("fresh_store"):
+        from builders.store import CACHE_FROM_ENV
+
+        monkeypatch.setenv(CACHE_FROM_ENV, str(request.getfixturevalue("seed_store")))

@@ -102,6 +102,7 @@ def test_failing_cell_leaves_others_built_and_exits_1(tmp_path):
     assert not list(out.glob("tiny-llama/*/gguf/*Q4_K_M*.gguf"))
 
 
+@pytest.mark.fresh_store
 def test_interrupt_leaves_nothing_partial_and_no_container(tmp_path):
     out = tmp_path / "dist"
     client = docker.from_env()

@@ -55,3 +55,13 @@ def test_list_outputs_has_size_and_sha256(tmp_path):
     (o,) = list_outputs(tmp_path)
     assert o == {"path": "x.bin", "size": 3,
                  "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}
+
+
+def test_cache_from_imports_a_promoted_node_by_digest(tmp_path):
+    other = Store(tmp_path / "other")
+    stage(other, "dd", {"w.bin": "weights"})
+    other.promote("dd", {"outputs": [], "k": "v"})
+    mine = Store(tmp_path / "mine", cache_from=[tmp_path / "other"])
+    assert not mine.has("zz")
+    assert mine.has("dd") and mine.manifest("dd") == {"outputs": [], "k": "v"}
+    assert (mine.out_dir("dd") / "w.bin").stat().st_ino == (other.out_dir("dd") / "w.bin").stat().st_ino
