@@ -188,3 +188,21 @@ def test_qwen2_biases_and_tied_embeddings(tmp_path):
     pre, dec = runtime.teacher_forced(checks.load_parts(out, layout), tokens, 9)
     figures = compare(ref, np.concatenate([pre, dec]))
     assert figures["rel_l2"] < 2e-3 and figures["top1"] == 1.0, figures
+
+
+def test_split_lm_head_and_in_model_argmax(built):
+    """LM head split in two outputs, and the in-model argmax variant picking the same token."""
+    out, layout, src = built
+    split, argmax = out / "head_split.mlpackage", out / "head_argmax.mlpackage"
+    convert.save(convert.lm_head(src, 2, False), split)
+    convert.save(convert.lm_head(src, 2, True), argmax)
+    w = src.state["lm_head.weight"].numpy()
+    for seed in range(5):
+        h = np.random.RandomState(seed).randn(1, 1, 64).astype(np.float16)
+        ref = w @ h.reshape(-1).astype(np.float32)
+        outs = milrun.load(split)({"hidden_states": h})
+        assert sorted(outs) == ["logits1", "logits2"] and outs["logits1"].shape == (1, 1, 48)
+        logits = np.concatenate([outs["logits1"].reshape(-1), outs["logits2"].reshape(-1)]).astype(np.float32)
+        np.testing.assert_allclose(logits, ref, rtol=1e-2, atol=2e-2)
+        parts = runtime.Parts(None, [], [], milrun.load(argmax), CONTEXT, BATCH, argmax=True)
+        assert runtime.Session(parts).next_token(h.reshape(1, -1), [48, 48]) == int(ref.argmax())
