@@ -87,7 +87,7 @@ def test_headline_targets_build_what_gguf_can_and_say_what_is_not_available(llam
     assert "unsupported" in lines and "webgpu" in lines
 
 
-def test_failing_cell_leaves_others_built_and_exits_1(tmp_path):
+def test_failing_cell_leaves_others_built_and_exits_1(tmp_path, llama_out):
     matrix = tmp_path / "matrix.yaml"
     text = (ROOT / "matrix.yaml").read_text().replace("Q4_K_M: {top1_min: 0.7}", "Q4_K_M: {top1_min: 1.01}")
     assert text != (ROOT / "matrix.yaml").read_text()
@@ -100,6 +100,9 @@ def test_failing_cell_leaves_others_built_and_exits_1(tmp_path):
     assert "tiny-llama.gguf.F16" in ms and "tiny-llama.gguf.Q8_0" in ms
     assert "tiny-llama.gguf.Q4_K_M" not in ms, "a failed artifact is never promoted"
     assert not list(out.glob("tiny-llama/*/gguf/*Q4_K_M*.gguf"))
+    # Q8_0 was built independently here and in the default build: same bytes (reproducible build)
+    first = manifests(llama_out[0])["tiny-llama.gguf.Q8_0"]["outputs"]
+    assert [o["sha256"] for o in ms["tiny-llama.gguf.Q8_0"]["outputs"]] == [o["sha256"] for o in first]
 
 
 @pytest.mark.fresh_store
