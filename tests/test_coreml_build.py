@@ -24,9 +24,12 @@ PARTS = ["llama_embeddings.mlpackage", "llama_lm_head.mlpackage", "llama_FFN_PF_
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, seed_store):
+    """The fp16 cell, with the tiny Llama and its reference imported from the session's seed store."""
+    from builders.store import CACHE_FROM_ENV
+
     out = tmp_path_factory.mktemp("dist-coreml")
-    invoke("build", *CELL, "--out", str(out), check=0)
+    invoke("build", *CELL, "--out", str(out), check=0, env={CACHE_FROM_ENV: str(seed_store)})
     return out, latest(out)
 
 
