@@ -114,8 +114,11 @@ def resolve_hub(src: ModelSource, cache: HashCache, models_dir: Path, token: str
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     token = token or os.environ.get("HF_TOKEN") or None
+    # huggingface_hub reads HF_HUB_CACHE/HF_HOME once, at import; read them at call time instead.
+    cache_dir = os.environ.get("HF_HUB_CACHE") or (
+        os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None)
     try:
-        snap = Path(snapshot_download(src.source, revision=src.revision, token=token,
+        snap = Path(snapshot_download(src.source, revision=src.revision, token=token, cache_dir=cache_dir,
                                       local_files_only=offline or os.environ.get("HF_HUB_OFFLINE") == "1",
                                       allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]))
     except LocalEntryNotFoundError:
