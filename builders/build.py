@@ -104,7 +104,8 @@ class Builder:
         inputs = {}
         model = self.plan.models[pn.model]
         parents_info: dict[str, dict] = {}
-        if nd.kind != "tiny-model":
+        parents_spec: dict[str, dict] = {}  # what a step may know of its parents (which model one was built for)
+        if nd.uses_model:
             if model.node:
                 model_dir = self.store.out_dir(self.plan.nodes[model.node].digest)
                 parents_info["_model_files"] = {o["path"]: o["sha256"] for o in
@@ -120,11 +121,12 @@ class Builder:
             pm = self.store.manifest(parent.digest)
             parents_info[role] = {"key": pkey, "digest": parent.digest,
                                   "outputs": {o["path"]: o["sha256"] for o in pm["outputs"]}}
+            parents_spec[role] = {"key": pkey, "digest": parent.digest, "built_for": pm["model"]["name"]}
         spec = {
             "schema": SPEC_SCHEMA, "key": nd.key, "kind": nd.kind, "backend": nd.backend, "digest": pn.digest,
             "params": nd.params,
             "model": {"name": model.name, "source": model.source, "revision": model.revision, "digest": model.digest},
-            "inputs": inputs, "out": "/node/out", "work": "/node/work", "result": "/node/result.json",
+            "inputs": inputs, "parents": parents_spec, "out": "/node/out", "work": "/node/work", "result": "/node/result.json",
             "steps": self.steps if forced else {},
             "env": {"SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH), "PYTHONHASHSEED": "0"},
         }

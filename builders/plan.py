@@ -154,7 +154,7 @@ class Planner:
             tag = images.image_tag(nd.image, self.matrix.images)
         digest = _sha({"source_date_epoch": SOURCE_DATE_EPOCH,
             "builder": VERSION, "code": code_hash(tuple(backend.code)), "kind": nd.kind, "backend": nd.backend,
-            "params": nd.params, "image": tag, "model": model_digest,
+            "params": nd.params, "image": tag, "model": model_digest if nd.uses_model else "",
             "parents": {r: self.nodes[p].digest for r, p in sorted(nd.parents.items())},
         })
         pn = PlanNode(nd, digest, tag, model)

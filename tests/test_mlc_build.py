@@ -4,6 +4,7 @@ library run with TVM's runtime against transformers, structural checks of the ot
 here from the files themselves, vulkan failing fast, caching, and the other architectures."""
 
 import json
+import shutil
 import struct
 import tarfile
 
@@ -95,8 +96,41 @@ def test_second_run_is_cached_and_a_new_target_builds_only_its_library(llama_out
     plan = plan_json(out, "--model", "tiny:llama", *ARGS, "--targets", "cpu,cuda,android,iphone,webgpu")
     assert plan["nodes"] and all(n["cached"] for n in plan["nodes"]), "everything built above is a cache hit"
     plan = plan_json(out, "--model", "tiny:llama", *ARGS, "--targets", "cpu,metal")
-    assert sorted(n["key"] for n in plan["nodes"] if not n["cached"]) == [
-        "tiny-llama.mlc.q0f32.lib.metal", "tiny-llama.mlc.q4f16_1.lib.metal"]
+    to_run = sorted(n["key"] for n in plan["nodes"] if not n["cached"])
+    assert [k for k in to_run if ".lib." in k] == ["tiny-llama.mlc.q0f32.lib.metal", "tiny-llama.mlc.q4f16_1.lib.metal"]
+    compiles = [k for k in to_run if ".lib." not in k]
+    assert len(compiles) == 2 and all(k.endswith(".compile.metal") for k in compiles)
+
+
+def test_weights_only_variant_reuses_the_library(llama_out, tmp_path):
+    """reuse-lib: a model with the same architecture and config but other weights (a fine-tune)
+    compiles nothing; its library node copies the compiled library, says so, and is verified
+    against the variant's own transformers reference."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    out, _ = llama_out
+    ms = manifests(out)
+    src = out / ".store" / ms["tiny-llama.model"]["node"]["digest"] / "out"
+    variant = tmp_path / "llama-finetune"
+    shutil.copytree(src, variant)
+    tensors = load_file(variant / "model.safetensors")
+    name = next(k for k in sorted(tensors) if "mlp.down_proj" in k)
+    tensors[name] = (tensors[name] * np.float32(1.05)).astype(tensors[name].dtype)
+    save_file(tensors, variant / "model.safetensors", metadata={"format": "pt"})
+    args = ("--model", str(variant), "--backends", "mlc", "--quants", "q0f32", "--targets", "cpu", "--out", str(out))
+    plan = plan_json(out, *args[:-2])
+    to_run = sorted(n["key"] for n in plan["nodes"] if not n["cached"])
+    assert not any(".compile." in k for k in to_run), f"the library is compiled again: {to_run}"
+    assert "llama-finetune.mlc.q0f32.lib.cpu" in to_run
+    invoke("build", *args, check=0)
+    m = manifests(out)["llama-finetune.mlc.q0f32.lib.cpu"]
+    lib = m["library"]
+    assert lib["reused"] is True and lib["compiled_for"] == "tiny-llama" and ".compile.cpu" in lib["compiled_by"]
+    assert [o["path"] for o in m["outputs"]] == ["llama-finetune-q0f32-ctx512-cpu.so"]
+    ver = m["verification"]
+    assert ver["passed"] and ver["checks"]["max_abs_logit"] <= 1e-3 and ver["checks"]["top1"] == 1.0
+    assert manifests(out)["tiny-llama.mlc.q0f32.lib.cpu"]["library"]["reused"] is False
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "mistral"])

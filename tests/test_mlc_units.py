@@ -69,23 +69,38 @@ def test_options_are_validated_with_the_location():
 def test_expand_shares_weights_across_targets():
     model = _model()
     nodes = {t: BACKEND.expand(_cell(target=t), model) for t in ("cpu", "cuda")}
-    w_cpu, lib_cpu = nodes["cpu"]
-    w_cuda, lib_cuda = nodes["cuda"]
+    w_cpu, c_cpu, lib_cpu = nodes["cpu"]
+    w_cuda, c_cuda, lib_cuda = nodes["cuda"]
     assert w_cpu.key == w_cuda.key == "tiny-test.mlc.q4f16_1.weights" and w_cpu.params == w_cuda.params
     assert w_cpu.kind == "mlc-weights" and w_cpu.publish == "mlc/tiny-test-q4f16_1-MLC"
     assert w_cpu.parents == {"reference": "tiny-test.reference"}
     assert lib_cpu.key == "tiny-test.mlc.q4f16_1.lib.cpu" and lib_cuda.key.endswith(".lib.cuda")
-    assert lib_cpu.parents == {"weights": w_cpu.key, "reference": "tiny-test.reference"}
+    assert lib_cpu.parents == {"weights": w_cpu.key, "compiled": c_cpu.key, "reference": "tiny-test.reference"}
+    assert c_cpu.kind == "mlc-compile" and not c_cpu.uses_model and c_cpu.parents == {} and c_cpu.publish is None
+    assert c_cpu.key != c_cuda.key and c_cpu.key.endswith(".q4f16_1-ctx512.compile.cpu")
     assert lib_cpu.publish == "mlc/libs" and lib_cpu.kind == "mlc-lib"
     # MLC naming: <Model>-<quant>[-ctx<N>]-<target>; the suffix appears when the context differs
     assert lib_cpu.params["lib_stem"] == "tiny-test-q4f16_1-ctx512-cpu"
-    (_, lib_full) = BACKEND.expand(_cell(context_window_size=256), model)
+    (_, _, lib_full) = BACKEND.expand(_cell(context_window_size=256), model)
     assert lib_full.params["lib_stem"] == "tiny-test-q4f16_1-cpu"
+
+
+def test_compile_is_shared_by_models_of_equal_architecture_and_config_only():
+    """reuse-lib: the compile node is keyed by architecture + config + quant + target, never by the
+    model's name or weights, so a weights-only variant plans the same compile node."""
+    base = BACKEND.expand(_cell(), _model())[1]
+    variant = BACKEND.expand(_cell(), _model(name="tiny-test-finetune"))[1]
+    assert (variant.key, variant.params) == (base.key, base.params)
+    assert "tiny-test" not in base.key and "model_name" not in base.params
+    for change in ({"rope_theta": 500000.0}, {"num_hidden_layers": 3}, {"architectures": ["Qwen2ForCausalLM"]}):
+        other = BACKEND.expand(_cell(), _model({**TINY_CFG, **change}))[1]
+        assert other.key != base.key, change
+    assert BACKEND.expand(_cell(context_window_size=128), _model())[1].key != base.key
 
 
 def test_mistral_context_wider_than_its_window_is_refused():
     cfg = {**TINY_CFG, "architectures": ["MistralForCausalLM"], "sliding_window": 128}
-    weights, lib = BACKEND.expand(_cell(context_window_size=256), _model(cfg))
+    weights, _, lib = BACKEND.expand(_cell(context_window_size=256), _model(cfg))
     assert "sliding_window 128" in weights.unavailable and lib.unavailable == weights.unavailable
     assert BACKEND.expand(_cell(context_window_size=128), _model(cfg))[0].unavailable is None
 

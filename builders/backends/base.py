@@ -49,6 +49,9 @@ class NodeDef:
     publish   directory under dist/<model>/<rev7>/ where this node's outputs are linked for humans
               (e.g. "gguf", "mlc/tiny-llama-q4f16_1-MLC", "mlc/libs"), or None to keep it in the store only
     unavailable  if set, the node is not run and fails at once with this one-line reason
+    uses_model   False for a node that never reads the model snapshot (a generated model, or a model
+              library compiled from the architecture and config alone): its digest leaves the model
+              out, so models with equal inputs share it, and no model is mounted
     """
 
     key: str
@@ -59,6 +62,7 @@ class NodeDef:
     parents: dict[str, str] = field(default_factory=dict)
     publish: str | None = None
     unavailable: str | None = None
+    uses_model: bool = True
 
 
 class Backend(Protocol):

@@ -23,7 +23,7 @@ def tiny_node(arch: str, train_steps: int = tiny.TRAIN_STEPS) -> NodeDef:
     """The node generating `tiny:<arch>` (raises ModelError for an unknown arch)."""
     tiny.tiny_config(arch)
     return NodeDef(key=f"tiny-{arch}.model", kind="tiny-model", backend="model", image=IMAGE,
-                   params={"arch": arch, "train_steps": train_steps}, publish=None)
+                   params={"arch": arch, "train_steps": train_steps}, publish=None, uses_model=False)
 
 
 def reference_node(model_name: str, model_node_key: str | None) -> NodeDef:

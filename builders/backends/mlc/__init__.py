@@ -3,13 +3,20 @@ target, verified by running the cpu library with TVM's runtime.
 
 Nodes (see README "mlc"):
   mlc-weights  <model>.mlc.<quant>.weights        convert_weight -> gen_config -> verify_quant
-  mlc-lib      <model>.mlc.<quant>.lib.<target>   compile -> verify
+  mlc-compile  mlc.<arch>-<config sha10>.<quant>[-ctx<N>].compile.<target>   compile
+               reads no model: its inputs are the architecture, the model config, the quant and the
+               target, so every model with those equal (a fine-tune, a weights-only variant) shares
+               one compiled library ("reuse-lib")
+  mlc-lib      <model>.mlc.<quant>.lib.<target>   library (the compiled library under the model's
+               MLC name; the manifest says whether it was compiled for another model) -> verify
 Plan side only reads tables here (quant.py, targets.py, models/__init__.py); tvm, torch and the
 transformers reference are imported inside the steps (steps.py).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Mapping
 
 from builders.backends.base import Cell, ModelRef, NodeDef
@@ -70,14 +77,31 @@ class MlcBackend:
         ctx = opts["context_window_size"]
         default_ctx = (model.config or {}).get("max_position_embeddings")
         ctx_suffix = "" if ctx == default_ctx else f"-ctx{ctx}"
+        lib_opts = {k: opts[k] for k in ("context_window_size", "prefill_chunk_size")}
+        compiled = self._compile_node(cell, model, config, lib_opts, ctx_suffix, weights.unavailable)
         lib = NodeDef(
             key=f"{model.name}.mlc.{cell.quant}.lib.{cell.target}", kind="mlc-lib", backend="mlc", image="mlc",
             params={"quant": cell.quant, "target": cell.target, "model_name": model.name,
-                    "lib_stem": f"{model.name}-{cell.quant}{ctx_suffix}-{cell.target}",
-                    "options": {k: opts[k] for k in ("context_window_size", "prefill_chunk_size")}},
-            parents={"weights": wkey, **reference}, publish="mlc/libs",
+                    "lib_stem": f"{model.name}-{cell.quant}{ctx_suffix}-{cell.target}", "options": lib_opts},
+            parents={"weights": wkey, "compiled": compiled.key, **reference}, publish="mlc/libs",
             unavailable=weights.unavailable)
-        return [weights, lib]
+        return [weights, compiled, lib]
+
+    @staticmethod
+    def _compile_node(cell: Cell, model: ModelRef, config: ModelConfig | None, lib_opts: dict, ctx_suffix: str,
+                      unavailable: str | None) -> NodeDef:
+        """The library compile, keyed by what a library depends on - never by the weights."""
+        arch = model.arch
+        lib_config = config.to_dict() if config else {}
+        sha = hashlib.sha256(json.dumps([arch, lib_config], sort_keys=True).encode()).hexdigest()[:10]
+        family = ARCHS[arch].model_type if arch in ARCHS else arch.lower()
+        stem = f"{family}-{sha}-{cell.quant}{ctx_suffix}-{cell.target}"
+        return NodeDef(
+            key=f"mlc.{family}-{sha}.{cell.quant}{ctx_suffix}.compile.{cell.target}", kind="mlc-compile",
+            backend="mlc", image="mlc", uses_model=False, publish=None, unavailable=unavailable,
+            # "quantization", not "quant": verification thresholds are no input of a compile
+            params={"quantization": cell.quant, "target": cell.target, "architecture": arch, "model_config": lib_config,
+                    "config_sha": sha, "lib_stem": stem, "options": lib_opts})
 
     def steps(self, kind: str):
         from builders.backends.mlc import steps

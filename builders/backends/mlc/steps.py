@@ -1,13 +1,15 @@
 """Run side of the mlc backend: the steps of `mlc-weights` and `mlc-lib` nodes (inside the mlc image).
 
 mlc-weights: convert_weight -> gen_config -> verify_quant
-mlc-lib:     compile -> verify
+mlc-compile: compile (from the architecture + config in the params; reads no model)
+mlc-lib:     library (the compiled library under the model's name) -> verify
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -96,35 +98,72 @@ def step_verify_quant(ctx: NodeContext) -> None:
 
 # ---- mlc-lib --------------------------------------------------------------------------------------
 
-def lib_file(ctx: NodeContext) -> Path:
+COMPILED_JSON = "library.json"  # what an mlc-compile node records next to its library (deterministic)
+
+
+def lib_file(ctx: NodeContext, out: Path | None = None) -> Path:
     t = TARGETS[ctx.params["target"]]
     suffix = "tar" if t.suffix in ("tar", "dylib", "wasm") else t.suffix  # objects; links deferred
-    return ctx.out / f"{ctx.params['lib_stem']}.{suffix}"
+    return (out or ctx.out) / f"{ctx.params['lib_stem']}.{suffix}"
 
 
 def step_compile(ctx: NodeContext) -> None:
-    hf, c, q = _setup(ctx)
-    t = TARGETS[ctx.params["target"]]
+    """mlc-compile: the architecture and the model config come from the params, never from a model."""
+    p = ctx.params
+    q = QUANTS.get(p["quantization"])
+    if q is None:
+        raise NodeFailed(f"unknown mlc quant '{p['quantization']}'")
+    c = ModelConfig(**p["model_config"])
+    t = TARGETS[p["target"]]
     libcuda = compile_mod.ensure_libcuda() if t.name == "cuda" else None
     out = lib_file(ctx)
-    facts = compile_mod.compile_lib(hf, c, q, t, out, ctx.log, system_lib_prefix=_prefix(ctx) if t.system_lib else None)
+    prefix = _prefix(ctx) if t.system_lib else None
+    facts = compile_mod.compile_lib({"architectures": [p["architecture"]]}, c, q, t, out, ctx.log,
+                                    system_lib_prefix=prefix)
     if libcuda:
         facts["libcuda_at_build"] = libcuda
-    ctx.result["library"] = facts
-    ctx.result["notes"] = [REPRO_NOTE]
-    ctx.result["tool_versions"] = tool_versions()
-    ctx.result["runtime_abi"] = {"tvm": ctx.result["tool_versions"]["apache-tvm"], "target": t.name,
-                                 "tvm_target": t.tvm, "tvm_host": t.host, "quantization": q.code,
-                                 "system_lib_prefix": _prefix(ctx) if t.system_lib else None,
-                                 "entry_points": list(compile_mod.ENTRY_POINTS)}
+    versions = tool_versions()
     deferred = []
     if t.deferred:
         deferred.append({"step": "link", "reason": t.deferred})
     if t.suffix == "wasm":
         deferred.append({"step": "link", "reason": "a .wasm needs emcc and TVM's web runtime (tvmjs); the tar "
                                                    "holds the wasm32 objects to link"})
+    record = {"file": out.name, "architecture": p["architecture"], "config_sha": p["config_sha"],
+              "tool_versions": versions, "deferred": deferred,
+              "runtime_abi": {"tvm": versions["apache-tvm"], "target": t.name, "tvm_target": t.tvm,
+                              "tvm_host": t.host, "quantization": q.code, "system_lib_prefix": prefix,
+                              "entry_points": list(compile_mod.ENTRY_POINTS)}}
+    (ctx.out / COMPILED_JSON).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    ctx.result["library"] = facts
+    ctx.result["notes"] = [REPRO_NOTE]
+    ctx.result["tool_versions"] = versions
+    ctx.result["runtime_abi"] = record["runtime_abi"]
     if deferred:
         ctx.result["deferred"] = deferred
+
+
+def step_library(ctx: NodeContext) -> None:
+    """mlc-lib: the shared compiled library, copied under this model's MLC name. The manifest says
+    which compile node made it and whether that compile was done for another model (reuse-lib)."""
+    compiled = ctx.inputs["compiled"]
+    record = ctx.load_json(compiled / COMPILED_JSON)
+    shutil.copyfile(compiled / record["file"], lib_file(ctx))
+    parent = (ctx.spec.get("parents") or {}).get("compiled", {})
+    built_for = parent.get("built_for")
+    this = ctx.spec["model"]["name"]
+    ctx.result["library"] = {
+        "file": lib_file(ctx).name, "compiled_file": record["file"], "compiled_by": parent.get("key"),
+        "compile_digest": parent.get("digest"), "architecture": record["architecture"],
+        "config_sha": record["config_sha"], "compiled_for": built_for,
+        "reused": bool(built_for) and built_for != this}
+    if ctx.result["library"]["reused"]:
+        ctx.log(f"library: reusing the {record['file']} compiled for {built_for} (same architecture, quant, config)")
+    ctx.result["tool_versions"] = record["tool_versions"]
+    ctx.result["runtime_abi"] = record["runtime_abi"]
+    ctx.result["notes"] = [REPRO_NOTE]
+    if record["deferred"]:
+        ctx.result["deferred"] = record["deferred"]
 
 
 def _prefix(ctx: NodeContext) -> str:
@@ -187,7 +226,8 @@ def _verify_cpu(ctx: NodeContext, path: Path) -> None:
 STEPS = {
     "mlc-weights": [("convert_weight", step_convert_weight), ("gen_config", step_gen_config),
                     ("verify_quant", step_verify_quant)],
-    "mlc-lib": [("compile", step_compile), ("verify", step_verify)],
+    "mlc-compile": [("compile", step_compile)],
+    "mlc-lib": [("library", step_library), ("verify", step_verify)],
 }
 
 
