@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from builders.backends.base import NodeDef
+from stepbackend import StepBackend
 
 
 def _try_write(directory: Path) -> str:
@@ -53,19 +54,10 @@ def sleep(ctx):
 STEPS = {"probe": [("inputs", inputs), ("environment", environment)], "sleep": [("sleep", sleep)]}
 
 
-class ExecTestBackend:
+class ExecTestBackend(StepBackend):
+    """The runner test backend's plan side, with steps that probe the executor."""
+
     name = "exectest"
-    image = "base"
-    quants = {"x": None}
-    targets = ("cpu",)
-    archs = ("LlamaForCausalLM",)
-    code = ()
-
-    def normalize_options(self, options, where):
-        return dict(options)
-
-    def unavailable(self, cell):
-        return None
 
     def expand(self, cell, model):
         return [NodeDef(f"{model.name}.exectest", "probe", "exectest", "base", {})]

@@ -142,3 +142,27 @@ def test_interrupted_in_step_4_then_restart_4_does_not_redo_steps_1_to_3(built, 
     assert [status[s] for s in ("prefill", "combine", "compile", "meta", "test")] == ["ran"] * 5
     assert m["verification"]["passed"] is True
     assert_outputs_match_manifest(out, m)
+
+
+def test_lut_6_4_and_4_8_cells_report_reconstruction_error_and_top1(built):
+    """The two LUT presets of the issue, built in the container: each palettized part carries
+    constexpr_lut_to_dense ops with the asked bits and group size, the manifest holds the per-weight
+    reconstruction error read back from the saved packages, and top-1 vs the fp32 original."""
+    out, _ = built
+    invoke("build", *CELL, "--quants", "lut6_4,lut4_8", "--out", str(out), check=0)
+    for quant, ffn in (("lut6_4", "6,4"), ("lut4_8", "4,8")):
+        m = latest(out, f"tiny-llama.coreml.{quant}.ane")
+        assert_outputs_match_manifest(out, m)
+        v = m["verification"]
+        assert v["passed"] is True, v["failures"]
+        spec = v["checks"]["spec"]
+        (chunk,) = [n for n in spec if "_FFN_PF_" in n]
+        assert spec[chunk]["lut"] == ffn and spec[chunk]["lut_ops"] > 0
+        (head,) = [n for n in spec if "_lm_head" in n]
+        assert spec[head]["lut"] == "6,4" and head.endswith("_lut6.mlpackage")
+        recon = v["checks"]["lut_reconstruction"]
+        assert set(recon) == {chunk, head}
+        errors = [e["rel_l2"] for per in recon.values() for e in per.values()]
+        assert errors and all(0 < e < 0.2 for e in errors)
+        assert v["checks"]["lut_rel_l2_max"] == max(errors)
+        assert 0 < v["checks"]["top1"] <= 1 and "kl" in v["checks"]

@@ -21,20 +21,23 @@ from builders.executors.native import native_spec
 from builders.errors import MatrixError, ToolchainError
 
 ROOT = Path(__file__).resolve().parents[1]
+SITE_MODULES = ("execbackend.py", "stepbackend.py")
 SITECUSTOMIZE = "from builders import backends\nbackends.REGISTRY['exectest'] = 'execbackend'\n"
 
 
 @pytest.fixture(scope="session")
 def exec_site(tmp_path_factory) -> Path:
-    """A directory holding sitecustomize.py (registers the exectest backend) and execbackend.py."""
+    """A directory holding sitecustomize.py (registers the exectest backend), execbackend.py and the
+    stepbackend.py it builds on."""
     d = tmp_path_factory.mktemp("exec-site")
     (d / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    (d / "execbackend.py").write_text((ROOT / "tests" / "execbackend.py").read_text())
+    for name in SITE_MODULES:
+        (d / name).write_text((ROOT / "tests" / name).read_text())
     return d
 
 
 def site_mounts(site: Path) -> list[Mount]:
-    return [Mount(site / f, f"/opt/buildmatrix/{f}", True) for f in ("sitecustomize.py", "execbackend.py")]
+    return [Mount(site / f, f"/opt/buildmatrix/{f}", True) for f in ("sitecustomize.py", *SITE_MODULES)]
 
 
 def make_node(tmp_path: Path, kind: str, **params) -> tuple[dict, list[Mount], Path]:

@@ -96,6 +96,12 @@ def test_compile_is_shared_by_models_of_equal_architecture_and_config_only():
         other = BACKEND.expand(_cell(), _model({**TINY_CFG, **change}))[1]
         assert other.key != base.key, change
     assert BACKEND.expand(_cell(context_window_size=128), _model())[1].key != base.key
+    # transformers >= 5 saves rope_theta inside rope_scaling too: the same model, the same library
+    llama3 = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 64}
+    a = BACKEND.expand(_cell(), _model({**TINY_CFG, "rope_scaling": llama3}))[1]
+    b = BACKEND.expand(_cell(), _model({**TINY_CFG, "rope_scaling": {**llama3, "rope_theta": 10000.0}}))[1]
+    assert a.key == b.key and a.key != base.key
 
 
 def test_mistral_context_wider_than_its_window_is_refused():

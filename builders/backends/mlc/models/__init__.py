@@ -43,6 +43,9 @@ def hf_sources(name: str) -> tuple[str, ...]:
     return (name,)
 
 
+ROPE_SCALING_KEYS = ("rope_type", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
 @dataclass
 class ModelConfig:
     """What the nn.Module needs (MLC's `model_config` fields in mlc-chat-config.json)."""
@@ -70,9 +73,12 @@ class ModelConfig:
         arch = ARCHS[hf["architectures"][0]]
         heads = hf["num_attention_heads"]
         ctx = int(options.get("context_window_size") or hf.get("max_position_embeddings") or 2048)
-        rope = dict(hf.get("rope_scaling") or {})
-        if rope and "rope_type" not in rope and "type" in rope:
-            rope["rope_type"] = rope["type"]
+        # transformers >= 5 writes rope_theta into rope_scaling / rope_parameters as well: keep only
+        # the scaling fields, so equal models give equal configs however they were saved
+        rope_in = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
+        if "rope_type" not in rope_in and "type" in rope_in:
+            rope_in["rope_type"] = rope_in["type"]
+        rope = {k: v for k, v in rope_in.items() if k in ROPE_SCALING_KEYS}
         window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
         return cls(
             hidden_size=hf["hidden_size"],
@@ -83,7 +89,7 @@ class ModelConfig:
             head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
             vocab_size=hf["vocab_size"],
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            position_embedding_base=float(hf.get("rope_theta", 10000.0)),
+            position_embedding_base=float(hf.get("rope_theta") or rope_in.get("rope_theta") or 10000.0),
             rope_scaling=rope if rope.get("rope_type") not in (None, "default") else {},
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             qkv_bias=arch.qkv_bias or bool(hf.get("attention_bias", False)),
