@@ -126,7 +126,8 @@ class Builder:
             "schema": SPEC_SCHEMA, "key": nd.key, "kind": nd.kind, "backend": nd.backend, "digest": pn.digest,
             "params": nd.params,
             "model": {"name": model.name, "source": model.source, "revision": model.revision, "digest": model.digest},
-            "inputs": inputs, "parents": parents_spec, "out": "/node/out", "work": "/node/work", "result": "/node/result.json",
+            "inputs": inputs, "parents": parents_spec,
+            "out": "/node/out", "work": "/node/work", "result": "/node/result.json",
             "steps": self.steps if forced else {},
             "env": {"SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH), "PYTHONHASHSEED": "0"},
         }

@@ -94,7 +94,7 @@ class MlcBackend:
         arch = model.arch
         lib_config = config.to_dict() if config else {}
         sha = hashlib.sha256(json.dumps([arch, lib_config], sort_keys=True).encode()).hexdigest()[:10]
-        family = ARCHS[arch].model_type if arch in ARCHS else arch.lower()
+        family = ARCHS[arch].model_type  # the planner refused unsupported architectures before expand()
         stem = f"{family}-{sha}-{cell.quant}{ctx_suffix}-{cell.target}"
         return NodeDef(
             key=f"mlc.{family}-{sha}.{cell.quant}{ctx_suffix}.compile.{cell.target}", kind="mlc-compile",

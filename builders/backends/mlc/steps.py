@@ -101,10 +101,19 @@ def step_verify_quant(ctx: NodeContext) -> None:
 COMPILED_JSON = "library.json"  # what an mlc-compile node records next to its library (deterministic)
 
 
-def lib_file(ctx: NodeContext, out: Path | None = None) -> Path:
+def lib_file(ctx: NodeContext) -> Path:
     t = TARGETS[ctx.params["target"]]
     suffix = "tar" if t.suffix in ("tar", "dylib", "wasm") else t.suffix  # objects; links deferred
-    return (out or ctx.out) / f"{ctx.params['lib_stem']}.{suffix}"
+    return ctx.out / f"{ctx.params['lib_stem']}.{suffix}"
+
+
+def _library_result(ctx: NodeContext, record: dict) -> None:
+    """What both library nodes (compile, and its per-model copy) report from the compile record."""
+    ctx.result["tool_versions"] = record["tool_versions"]
+    ctx.result["runtime_abi"] = record["runtime_abi"]
+    ctx.result["notes"] = [REPRO_NOTE]
+    if record["deferred"]:
+        ctx.result["deferred"] = record["deferred"]
 
 
 def step_compile(ctx: NodeContext) -> None:
@@ -136,11 +145,7 @@ def step_compile(ctx: NodeContext) -> None:
                               "entry_points": list(compile_mod.ENTRY_POINTS)}}
     (ctx.out / COMPILED_JSON).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     ctx.result["library"] = facts
-    ctx.result["notes"] = [REPRO_NOTE]
-    ctx.result["tool_versions"] = versions
-    ctx.result["runtime_abi"] = record["runtime_abi"]
-    if deferred:
-        ctx.result["deferred"] = deferred
+    _library_result(ctx, record)
 
 
 def step_library(ctx: NodeContext) -> None:
@@ -148,22 +153,19 @@ def step_library(ctx: NodeContext) -> None:
     which compile node made it and whether that compile was done for another model (reuse-lib)."""
     compiled = ctx.inputs["compiled"]
     record = ctx.load_json(compiled / COMPILED_JSON)
-    shutil.copyfile(compiled / record["file"], lib_file(ctx))
+    dest = lib_file(ctx)
+    shutil.copyfile(compiled / record["file"], dest)
     parent = (ctx.spec.get("parents") or {}).get("compiled", {})
     built_for = parent.get("built_for")
     this = ctx.spec["model"]["name"]
     ctx.result["library"] = {
-        "file": lib_file(ctx).name, "compiled_file": record["file"], "compiled_by": parent.get("key"),
+        "file": dest.name, "compiled_file": record["file"], "compiled_by": parent.get("key"),
         "compile_digest": parent.get("digest"), "architecture": record["architecture"],
         "config_sha": record["config_sha"], "compiled_for": built_for,
         "reused": bool(built_for) and built_for != this}
     if ctx.result["library"]["reused"]:
         ctx.log(f"library: reusing the {record['file']} compiled for {built_for} (same architecture, quant, config)")
-    ctx.result["tool_versions"] = record["tool_versions"]
-    ctx.result["runtime_abi"] = record["runtime_abi"]
-    ctx.result["notes"] = [REPRO_NOTE]
-    if record["deferred"]:
-        ctx.result["deferred"] = record["deferred"]
+    _library_result(ctx, record)
 
 
 def _prefix(ctx: NodeContext) -> str:
