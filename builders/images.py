@@ -23,6 +23,7 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
 import tarfile
 import tempfile
@@ -36,7 +37,7 @@ from builders import rootfs
 from builders.errors import MatrixError, ToolchainError
 
 DOCKER_DIR = Path(__file__).resolve().parents[1] / "docker"
-COMMON_CONTEXT = ("write-tools.py",)  # copied into every build context (part of the tag)
+COMMON_CONTEXT = ("write-tools.py", "host-pip.sh")  # copied into every build context (part of the tag)
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")  # unless PIP_CERT / REQUESTS_CA_BUNDLE / SSL_CERT_FILE names one
 CA_ENV = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
 HOST_WHEELS = Path(os.environ.get("BUILDMATRIX_WHEELS_DIR", "/opt/wheels"))  # pinned wheels kept by this host
@@ -160,21 +161,31 @@ def host_wheels(name: str, pins: dict) -> list[Path]:
     return found
 
 
+def pip_conf(settings: dict[str, str]) -> str:
+    """A pip.conf with this host's container-usable pip settings (env-style keys from build_args())."""
+    env_to_key = {env: key for key, env in PIP_KEYS.items() if key != "default-timeout"}
+    lines = ["[global]"] + [f"{env_to_key[k]} = {v}" for k, v in sorted(settings.items()) if k in env_to_key]
+    return "\n".join(lines) + "\n"
+
+
 @contextmanager
-def _wheel_server(wheels: list[Path]):
-    """Serve `wheels` on 127.0.0.1 for the duration of a build (builds use the host network); yields the URL."""
-    if not wheels:
-        yield None
-        return
-    with tempfile.TemporaryDirectory(prefix="buildmatrix-wheels-") as tmp:
+def _build_server(wheels: list[Path], pip_settings: dict[str, str]):
+    """Serve, on 127.0.0.1 for the duration of one build (builds use the host network), this host's pinned
+    `wheels` and its pip settings as a pip.conf under a random path. Yields (wheels URL or None, pip.conf URL
+    or None). The URLs are build args; they hold no setting, and stop working when the build ends."""
+    with tempfile.TemporaryDirectory(prefix="buildmatrix-serve-") as tmp:
+        token = secrets.token_hex(16)
+        (Path(tmp) / token).mkdir()
         for w in wheels:
-            (Path(tmp) / w.name).symlink_to(w.resolve())
+            (Path(tmp) / token / w.name).symlink_to(w.resolve())
+        (Path(tmp) / f"{token}.conf").write_text(pip_conf(pip_settings))
         handler = functools.partial(_QuietHandler, directory=tmp)
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
+        base = f"http://127.0.0.1:{server.server_address[1]}"
         try:
-            yield f"http://127.0.0.1:{server.server_address[1]}/"
+            yield (f"{base}/{token}/" if wheels else None), (f"{base}/{token}.conf" if pip_settings else None)
         finally:
             server.shutdown()
             server.server_close()
@@ -239,11 +250,15 @@ def _build(c, name: str, pins: dict, ref: str, log) -> None:
     log_file = LOG_DIR / f"image-{name}-{ref.rpartition(':')[2]}.log"
     log(f"building image {ref} (log: {log_file})")
     error = None
+    host = build_args()
+    proxies = {k: v for k, v in host.items() if k in PROXY_ENV}  # docker's own ARGs: kept out of history
+    pip_settings = {k: v for k, v in host.items() if k not in PROXY_ENV}
     with tempfile.TemporaryDirectory(prefix=f"buildmatrix-{name}-") as tmp, open(log_file, "w") as fh, \
-            _wheel_server(host_wheels(name, pins)) as wheels_url:
+            _build_server(host_wheels(name, pins), pip_settings) as (wheels_url, conf_url):
         ctx = Path(tmp) / "ctx"
         _context(name, pins, ctx)
-        args = build_args() | ({"BUILDMATRIX_WHEELS": wheels_url} if wheels_url else {})
+        args = proxies | ({"BUILDMATRIX_WHEELS": wheels_url} if wheels_url else {}) \
+            | ({"BUILDMATRIX_PIP_CONF": conf_url} if conf_url else {})
         try:
             for chunk in c.api.build(path=str(ctx), tag=ref, rm=True, forcerm=True, decode=True, pull=False,
                                      network_mode="host", buildargs=args, labels={"buildmatrix.image": name}):
