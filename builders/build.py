@@ -2,21 +2,36 @@
 
 One failing node fails only the cells that need it; everything else still builds. Ctrl-C stops the
 running node (the executor removes its container) and leaves nothing partial in the store.
+
+Nothing is served unchecked: a store entry that failed its check in the plan is moved aside and its node
+rebuilt; an import from a `--cache-from` root is re-hashed as it is copied, and a refused one is rebuilt;
+a node whose run wrote no outputs, or misses one its kind declares (NodeDef.outputs), fails unpromoted.
+A build holds its output root's lock (`exclusive`) and first stops containers a killed build left
+writing into the root's staging dirs, resetting those dirs.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builders import images
+from builders import images, lock
 from builders.errors import ToolchainError
 from builders.executors import Mount, get_executor
 from builders.manifest import make_manifest, rev_short
+from builders.outputs import check_declared
 from builders.plan import SOURCE_DATE_EPOCH, Plan, PlanNode
 from builders.store import Store, list_outputs
+
+
+@contextmanager
+def exclusive(out: Path):
+    """Hold the output root for one build (builders/lock.py); a second build on it fails with exit 2."""
+    with lock.hold(out) as holder:
+        yield holder
 
 SPEC_SCHEMA = 1
 
@@ -145,7 +160,13 @@ class Builder:
         if result.get("status") != "ok":
             self._last_result = result
             return NodeOutcome("failed", f"{result.get('reason')} (log: {stage / 'log.txt'})", seconds)
-        outputs = list_outputs(stage / "out")
+        try:
+            outputs = list_outputs(stage / "out")
+        except ValueError as e:
+            return NodeOutcome("failed", f"{e} (log: {stage / 'log.txt'})", seconds)
+        wrong = check_declared(outputs, nd.outputs, nd.kind)
+        if wrong:
+            return NodeOutcome("failed", f"{wrong} (log: {stage / 'log.txt'})", seconds)
         manifest = make_manifest(pn, self.plan, result, {"name": nd.image, **image}, outputs, parents_info, seconds,
                                  SOURCE_DATE_EPOCH)
         self.store.promote(pn.digest, manifest)
@@ -158,12 +179,49 @@ class Builder:
             self.store.publish(pn.digest, f"{model.name}/{rev_short(model)}/{pn.node.publish}")
 
     # -- the whole plan ---------------------------------------------------------------------------
+    def _settle_cache(self, needed: set[str]) -> None:
+        """Damaged entries moved aside (one line each), imports copied in after their check; what is left
+        uncached runs."""
+        for pn in self.plan.nodes.values():
+            if pn.key not in needed or pn.cached:
+                continue
+            found = pn.lookup
+            if found.status == "damaged":
+                where = self.store.set_aside(pn.digest, found.problem)
+                self.log(f"[red]damaged[/] {pn.key} ({pn.digest[:12]}): {found.problem}; moved aside to {where}, "
+                         "rebuilding")
+            if found.source is not None:
+                source, refused = self.store.import_node(pn.digest)
+                for line in refused:
+                    self.log(f"[red]refused import[/] {pn.key}: {line}; rebuilding")
+                if source is not None:
+                    pn.cached = True
+                    self.log(f"[cyan]imported[/] {pn.key} from {source} (every file re-hashed)")
+
+    def _stop_orphans(self, docker_needed: bool) -> None:
+        """Containers of a killed earlier build on this root: stopped and removed, their staging dirs reset."""
+        from builders.executors import docker as docker_exec
+
+        if not docker_needed and not any((self.store.root / ".staging").glob(f"*/{docker_exec.MARKER}")):
+            return
+        try:
+            staging = docker_exec.stop_orphans(self.store.root)
+        except ToolchainError:  # no engine: nothing of it can still be running; the markers say what to reset
+            staging = [m.parent for m in (self.store.root / ".staging").glob(f"*/{docker_exec.MARKER}")]
+        for stage in staging:
+            self.log(f"[yellow]orphan[/] a killed build's container wrote {stage}: stopped and removed, "
+                     "staging dir reset")
+            self.store.reset_staging(stage.name)
+        if docker_needed:
+            docker_exec.cleanup_stale()
+
     def run(self) -> BuildReport:
         forced = self._forced()
         order = list(self.plan.nodes.values())
-        to_run = [pn for pn in order if not pn.cached or pn.key in forced]
         needed = self._needed_keys()
-        to_run = [pn for pn in to_run if pn.key in needed]
+        self._settle_cache(needed)
+        to_run = [pn for pn in order if (not pn.cached or pn.key in forced) and pn.key in needed]
+        self._stop_orphans(bool(to_run) and self.executor_name == "docker")
         if to_run:
             self._ensure_images(to_run)
             self.executor = get_executor(self.executor_name, echo=self.echo)
@@ -172,7 +230,7 @@ class Builder:
                 continue
             if pn.cached and pn.key not in forced:
                 self.outcomes[pn.key] = NodeOutcome("cached")
-                self._publish(pn)  # keep the human-facing links in place (cheap: hardlinks)
+                self._publish(pn)  # keep the published copies right (cheap when unchanged: hash cache)
                 continue
             failed = [d for d in self._deps(pn) if self.outcomes.get(d, NodeOutcome("failed")).status
                       not in ("cached", "built")]
@@ -213,6 +271,9 @@ class Builder:
                 cells.append(CellOutcome(pc.cell.id, "failed", seconds, reason=bad.reason))
                 continue
             manifest = self.store.manifest(last.digest)
+            if not manifest.get("outputs"):  # never reached: promote and check refuse such entries
+                cells.append(CellOutcome(pc.cell.id, "failed", seconds, reason=f"{last.key} has no outputs"))
+                continue
             model = self.plan.models[last.model]
             publish = f"{model.name}/{rev_short(model)}/{last.node.publish}" if last.node.publish else None
             files = [{"path": f"{publish}/{o['path']}" if publish else f".store/{last.digest}/out/{o['path']}",
@@ -226,4 +287,5 @@ class Builder:
                           "verification": manifest.get("verification"), "deferred": manifest.get("deferred", [])})
         report = BuildReport(cells, self.outcomes)
         report.index = self.store.write_index(index)
+        self.store.save_hashes()
         return report

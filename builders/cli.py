@@ -69,13 +69,14 @@ def plan(matrix_path, out, model, backends, quants, targets, only, executor, as_
 @guarded
 def build(matrix_path, out, model, backends, quants, targets, only, executor, only_step, restart_step,
           hf_token=None, offline=False, echo=False, cache_from=None) -> int:
-    from builders.build import Builder
+    from builders.build import Builder, exclusive
 
-    m, store, p = _plan(matrix_path, out, model, backends, quants, targets, only, executor, hf_token, offline,
-                        cache_from)
-    builder = Builder(p, store, m, executor=executor, steps={"only": only_step, "restart": restart_step},
-                      echo=echo, log=console.print)
-    report = builder.run()
+    with exclusive(Path(out)):  # one build per output root; a second one exits 2 naming this one
+        m, store, p = _plan(matrix_path, out, model, backends, quants, targets, only, executor, hf_token, offline,
+                            cache_from)
+        builder = Builder(p, store, m, executor=executor, steps={"only": only_step, "restart": restart_step},
+                          echo=echo, log=console.print)
+        report = builder.run()
     t = Table(title=f"buildmatrix: {len(report.cells)} cells  ->  {store.root / 'index.json'}")
     for col in ("cell", "status", "time", "artifact / reason"):
         t.add_column(col, overflow="fold")

@@ -24,3 +24,7 @@ class ToolchainError(BuildmatrixError):
 
 class NodeFailed(Exception):
     """Raised inside a node step: the node fails with this one-line reason (not a user input error)."""
+
+
+class StoreError(BuildmatrixError):
+    """An output root cannot be read or written (disk full, permissions), or another build holds it."""

@@ -12,7 +12,11 @@ A node spec is plain JSON holding everything the node needs:
   env {SOURCE_DATE_EPOCH, ...}           environment set before any step runs
 
 Steps are run in order; completed steps are recorded in <work>/.steps.json so a failed node resumes
-at its first unfinished step (or at `restart`), and `only` runs exactly one step.
+at its first unfinished step (or at `restart`), and `only` runs exactly one step. The state is keyed:
+it holds the node digest and, per done step, a fingerprint of out/ (names, sizes, sha256) taken right
+after it. A run trusts the done steps up to the last one whose fingerprint equals out/ as it is now;
+a state of another digest, or an out/ matching no done step (promoted away, edited, written by
+someone else), starts over with an empty out/ - a step is never skipped for outputs that are gone.
 The result JSON says status ok/failed, the one-line reason, per-step timings and what steps reported.
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import sys
 import time
 import traceback
@@ -29,6 +34,8 @@ from pathlib import Path
 from builders.backends import get as get_backend
 from builders.backends.base import NodeContext
 from builders.errors import NodeFailed
+from builders.hashcache import HashCache
+from builders.outputs import fingerprint
 
 SPEC_SCHEMA = 1
 
@@ -45,6 +52,45 @@ def _select(steps: list[str], value, field: str) -> str | None:
     raise NodeFailed(f"--{field} {value}: no such step; steps are {numbered}")
 
 
+def _read_state(path: Path) -> dict | None:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(state, dict) and isinstance(state.get("done"), list) and isinstance(state.get("after"), dict)
+    return state if ok else None
+
+
+def _empty(out: Path) -> None:
+    for p in out.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def trusted_state(state: dict | None, digest: str | None, names: list[str], out: Path, hashes: HashCache,
+                  log) -> dict:
+    """The part of a saved step state this run may rely on (see the module doc); empties out/ otherwise."""
+    fresh = {"digest": digest, "done": [], "after": {}, "result": {}}
+    if state is not None and state.get("digest") != digest:
+        log("step state belongs to another node digest: starting over")
+        state = None
+    done = [n for n in names if state and n in state["done"] and n in state["after"]]
+    if done:
+        now = fingerprint(out, hashes)
+        kept = next((i for i in range(len(done) - 1, -1, -1) if state["after"][done[i]] == now), None)
+        if kept is not None:
+            if kept < len(done) - 1:
+                log(f"out/ holds the outputs of step {done[kept]}: later steps run again")
+            trusted = done[: kept + 1]
+            return {**state, "done": trusted, "after": {n: state["after"][n] for n in trusted}}
+        log("out/ no longer holds what the done steps wrote: starting over")
+    if any(out.iterdir()):
+        _empty(out)
+    return fresh
+
+
 def run(spec: dict) -> dict:
     for k, v in (spec.get("env") or {}).items():
         os.environ[k] = str(v)
@@ -53,13 +99,15 @@ def run(spec: dict) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     ctx = NodeContext(spec, out, work, {k: Path(v) for k, v in spec["inputs"].items()})
     state_file = work / ".steps.json"
-    state = json.loads(state_file.read_text()) if state_file.exists() else {"done": [], "result": {}}
-    ctx.result = state["result"]
+    hashes = HashCache(work / ".out-sha256.json")
     timings: dict[str, dict] = {}
     result = {"status": "ok", "reason": None, "steps": timings}
+    state = None
     try:
         steps = get_backend(spec["backend"]).steps(spec["kind"])
         names = [n for n, _ in steps]
+        state = trusted_state(_read_state(state_file), spec.get("digest"), names, out, hashes, ctx.log)
+        ctx.result = state["result"]
         sel = spec.get("steps") or {}
         only = _select(names, sel.get("only"), "only")
         restart = _select(names, sel.get("restart"), "restart")
@@ -78,7 +126,9 @@ def run(spec: dict) -> dict:
             timings[name] = {"status": "ran", "seconds": round(time.monotonic() - t0, 3)}
             if name not in state["done"]:
                 state["done"].append(name)
+            state["after"][name] = fingerprint(out, hashes)
             state["result"] = ctx.result
+            hashes.save()
             state_file.write_text(json.dumps(state, indent=1, sort_keys=True, default=str))
         ver = ctx.result.get("verification")
         if ver is not None and not ver.get("passed", False):
@@ -94,7 +144,7 @@ def run(spec: dict) -> dict:
         line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         result.update(status="failed", reason=f"{type(e).__name__}: {line}"[:300])
     result.update(ctx.result)
-    result["steps_done"] = state["done"]
+    result["steps_done"] = state["done"] if state else []
     peak_kb = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     result["peak_rss_mb"] = round(peak_kb / 1024, 1)
     return result

@@ -21,8 +21,9 @@ from builders.backends.base import Cell, ModelRef, NodeDef
 from builders.errors import MatrixError, ModelError
 from builders.matrix import Matrix, Selection
 from builders.models import nodes as model_nodes
-from builders.models.resolve import HashCache, resolve_hub, resolve_local
+from builders.models.resolve import resolve_hub, resolve_local
 from builders.models.tiny import tiny_config
+from builders.store import Lookup
 from builders.targets import TARGETS
 
 PKG = Path(__file__).resolve().parent
@@ -37,7 +38,8 @@ class PlanNode:
     image_tag: str
     model: str  # model name
     cells: list[str] = field(default_factory=list)
-    cached: bool = False
+    cached: bool = False  # this root's entry passed its check (store.Lookup "cached")
+    lookup: Lookup = field(default_factory=lambda: Lookup("absent"))  # "damaged"/"import" are resolved by the build
 
     @property
     def key(self) -> str:
@@ -73,9 +75,13 @@ class Plan:
             "nodes": [{"key": p.key, "kind": p.node.kind, "backend": p.node.backend, "digest": p.digest,
                        "image": p.image_tag, "parents": dict(sorted(p.node.parents.items())),
                        "publish": p.node.publish, "cached": p.cached, "cells": p.cells,
+                       "cache": p.lookup.status, "cache_problem": p.lookup.problem,
+                       "import_from": str(p.lookup.source) if p.lookup.source else None,
                        "unavailable": p.node.unavailable, "params": p.node.params} for p in self.nodes.values()],
             "summary": {"cells": len(self.cells), "nodes": len(self.nodes),
                         "cached": sum(p.cached for p in self.nodes.values()),
+                        "to_import": sum(p.lookup.status == "import" for p in self.nodes.values()),
+                        "damaged": sum(p.lookup.status == "damaged" for p in self.nodes.values()),
                         "to_run": sum(not p.cached for p in self.nodes.values())},
         }
 
@@ -118,7 +124,7 @@ class Planner:
 
     # -- models ---------------------------------------------------------------------------------
     def _resolve_models(self, sel: Selection) -> None:
-        cache = HashCache(self.store.root / ".cache" / "file-sha256.json")
+        cache = self.store.hashes
         for name, src in sel.models.items():
             if src.kind == "tiny":
                 nd = model_nodes.tiny_node(src.arch)
@@ -132,7 +138,7 @@ class Planner:
             else:
                 ref, path, files = resolve_hub(src, cache, self.store.root / ".models", self.hf_token, self.offline)
                 self.models[name], self.model_dirs[name], self.model_files[name] = ref, path, files
-        cache.save()
+        self.store.save_hashes()
 
     # -- nodes ----------------------------------------------------------------------------------
     def _add(self, nd: NodeDef, model: str, model_digest: str) -> PlanNode:
@@ -158,7 +164,8 @@ class Planner:
             "parents": {r: self.nodes[p].digest for r, p in sorted(nd.parents.items())},
         })
         pn = PlanNode(nd, digest, tag, model)
-        pn.cached = self.store.has(digest)
+        pn.lookup = self.store.lookup(digest)
+        pn.cached = pn.lookup.status == "cached"
         self.nodes[nd.key] = pn
         return pn
 

@@ -60,7 +60,7 @@ class ExecTestBackend(StepBackend):
     name = "exectest"
 
     def expand(self, cell, model):
-        return [NodeDef(f"{model.name}.exectest", "probe", "exectest", "base", {})]
+        return [NodeDef(f"{model.name}.exectest", "probe", "exectest", "base", {}, outputs=("copied.json", "owner.txt"))]
 
     def steps(self, kind):
         return STEPS[kind]

@@ -31,7 +31,8 @@ class StepBackend:
         return None
 
     def expand(self, cell, model):
-        return [NodeDef(f"{model.name}.steptest", "steps", "steptest", "base", {"quant": "x"})]
+        return [NodeDef(f"{model.name}.steptest", "steps", "steptest", "base", {"quant": "x"},
+                        outputs=tuple(f"{n}.txt" for n in ("one", "two", "three", "four")))]
 
     def steps(self, kind):
         return [(n, _step(n)) for n in ("one", "two", "three", "four")]

@@ -21,7 +21,7 @@ def test_one_f16_conversion_feeds_every_quantization(tmp_path):
     assert nodes["tiny-llama.gguf.Q4_K_M"]["parents"] == {"reference": "tiny-llama.reference",
                                                          "source": "tiny-llama.gguf.F16"}
     assert sorted(nodes["tiny-llama.gguf.F16"]["cells"]) == ["tiny-llama.gguf.F16.cpu", "tiny-llama.gguf.Q4_K_M.cpu"]
-    assert p["summary"] == {"cells": 3, "nodes": 5, "cached": 0, "to_run": 5}
+    assert p["summary"] == {"cells": 3, "nodes": 5, "cached": 0, "to_run": 5, "to_import": 0, "damaged": 0}
 
 
 def test_gguf_files_are_target_independent(tmp_path):

@@ -52,6 +52,9 @@ class NodeDef:
     uses_model   False for a node that never reads the model snapshot (a generated model, or a model
               library compiled from the architecture and config alone): its digest leaves the model
               out, so models with equal inputs share it, and no model is mounted
+    outputs   glob patterns (relative to the node's out/, see builders/outputs.py) that each must match
+              at least one file of a finished run, e.g. ("*.gguf",); a run that misses one, or writes
+              nothing, fails and is not promoted. Every node must declare its outputs.
     """
 
     key: str
@@ -63,6 +66,7 @@ class NodeDef:
     publish: str | None = None
     unavailable: str | None = None
     uses_model: bool = True
+    outputs: tuple[str, ...] = ()
 
 
 class Backend(Protocol):

@@ -76,7 +76,7 @@ class GgufBackend:
         return NodeDef(key=f"{model.name}.gguf.{quant}", kind=f"gguf-{q.tool}", backend="gguf", image="gguf",
                        params={"quant": quant, "model_name": model.name, "verify": {
                            "n_threads": options["n_threads"], "n_ctx": options["n_ctx"]}},
-                       parents=parents, publish="gguf")
+                       parents=parents, publish="gguf", outputs=("*.gguf",))
 
     def expand(self, cell: Cell, model: ModelRef) -> list[NodeDef]:
         nodes = []

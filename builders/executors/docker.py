@@ -21,6 +21,9 @@ from builders.executors import Mount, echo, node_dir, sigterm_raises, signals_de
 PROJECT = Path(__file__).resolve().parents[2]
 LABEL = "buildmatrix.node"  # value: the node key
 OWNER_LABELS = ("buildmatrix.pid", "buildmatrix.host")  # which process started the container
+ROOT_LABEL = "buildmatrix.root"  # the resolved output root whose staging dir the container writes ("" if none)
+STAGING_LABEL = "buildmatrix.staging"  # that staging dir (host path)
+MARKER = "container.json"  # in the staging dir while a container may be writing it (see stop_orphans)
 CONTAINER_ENV = {
     "PYTHONPATH": "/opt/buildmatrix",
     "PYTHONUNBUFFERED": "1",
@@ -64,18 +67,58 @@ def _pid_alive(pid: int) -> bool:
 
 
 def cleanup_stale(client=None) -> list[str]:
-    """Remove buildmatrix node containers whose executor is gone (exited ones, or started by a process of this
-    host that no longer exists). Containers of live builds (other users' too) are left alone."""
+    """Remove buildmatrix node containers started by a process of this host that no longer exists (whatever
+    their state). Containers of live builds (other users' too, and exited ones their build still waits on)
+    are left alone."""
+    import docker
+
     client = client or _client()
     removed = []
     for c in client.containers.list(all=True, filters={"label": LABEL}):
         labels = c.labels or {}
         pid, host = labels.get(OWNER_LABELS[0], ""), labels.get(OWNER_LABELS[1])
-        orphan = host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
-        if c.status != "running" or orphan:
-            c.remove(force=True)
+        if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+            try:
+                c.remove(force=True)
+            except docker.errors.NotFound:
+                continue
             removed.append(c.name)
     return removed
+
+
+def _root_of(stage: Path) -> str:
+    return str(stage.parent.parent) if stage.parent.name == ".staging" else ""
+
+
+def stop_orphans(root: Path, client=None) -> list[Path]:
+    """Stop and remove the containers an earlier, killed build left writing into this output root (found by
+    ROOT_LABEL and by the MARKER files in its staging dirs); returns the staging dirs they wrote, which the
+    caller resets. Call it holding the root's lock: then no live build on this root owns such a container."""
+    import docker
+
+    root = Path(root).resolve()
+    markers = sorted((root / ".staging").glob(f"*/{MARKER}"))
+    staging = {m.parent for m in markers}
+    names = []
+    for m in markers:
+        try:
+            names.append(json.loads(m.read_text())["name"])
+        except (OSError, ValueError, KeyError):
+            pass
+    client = client or _client()
+    mine = (str(os.getpid()), socket.gethostname())
+    for c in client.containers.list(all=True, filters={"label": f"{ROOT_LABEL}={root}"}):
+        labels = c.labels or {}
+        if (labels.get(OWNER_LABELS[0]), labels.get(OWNER_LABELS[1])) == mine:
+            continue
+        staging.add(Path(labels.get(STAGING_LABEL) or root / ".staging" / "-"))
+        names.append(c.name)
+    for name in names:
+        try:
+            client.containers.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+    return sorted(s for s in staging if s.parent == root / ".staging")
 
 
 class DockerExecutor:
@@ -100,10 +143,13 @@ class DockerExecutor:
         (host_node / "work" / "home").mkdir(parents=True, exist_ok=True)
         volumes = {str(m.host): {"bind": m.container, "mode": "ro" if m.read_only else "rw"} for m in mounts}
         volumes[str(PROJECT / "builders")] = {"bind": "/opt/buildmatrix/builders", "mode": "ro"}
-        labels = {LABEL: spec["key"], OWNER_LABELS[0]: str(os.getpid()), OWNER_LABELS[1]: socket.gethostname()}
+        labels = {LABEL: spec["key"], OWNER_LABELS[0]: str(os.getpid()), OWNER_LABELS[1]: socket.gethostname(),
+                  ROOT_LABEL: _root_of(host_node), STAGING_LABEL: str(host_node)}
         name = _name(spec["key"])
+        marker = host_node / MARKER
         with sigterm_raises():
             try:
+                marker.write_text(json.dumps({"name": name, "pid": os.getpid()}))
                 container = self.client.containers.create(
                     image_ref, ["python", "-m", "builders.node", "run", "/node/spec.json"], name=name,
                     volumes=volumes, environment=CONTAINER_ENV, network_mode="none", labels=labels,
@@ -119,3 +165,4 @@ class DockerExecutor:
             finally:
                 with signals_deferred():
                     _remove(self.client, name)
+                    marker.unlink(missing_ok=True)

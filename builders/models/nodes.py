@@ -23,14 +23,15 @@ def tiny_node(arch: str, train_steps: int = tiny.TRAIN_STEPS) -> NodeDef:
     """The node generating `tiny:<arch>` (raises ModelError for an unknown arch)."""
     tiny.tiny_config(arch)
     return NodeDef(key=f"tiny-{arch}.model", kind="tiny-model", backend="model", image=IMAGE,
-                   params={"arch": arch, "train_steps": train_steps}, publish=None, uses_model=False)
+                   params={"arch": arch, "train_steps": train_steps}, publish=None, uses_model=False,
+                   outputs=("config.json", "*.safetensors", "tokenizer.model", "tokenizer.json"))
 
 
 def reference_node(model_name: str, model_node_key: str | None) -> NodeDef:
     """The reference-logits node of a model; the planner adds the "model" role (the snapshot or the
     generating node `model_node_key`) itself."""
     return NodeDef(key=f"{model_name}.reference", kind="reference", backend="model", image=IMAGE,
-                   params={}, parents={}, publish=None)
+                   params={}, parents={}, publish=None, outputs=("reference.npz", "reference.json"))
 
 
 # ---- run side ---------------------------------------------------------------------------------------

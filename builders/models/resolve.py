@@ -16,41 +16,10 @@ from pathlib import Path
 
 from builders.backends.base import ModelRef
 from builders.errors import ModelError
+from builders.hashcache import HashCache, sha256_file  # noqa: F401  (re-exported)
 from builders.models.source import ModelSource
 
 SKIP = {".git", ".gitattributes", ".cache"}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-class HashCache:
-    """sha256 per file keyed by (path, size, mtime_ns): a warm plan does not re-read gigabytes."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.data = json.loads(path.read_text()) if path.is_file() else {}
-        self.dirty = False
-
-    def sha256(self, f: Path) -> str:
-        st = f.stat()
-        key = f"{f}|{st.st_size}|{st.st_mtime_ns}"
-        if key not in self.data:
-            self.data[key] = sha256_file(f)
-            self.dirty = True
-        return self.data[key]
-
-    def save(self) -> None:
-        if self.dirty:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.data, sort_keys=True))
-            os.replace(tmp, self.path)
 
 
 def file_hashes(root: Path, cache: HashCache) -> dict[str, str]:

@@ -51,7 +51,15 @@ class CoremlBackend:
                   "chunks": chunks, "options": options}
         return [NodeDef(key=f"{model.name}.coreml.{cell.quant}.{cell.target}", kind="coreml", backend="coreml",
                         image="coreml", params=params, parents={"reference": f"{model.name}.reference"},
-                        publish="coreml", unavailable=reason)]
+                        publish="coreml", unavailable=reason, outputs=self._outputs(config, options, luts, chunks))]
+
+    @staticmethod
+    def _outputs(config: dict, options: dict, luts: dict, chunks) -> tuple[str, ...]:
+        """Every part's package (its Manifest.json) and meta.yaml, named as layout.layout_of names them."""
+        if not config or not isinstance(chunks, int):
+            return ("*.mlpackage/Manifest.json", "meta.yaml")
+        n = opt.file_names(options.get("prefix") or config.get("model_type", "model"), luts, chunks)
+        return tuple(f"{p}/Manifest.json" for p in (n["embeddings"], n["lm_head"], *n["ffn_pf"])) + ("meta.yaml",)
 
     def steps(self, kind: str):
         if kind != "coreml":

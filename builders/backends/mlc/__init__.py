@@ -34,6 +34,12 @@ OPTIONS: dict[str, tuple[type, Any, Any, str]] = {
 OPTION_ALIASES = {"max_seq_len": "context_window_size", "max-seq-len": "context_window_size"}
 
 
+def lib_file_name(stem: str, target: str) -> str:
+    """The library file a library node writes (steps.lib_file): objects are tarred where linking is deferred."""
+    suffix = TARGETS[target].suffix if target in TARGETS else "tar"
+    return f"{stem}.{'tar' if suffix in ('tar', 'dylib', 'wasm') else suffix}"
+
+
 class MlcBackend:
     name = "mlc"
     image = "mlc"
@@ -73,18 +79,20 @@ class MlcBackend:
             key=wkey, kind="mlc-weights", backend="mlc", image="mlc",
             params={"quant": cell.quant, "model_name": model.name, "options": opts},
             parents=dict(reference), publish=f"mlc/{model.name}-{cell.quant}-MLC",
-            unavailable=config.unsupported() if config else None)
+            unavailable=config.unsupported() if config else None,
+            outputs=("tensor-cache.json", "params_shard_*.bin", "mlc-chat-config.json"))
         ctx = opts["context_window_size"]
         default_ctx = (model.config or {}).get("max_position_embeddings")
         ctx_suffix = "" if ctx == default_ctx else f"-ctx{ctx}"
         lib_opts = {k: opts[k] for k in ("context_window_size", "prefill_chunk_size")}
         compiled = self._compile_node(cell, model, config, lib_opts, ctx_suffix, weights.unavailable)
+        lib_stem = f"{model.name}-{cell.quant}{ctx_suffix}-{cell.target}"
         lib = NodeDef(
             key=f"{model.name}.mlc.{cell.quant}.lib.{cell.target}", kind="mlc-lib", backend="mlc", image="mlc",
             params={"quant": cell.quant, "target": cell.target, "model_name": model.name,
-                    "lib_stem": f"{model.name}-{cell.quant}{ctx_suffix}-{cell.target}", "options": lib_opts},
+                    "lib_stem": lib_stem, "options": lib_opts},
             parents={"weights": wkey, "compiled": compiled.key, **reference}, publish="mlc/libs",
-            unavailable=weights.unavailable)
+            unavailable=weights.unavailable, outputs=(lib_file_name(lib_stem, cell.target),))
         return [weights, compiled, lib]
 
     @staticmethod
@@ -101,7 +109,8 @@ class MlcBackend:
             backend="mlc", image="mlc", uses_model=False, publish=None, unavailable=unavailable,
             # "quantization", not "quant": verification thresholds are no input of a compile
             params={"quantization": cell.quant, "target": cell.target, "architecture": arch, "model_config": lib_config,
-                    "config_sha": sha, "lib_stem": stem, "options": lib_opts})
+                    "config_sha": sha, "lib_stem": stem, "options": lib_opts},
+            outputs=(lib_file_name(stem, cell.target), "library.json"))
 
     def steps(self, kind: str):
         from builders.backends.mlc import steps

@@ -102,9 +102,9 @@ COMPILED_JSON = "library.json"  # what an mlc-compile node records next to its l
 
 
 def lib_file(ctx: NodeContext) -> Path:
-    t = TARGETS[ctx.params["target"]]
-    suffix = "tar" if t.suffix in ("tar", "dylib", "wasm") else t.suffix  # objects; links deferred
-    return ctx.out / f"{ctx.params['lib_stem']}.{suffix}"
+    from builders.backends.mlc import lib_file_name  # the name the node declares as its output
+
+    return ctx.out / lib_file_name(ctx.params["lib_stem"], ctx.params["target"])
 
 
 def _library_result(ctx: NodeContext, record: dict) -> None:
