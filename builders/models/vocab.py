@@ -54,7 +54,7 @@ class Vocab:
 VOCABS: dict[str, Vocab] = {
     "llama-bpe": Vocab(
         "llama-bpe", "bpe", "<|begin_of_text|>", "<|end_of_text|>", True, LLAMA3_SPLIT, ignore_merges=True,
-        config={"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": True,
+        config={"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
                 "model_max_length": 131072},
         model="Llama 3 (BPE, 128256 tokens)"),
     "qwen2": Vocab(
