@@ -53,7 +53,7 @@ class GgufBackend:
     # llama.cpp runs the same file on all of these; webgpu and the ANE are not llama.cpp targets
     targets = ("cpu", "cuda", "vulkan", "vulkan-windows", "android", "iphone", "metal", "metal_x86_64")
     archs = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
-    code = ("backends/gguf.py",)
+    code = ("backends/gguf.py", "verify/tokenizer_check.py")
 
     def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
         out = dict(OPTIONS)
@@ -87,9 +87,9 @@ class GgufBackend:
 
     def steps(self, kind: str):
         if kind == "gguf-convert":
-            return [("convert", step_convert), ("verify", step_verify)]
+            return [("convert", step_convert), ("verify", step_verify), ("verify_tokenizer", step_verify_tokenizer)]
         if kind == "gguf-quantize":
-            return [("quantize", step_quantize), ("verify", step_verify)]
+            return [("quantize", step_quantize), ("verify", step_verify), ("verify_tokenizer", step_verify_tokenizer)]
         raise NodeFailed(f"gguf backend has no node kind '{kind}'")
 
 
@@ -186,6 +186,32 @@ def step_verify(ctx: NodeContext) -> None:
     figures = evaluate(ctx.inputs["reference"], forward)
     ctx.result["verification"] = verdict(figures, ctx.params.get("thresholds"))
     ctx.log("verify: " + ", ".join(f"{k}={v:.4g}" for k, v in figures.items() if isinstance(v, float)))
+
+
+def tokenizer_result(path: Path, reference_dir: Path) -> dict:
+    """llama.cpp's tokenizer on the file (vocab only): add_special as llama.cpp decides from the file's
+    tokenizer.ggml.add_bos_token / pre-tokenizer defaults, no parsing of special-token text."""
+    from llama_cpp import Llama  # noqa: PLC0415
+
+    from builders.verify import tokenizer_check  # noqa: PLC0415
+
+    vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    meta = vocab.metadata
+    result = tokenizer_check.check(
+        reference_dir, lambda text: vocab.tokenize(text.encode("utf-8"), add_bos=True, special=False),
+        vocab.token_bos() if vocab.token_bos() >= 0 else None, [vocab.token_eos()],
+        f"llama.cpp vocab_only on {path.name}")
+    result["file"] = {k: meta.get(f"tokenizer.ggml.{k}") for k in ("model", "pre", "add_bos_token", "add_eos_token",
+                                                                  "bos_token_id", "eos_token_id")}
+    return result
+
+
+def step_verify_tokenizer(ctx: NodeContext) -> None:
+    from builders.verify import tokenizer_check  # noqa: PLC0415
+
+    result = tokenizer_result(_gguf_file(ctx.out), ctx.inputs["reference"])
+    ctx.result["verification"] = tokenizer_check.merge(ctx.result.get("verification"), result)
+    ctx.log("verify_tokenizer: " + ("ok" if result["passed"] else "; ".join(result["failures"])))
 
 
 BACKEND = GgufBackend()

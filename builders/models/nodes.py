@@ -1,6 +1,9 @@
 """The internal `model` backend: node kinds that make a model and its reference logits.
 
     tiny-model  params {"arch", "train_steps"}  steps corpus, tokenizer, train, save  -> HF model dir
+    tiny-vocab-model  params {"arch", "vocab"}     steps tokenizer, weights             -> HF model dir
+                (a real vocabulary rebuilt from llama.cpp's ggml-vocab GGUF: runs in the gguf image,
+                which keeps those files; random peaked weights, see tiny.VOCAB_ARCHS)
     reference   inputs {"model"}                step  logits                          -> reference.npz/json
 
 The planner builds these nodes itself with `tiny_node()` and `reference_node()`; `expand()` is never
@@ -17,11 +20,16 @@ from builders.errors import NodeFailed
 from builders.models import tiny
 
 IMAGE = "base"
+VOCAB_IMAGE = "gguf"  # keeps llama.cpp's ggml-vocab-*.gguf + .inp/.out at /opt/llama.cpp/models
 
 
 def tiny_node(arch: str, train_steps: int = tiny.TRAIN_STEPS) -> NodeDef:
     """The node generating `tiny:<arch>` (raises ModelError for an unknown arch)."""
     tiny.tiny_config(arch)
+    if arch in tiny.VOCAB_ARCHS:
+        return NodeDef(key=f"tiny-{arch}.model", kind="tiny-vocab-model", backend="model", image=VOCAB_IMAGE,
+                       params={"arch": arch, "vocab": tiny.VOCAB_ARCHS[arch].vocab}, publish=None,
+                       uses_model=False)
     return NodeDef(key=f"tiny-{arch}.model", kind="tiny-model", backend="model", image=IMAGE,
                    params={"arch": arch, "train_steps": train_steps}, publish=None, uses_model=False,
                    outputs=("config.json", "*.safetensors", "tokenizer.model", "tokenizer.json"))
@@ -49,6 +57,27 @@ def _arch(ctx: NodeContext) -> str:
     if arch not in tiny.TINY_ARCHS:
         raise NodeFailed(f"params.arch {arch!r}: not a tiny architecture ({', '.join(tiny.TINY_ARCHS)})")
     return arch
+
+
+def _vocab_arch(ctx: NodeContext) -> str:
+    arch = ctx.params.get("arch")
+    if arch not in tiny.VOCAB_ARCHS:
+        raise NodeFailed(f"params.arch {arch!r}: not a real-vocabulary tiny model ({', '.join(tiny.VOCAB_ARCHS)})")
+    return arch
+
+
+def step_vocab_tokenizer(ctx: NodeContext) -> None:
+    info = tiny.write_vocab_tokenizer(_vocab_arch(ctx), ctx.out)
+    ctx.result["tokenizer"] = info
+    ctx.log(f"tokenizer {info['vocab']}: {info['size']} tokens, {info['tests']} llama.cpp test strings agree "
+            f"({', '.join(info['encoders'])})")
+
+
+def step_vocab_weights(ctx: NodeContext) -> None:
+    ctx.result["weights"] = tiny.write_vocab_weights(_vocab_arch(ctx), ctx.work, ctx.out)
+    from builders.verify.reference import tool_versions
+
+    ctx.result["tool_versions"] = tool_versions()
 
 
 def step_corpus(ctx: NodeContext) -> None:
@@ -87,6 +116,7 @@ def step_logits(ctx: NodeContext) -> None:
 STEPS: dict[str, list[tuple[str, Callable[[NodeContext], None]]]] = {
     "tiny-model": [("corpus", step_corpus), ("tokenizer", step_tokenizer), ("train", step_train),
                    ("save", step_save)],
+    "tiny-vocab-model": [("tokenizer", step_vocab_tokenizer), ("weights", step_vocab_weights)],
     "reference": [("logits", step_logits)],
 }
 
@@ -97,7 +127,7 @@ class ModelBackend:
     quants: Mapping[str, Any] = {}
     targets: tuple[str, ...] = ()
     archs: tuple[str, ...] = tuple(sorted(a.hf_arch for a in tiny.TINY_ARCHS.values()))
-    code: tuple[str, ...] = ("models/corpus.py", "models/tiny.py", "models/nodes.py",
+    code: tuple[str, ...] = ("models/corpus.py", "models/tiny.py", "models/vocab.py", "models/nodes.py",
                              "verify/prompts.py", "verify/reference.py", "verify/metrics.py")
 
     def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:

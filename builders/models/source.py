@@ -35,12 +35,12 @@ def parse_source(source: str, name: str | None = None, revision: str | None = No
                  base: Path | None = None) -> ModelSource:
     source = source.strip()
     if source.startswith("tiny:"):
-        from builders.models.tiny import TINY_ARCHS
+        from builders.models.tiny import known_archs
 
         arch = source[5:]
-        if arch not in TINY_ARCHS:
+        if arch not in known_archs():
             raise ModelError(f"model '{source}': unknown tiny architecture '{arch}'; choose from "
-                             + ", ".join(f"tiny:{a}" for a in TINY_ARCHS))
+                             + ", ".join(f"tiny:{a}" for a in known_archs()))
         return ModelSource("tiny", _check_name(name or f"tiny-{arch}", "model name"), source, arch=arch)
     looks_local = source.startswith((".", "/", "~")) or (base is not None and (base / source).exists())
     if looks_local:

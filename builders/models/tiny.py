@@ -128,17 +128,68 @@ TINY_ARCHS: dict[str, TinyArch] = {
 }
 
 
+@dataclass(frozen=True)
+class VocabArch:
+    """A tiny model with a real tokenizer vocabulary (builders/models/vocab.py): the architecture of
+    `base` (a TINY_ARCHS key) with the real model's vocab size and special ids; random peaked weights."""
+
+    base: str
+    vocab: str  # builders.models.vocab.VOCABS key
+    fields: dict[str, Any] = field(default_factory=dict)  # on top of the base arch
+    features: tuple[str, ...] = ()
+
+
+# Weights are random, not trained: a minute of training cannot teach a 128k-token LM head anything (each
+# token is seen a handful of times), while peaked random weights (PEAKED_INIT) give the sharp logits a
+# quantization check needs, in about a second and without the corpus (which the real tokenizers would
+# cut into other tokens than the tiny models' own).
+VOCAB_ARCHS: dict[str, VocabArch] = {
+    "llama3-vocab": VocabArch(
+        "llama", "llama-bpe",
+        {"vocab_size": 128256, "bos_token_id": 128000, "eos_token_id": 128001},
+        ("real_vocab:llama-bpe", "adds_bos", "ignore_merges")),
+    "qwen2-vocab": VocabArch(
+        "qwen2", "qwen2",
+        # as Qwen2: config vocab 151936 > the tokenizer's 151646 tokens; bos id set but no BOS added
+        {"vocab_size": 151936, "bos_token_id": 151643, "eos_token_id": 151643},
+        ("real_vocab:qwen2", "no_bos", "config_vocab_gt_tokenizer")),
+    "llama2-vocab": VocabArch(
+        "llama", "llama-spm",
+        {"vocab_size": 32000, "bos_token_id": 1, "eos_token_id": 2, "rope_theta": 10000.0, "rope_scaling": None,
+         "max_position_embeddings": 4096},
+        ("real_vocab:llama-spm", "adds_bos", "sentencepiece")),
+}
+
+# PEAKED_INIT: embeddings ~N(0, 0.15), every other matrix ~N(0, 1/fan_in), biases ~N(0, 0.02), layer
+# norms 1, final norm 3 - so logits spread over several units and top-1 is not a coin toss.
+EMBED_STD = 0.15
+BIAS_STD = 0.02
+FINAL_NORM = 3.0
+
+
+def known_archs() -> list[str]:
+    return [*TINY_ARCHS, *VOCAB_ARCHS]
+
+
 def _arch(arch: str) -> TinyArch:
+    if arch in VOCAB_ARCHS:
+        return TINY_ARCHS[VOCAB_ARCHS[arch].base]
     if arch not in TINY_ARCHS:
         raise ModelError(f"model source 'tiny:{arch}': unknown tiny architecture; "
-                         f"use one of {', '.join('tiny:' + a for a in TINY_ARCHS)}")
+                         f"use one of {', '.join('tiny:' + a for a in known_archs())}")
     return TINY_ARCHS[arch]
 
 
 def tiny_config(arch: str) -> dict:
     """The config.json content of `tiny:<arch>` (exactly what generate() writes)."""
     a = _arch(arch)
-    return {"architectures": [a.hf_arch], "model_type": a.model_type, **COMMON, **a.fields}
+    extra = VOCAB_ARCHS[arch].fields if arch in VOCAB_ARCHS else {}
+    return {"architectures": [a.hf_arch], "model_type": a.model_type, **COMMON, **a.fields, **extra}
+
+
+def generation_config(arch: str) -> dict:
+    cfg = tiny_config(arch)
+    return {**GENERATION_CONFIG, "bos_token_id": cfg["bos_token_id"], "eos_token_id": cfg["eos_token_id"]}
 
 
 GENERATION_CONFIG = {"bos_token_id": 1, "eos_token_id": 2, "do_sample": False}
@@ -325,7 +376,64 @@ def save(arch: str, state_file: Path, out: Path) -> None:
     os.chmod(out / "model.safetensors", 0o644)  # save_pretrained creates it owner-only
     # config.json and generation_config.json from our tables: no version string, sorted keys
     write_json(out / "config.json", tiny_config(arch))
-    write_json(out / "generation_config.json", GENERATION_CONFIG)
+    write_json(out / "generation_config.json", generation_config(arch))
+
+
+def peaked_init(model) -> None:
+    """PEAKED_INIT on a built model, in the fixed order of its parameter names (seeded generator)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+            if name.endswith("norm.weight"):
+                p.fill_(FINAL_NORM if name == "model.norm.weight" else 1.0)
+            elif name.endswith(".bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * BIAS_STD)
+            elif "embed_tokens" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * EMBED_STD)
+            elif p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=gen) / p.shape[1] ** 0.5)
+            else:
+                raise NodeFailed(f"peaked init: parameter {name} {tuple(p.shape)} has no rule")
+
+
+def write_vocab_weights(arch: str, work: Path, out: Path) -> dict:
+    """Random peaked weights of a VOCAB_ARCHS model, saved like a trained one (config, generation config)."""
+    torch = _deterministic_torch()
+    model = build_model(arch)
+    peaked_init(model)
+    state = Path(work) / "state.pt"
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, state)
+    save(arch, state, out)
+    return {"init": "peaked random", "embed_std": EMBED_STD, "final_norm": FINAL_NORM, "seed": SEED,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def generate_vocab(arch: str, out: Path, work: Path | None = None) -> dict:
+    """A VOCAB_ARCHS model dir: the real tokenizer files (checked against llama.cpp's ids) + weights."""
+    import tempfile
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = write_vocab_tokenizer(arch, out)
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = write_vocab_weights(arch, Path(work or tmp), out)
+    return {"tokenizer": tok, "weights": figures}
+
+
+def write_vocab_tokenizer(arch: str, out: Path) -> dict:
+    """The real tokenizer files of a VOCAB_ARCHS model; fails unless every encoder agrees with llama.cpp."""
+    from builders.models import vocab
+
+    name = VOCAB_ARCHS[arch].vocab
+    info = vocab.write(name, out)
+    report = vocab.check(out, name)
+    bad = {enc: texts for enc, texts in report["mismatches"].items() if texts}
+    if bad:
+        raise NodeFailed(f"rebuilt {name} tokenizer disagrees with llama.cpp's ids on "
+                         + "; ".join(f"{enc}: {len(t)}/{report['tests']} (first {t[0]!r})" for enc, t in bad.items()))
+    return {**info, "tests": report["tests"], "encoders": sorted(report["mismatches"])}
 
 
 def train_pinned(arch: str, corpus_txt: Path, tokenizer_model: Path, state_out: Path,
@@ -350,6 +458,8 @@ def generate(arch: str, out: Path, steps: int = TRAIN_STEPS, work: Path | None =
     import tempfile
 
     _arch(arch)
+    if arch in VOCAB_ARCHS:
+        return generate_vocab(arch, out, work)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -59,6 +59,21 @@ class Tokenizer:
         except (RuntimeError, OSError):
             return False
 
+    def __len__(self) -> int:
+        """Ids this tokenizer has (a model's config vocab may be larger: Qwen2 151936 vs 151646)."""
+        return self.sp.get_piece_size() if self.kind == "sentencepiece" else len(self.hf)
+
+    def specials(self) -> dict:
+        """BOS/EOS ids and whether encode() adds them: what every artifact's tokenizer must reproduce."""
+        if self.kind == "sentencepiece":
+            bos, eos = self.sp.bos_id(), self.sp.eos_id()
+            bos, eos = (bos if bos >= 0 else None), (eos if eos >= 0 else None)
+        else:
+            bos, eos = self.hf.bos_token_id, self.hf.eos_token_id
+        probe = self.encode("a")
+        return {"bos_token_id": bos, "eos_token_id": eos, "adds_bos": bos is not None and probe[:1] == [bos],
+                "adds_eos": eos is not None and probe[-1:] == [eos], "size": len(self)}
+
     def encode(self, text: str) -> list[int]:
         """Token ids with BOS (when the tokenizer has one)."""
         if self.kind == "sentencepiece":
@@ -93,15 +108,17 @@ def load_model(model_dir: Path):
     return model
 
 
-def greedy(model, ids: list[int], steps: int) -> list[int]:
-    """`steps` greedy tokens after ids (KV cache; never stops early)."""
+def greedy(model, ids: list[int], steps: int, n_ids: int | None = None) -> list[int]:
+    """`steps` greedy tokens after ids (KV cache; never stops early). With n_ids, the arg-max is taken
+    over ids < n_ids only: a config vocab larger than the tokenizer has rows (padding) whose ids the
+    tokenizer cannot decode, and no artifact's runtime would sample them."""
     import torch
 
     out, past, feed = [], None, torch.tensor([ids])
     for _ in range(steps):
         res = model(input_ids=feed, past_key_values=past, use_cache=True)
         past = res.past_key_values
-        nxt = int(res.logits[0, -1].argmax())
+        nxt = int(res.logits[0, -1, :n_ids].argmax())
         out.append(nxt)
         feed = torch.tensor([[nxt]])
     return out
@@ -124,12 +141,14 @@ def compute_reference(model_dir: Path, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(model_dir)
     model = load_model(model_dir)
+    config_vocab = int(model.config.vocab_size)
+    n_ids = len(tok) if len(tok) < config_vocab else None
     arrays: dict[str, np.ndarray] = {}
     entries = []
     with torch.no_grad():
         for i, text in enumerate(prompts.PROMPTS):
             ids = tok.encode(text)
-            cont = greedy(model, ids, prompts.DECODE_STEPS)
+            cont = greedy(model, ids, prompts.DECODE_STEPS, n_ids)
             tokens = ids + cont
             arrays[f"tokens_{i}"] = np.asarray(tokens, dtype=np.int32)
             arrays[f"prompt_len_{i}"] = np.asarray(len(ids), dtype=np.int32)
@@ -148,6 +167,10 @@ def compute_reference(model_dir: Path, out: Path) -> dict:
         "text_tokens": len(text_ids),
         "ppl": round(perplexity(arrays["text_logits"], arrays["text_tokens"]), 6),
         "tokenizer": tok.kind,
+        "tokenizer_specials": tok.specials(),
+        # greedy decode took the arg-max over the ids the tokenizer has (null: the whole config vocab)
+        "greedy_argmax_ids": n_ids,
+        "config_vocab_size": config_vocab,
         "dtype": "float32",
         "attn_implementation": "eager",
         "threads": THREADS,

@@ -187,6 +187,10 @@ def step_test(ctx: NodeContext) -> None:
         from builders.backends.coreml import macos
 
         ver["checks"]["coreml_smoke"] = macos.smoke(ctx.out, layout, load_reference(ctx.inputs["reference"]))
+    from builders.backends.coreml.meta import tokenizer_result
+    from builders.verify import tokenizer_check
+
+    ver = tokenizer_check.merge(ver, tokenizer_result(ctx.out, ctx.inputs["reference"]))
     ctx.result["verification"] = ver
     ctx.log("test: " + ", ".join(f"{k}={v:.4g}" for k, v in figures.items() if isinstance(v, float)))
 

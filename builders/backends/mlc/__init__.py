@@ -46,7 +46,7 @@ class MlcBackend:
     quants = {code: describe(code) for code in QUANTS}
     targets = ("cpu", "cuda", "vulkan", "vulkan-windows", "android", "iphone", "metal", "metal_x86_64", "webgpu")
     archs = tuple(ARCHS)
-    code = ("backends/mlc",)
+    code = ("backends/mlc", "verify/tokenizer_check.py")
 
     def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
         out = {k: default for k, (_, default, _, _) in OPTIONS.items()}

@@ -36,14 +36,28 @@ def tokenizer_info(model_dir: Path) -> dict:
     return {"token_postproc_method": method, "prepend_space_in_encode": False, "strip_space_in_decode": False}
 
 
+def tokenizer_adds_bos(model_dir: Path, bos: int | None) -> bool:
+    """Whether the model's own tokenizer starts an encoded text with BOS - read from its behaviour, not
+    from the architecture or a config's bos_token_id (Qwen2 sets one but never adds it): tokenizer.json
+    is run on a probe text with add_special_tokens=True; a SentencePiece-only tokenizer adds BOS unless
+    tokenizer_config.json says add_bos_token: false (transformers' LlamaTokenizer default)."""
+    if bos is None:
+        return False
+    if (model_dir / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        ids = Tokenizer.from_file(str(model_dir / "tokenizer.json")).encode("a", add_special_tokens=True).ids
+        return ids[:1] == [int(bos)]
+    return bool(_load(model_dir / "tokenizer_config.json").get("add_bos_token", True))
+
+
 def chat_config(model_dir: Path, hf: dict, c: ModelConfig, q: MlcQuant, conv_template: str | None) -> dict:
     arch = ARCHS[hf["architectures"][0]]
     gen = _load(model_dir / "generation_config.json")
-    tok_cfg = _load(model_dir / "tokenizer_config.json")
     bos = gen.get("bos_token_id", hf.get("bos_token_id"))
     eos = _ids(gen.get("eos_token_id", hf.get("eos_token_id")))
     pad = gen.get("pad_token_id", hf.get("pad_token_id"))
-    add_bos = tok_cfg.get("add_bos_token", bos is not None)
+    add_bos = tokenizer_adds_bos(model_dir, bos)
     sampling = {k: gen.get(k, v) for k, v in SAMPLING_DEFAULTS.items() if k != "repetition_penalty"}
     sampling["repetition_penalty"] = gen.get("repetition_penalty", 1.0)
     model_config = {k: v for k, v in c.to_dict().items()}

@@ -1,6 +1,6 @@
 """Run side of the mlc backend: the steps of `mlc-weights` and `mlc-lib` nodes (inside the mlc image).
 
-mlc-weights: convert_weight -> gen_config -> verify_quant
+mlc-weights: convert_weight -> gen_config -> verify_quant -> verify_tokenizer
 mlc-compile: compile (from the architecture + config in the params; reads no model)
 mlc-lib:     library (the compiled library under the model's name) -> verify
 """
@@ -94,6 +94,28 @@ def step_verify_quant(ctx: NodeContext) -> None:
     ctx.result["verification"] = {"passed": not failures, "checks": {"quantization": summary},
                                   "thresholds": {"max_err_over_bound": 1.0}, "failures": failures}
     ctx.log(f"verify_quant: {len(checks)} tensors, worst error/bound {worst:.3f}")
+
+
+def step_verify_tokenizer(ctx: NodeContext) -> None:
+    """The shipped tokenizer files + mlc-chat-config.json (conversation prefix ids, bos/eos) tokenize the
+    reference texts as the original model's tokenizer does (builders/verify/tokenizer_check.py)."""
+    from builders.verify import tokenizer_check
+
+    ctx.result["verification"] = tokenizer_check.merge(ctx.result.get("verification"), tokenizer_result(ctx.out, ctx.inputs["reference"]))
+    ctx.log("verify_tokenizer: " + ("ok" if ctx.result["verification"]["checks"]["tokenizer"]["passed"]
+                                    else "; ".join(ctx.result["verification"]["checks"]["tokenizer"]["failures"])))
+
+
+def tokenizer_result(weights_dir: Path, reference_dir: Path) -> dict:
+    """What MLC's runtime feeds for a prompt: the conversation's system_prefix_token_ids, then the
+    tokenizer (tokenizer.json, else tokenizer.model) without special tokens; stop = stop ids + eos."""
+    from builders.verify import tokenizer_check
+
+    cfg = json.loads((weights_dir / "mlc-chat-config.json").read_text())
+    prefix = cfg["conv_template"].get("system_prefix_token_ids") or []
+    stop = list(cfg["conv_template"].get("stop_token_ids") or []) + tokenizer_check.ids_of(cfg.get("eos_token_id"))
+    return tokenizer_check.check(reference_dir, tokenizer_check.hf_files_encoder(weights_dir, prefix),
+                                 cfg.get("bos_token_id"), stop, "mlc-chat-config.json + " + ", ".join(cfg["tokenizer_files"]))
 
 
 # ---- mlc-lib --------------------------------------------------------------------------------------
@@ -227,7 +249,7 @@ def _verify_cpu(ctx: NodeContext, path: Path) -> None:
 
 STEPS = {
     "mlc-weights": [("convert_weight", step_convert_weight), ("gen_config", step_gen_config),
-                    ("verify_quant", step_verify_quant)],
+                    ("verify_quant", step_verify_quant), ("verify_tokenizer", step_verify_tokenizer)],
     "mlc-compile": [("compile", step_compile)],
     "mlc-lib": [("library", step_library), ("verify", step_verify)],
 }
