@@ -42,11 +42,37 @@ def expected(layout: Layout) -> dict[str, dict]:
     chunk_io = (["hidden_states", "position_ids", "causal_mask", "current_pos"], ["output_hidden_states"], ["kv_cache"])
     head_out = ["argmax_idx", "argmax_val"] if layout.argmax else [f"logits{i + 1}" for i in range(layout.splits)]
     n = layout.names
-    exp = {n["embeddings"]: {"functions": {"main": (["input_ids"], ["hidden_states"], [])}, "lut": layout.lut("lut1")},
-           n["lm_head"]: {"functions": {"main": (["hidden_states"], head_out, [])}, "lut": layout.lut("lut3")}}
+    exp = {n["embeddings"]: {"functions": {"main": (["input_ids"], ["hidden_states"], [])}, "lut": layout.lut("lut1"),
+                             "op_types": ("gather",)},
+           n["lm_head"]: {"functions": {"main": (["hidden_states"], head_out, [])}, "lut": layout.lut("lut3"),
+                          "op_types": ("conv",)}}
     for name in n["ffn_pf"]:
-        exp[name] = {"functions": {"infer": chunk_io, "prefill": chunk_io}, "lut": layout.lut("lut2")}
+        exp[name] = {"functions": {"infer": chunk_io, "prefill": chunk_io}, "lut": layout.lut("lut2"),
+                     "op_types": ("conv",)}
     return exp
+
+
+WEIGHT_INPUT = {"conv": "weight", "gather": "x"}  # the input of each palettized op type that holds the weight
+
+
+def unpalettized(pkg: milrun.Package, op_types: tuple[str, ...]) -> list[str]:
+    """Every weight of an op of `op_types` (in any function) that is not the output of a
+    constexpr_lut_to_dense op: coremltools skips a weight it cannot palettize (e.g. rows not a multiple
+    of the group size) with only a log warning, so a LUT part is checked weight by weight."""
+    out = []
+    for fname in pkg.functions:
+        block, _ = pkg.block(fname)
+        producers = {o.name: op for op in block.operations for o in op.outputs}
+        for op in block.operations:
+            if op.type not in op_types:
+                continue
+            (arg,) = op.inputs[WEIGHT_INPUT[op.type]].arguments
+            src = producers.get(arg.name) if arg.name else None
+            if src is None or src.type != "constexpr_lut_to_dense":
+                shape = "x".join(str(d.constant.size) for d in (src.outputs[0].type.tensorType.dimensions if src else []))
+                out.append(f"{fname}:{op.type} {op.outputs[0].name} weight {arg.name or '(immediate)'}"
+                           + (f" [{shape}]" if shape else ""))
+    return out
 
 
 def spec_check(path: Path, want: dict) -> tuple[dict, list[str]]:
@@ -79,6 +105,11 @@ def spec_check(path: Path, want: dict) -> tuple[dict, list[str]]:
     if lut is not None:
         if not luts:
             failures.append(f"{path.name}: LUT {lut.code} asked but no constexpr_lut_to_dense op")
+        left = unpalettized(pkg, want.get("op_types", ("conv",)))
+        facts["unpalettized"] = left
+        if luts and left:
+            failures.append(f"{path.name}: LUT {lut.code} asked but {len(left)} weight(s) stayed fp16: {'; '.join(left[:4])}"
+                            + (" ..." if len(left) > 4 else ""))
         for name, (indices, table) in luts.items():
             bits, group = lut_geometry(indices, table)
             if (bits, group) != (lut.bits, min(lut.group_size, indices.shape[0])):

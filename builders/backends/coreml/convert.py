@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from builders.backends.coreml import parts
-from builders.backends.coreml.options import Lut
+from builders.backends.coreml.options import Lut, lut_padding
 
 DEPLOYMENT_TARGET = "iOS18"
 KMEANS_WORKERS = 2
@@ -61,11 +61,12 @@ def _convert(module, example: tuple, inputs: list, outputs: list, states: list |
                       compute_precision=ct.precision.FLOAT16, convert_to="mlprogram", skip_model_load=True)
 
 
-def embeddings(src: Source, batch: int):
+def embeddings(src: Source, batch: int, lut: Lut | None = None):
     import coremltools as ct
     import torch
 
-    module = parts.Embeddings(src.state["model.embed_tokens.weight"])
+    table = src.state["model.embed_tokens.weight"]
+    module = parts.Embeddings(table, lut_padding(table.shape[0], lut))
     shape = ct.EnumeratedShapes(shapes=[[1, 1], [1, batch]], default=[1, 1])
     ml = _convert(module, (torch.zeros(1, 1, dtype=torch.int32),),
                   [ct.TensorType(name="input_ids", shape=shape, dtype=np.int32)],
@@ -73,12 +74,17 @@ def embeddings(src: Source, batch: int):
     return ml
 
 
-def lm_head(src: Source, splits: int, argmax: bool):
+def lm_head(src: Source, sizes: list[int] | int, argmax: bool, lut: Lut | None = None):
+    """The LM head split in parts of `sizes` rows (Layout.split_sizes; an int N: N near-equal parts), each
+    padded to the LUT group when it is not a multiple of it."""
     import coremltools as ct
     import torch
 
-    module = parts.LmHead(src.state["lm_head.weight"], splits, argmax)
-    names = ["argmax_idx", "argmax_val"] if argmax else [f"logits{i + 1}" for i in range(splits)]
+    weight = src.state["lm_head.weight"]
+    if isinstance(sizes, int):
+        sizes = [len(w) for w in torch.tensor_split(weight, sizes, dim=0)]
+    module = parts.LmHead(weight, sizes, argmax, lut.group_size if lut else 1)
+    names = ["argmax_idx", "argmax_val"] if argmax else [f"logits{i + 1}" for i in range(len(sizes))]
     ml = _convert(module, (torch.zeros(1, 1, src.cfg["hidden"], dtype=parts.DTYPE),),
                   [ct.TensorType(name="hidden_states", shape=(1, 1, src.cfg["hidden"]), dtype=np.float16)],
                   [ct.TensorType(name=n) for n in names])
