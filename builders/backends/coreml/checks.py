@@ -12,6 +12,7 @@ import numpy as np
 from builders.backends.coreml import milrun, runtime
 from builders.backends.coreml.layout import Layout
 from builders.backends.coreml.options import Lut
+from builders.errors import NodeFailed
 
 SPEC_VERSION_IOS18 = 9
 OPSET = "CoreML8"
@@ -169,6 +170,10 @@ def numerical(parts: runtime.Parts, reference: dict, layout: Layout) -> dict:
     continuation token) and of the perplexity text (prefill), compared with the transformers logits."""
     from builders.verify.metrics import compare, perplexity
 
+    longest = max(len(tokens) for tokens, _, _ in reference["prompts"])
+    if longest > layout.context:
+        raise NodeFailed(f"test: a reference prompt with its decode steps is {longest} tokens, longer than the "
+                         f"coreml option context={layout.context}; set context >= {longest}")
     if layout.argmax:
         return argmax_agreement(parts, reference, layout)
     refs_pre, arts_pre, refs_dec, arts_dec = [], [], [], []
@@ -181,7 +186,7 @@ def numerical(parts: runtime.Parts, reference: dict, layout: Layout) -> dict:
     figures = compare(ref_all, art_all)
     figures["prefill"] = compare(np.concatenate(refs_pre), np.concatenate(arts_pre))
     figures["decode"] = compare(np.concatenate(refs_dec), np.concatenate(arts_dec))
-    text = reference["text_tokens"][: layout.context - layout.batch]
+    text = reference["text_tokens"][: perplexity_tokens(layout.context, layout.batch)]
     s = runtime.Session(parts)
     text_art = s.logits(s.prefill(text))
     figures["ppl_ref"] = perplexity(reference["text_logits"][: len(text)], text)
@@ -189,6 +194,12 @@ def numerical(parts: runtime.Parts, reference: dict, layout: Layout) -> dict:
     figures["ppl_delta"] = figures["ppl_art"] - figures["ppl_ref"]
     figures["rel_l2"] = max(figures["rel_l2"], figures["prefill"]["rel_l2"], figures["decode"]["rel_l2"])
     return figures
+
+
+def perplexity_tokens(context: int, batch: int) -> int:
+    """Most tokens one prefill can take: whole batches of `batch` positions (the last one padded) that end
+    inside the context (context == batch: one batch)."""
+    return context // batch * batch
 
 
 def argmax_agreement(parts: runtime.Parts, reference: dict, layout: Layout) -> dict:
