@@ -205,3 +205,24 @@ def test_context_equal_to_batch_builds_and_verifies(tmp_path):
     too_long = {**reference, "prompts": [(text[:ctx + 1], 9, reference["text_logits"][:ctx + 1])]}
     with pytest.raises(NodeFailed, match=f"17 tokens, longer than the coreml option context={ctx}; set context >= 17"):
         checks.numerical(checks.load_parts(out, layout), too_long, layout)
+
+
+def test_luts_that_cannot_palettize_every_weight_fail_at_plan_time():
+    """A group size that does not divide a decoder-layer weight (k_proj of the tiny models has 128 rows)
+    is a one-line matrix error at expansion, before any conversion; so is an LM head LUT group too
+    large for one part."""
+    from builders.backends import get
+    from builders.backends.base import Cell, ModelRef
+    from builders.models.tiny import tiny_config
+
+    backend, config = get("coreml"), tiny_config("qwen2")
+    ref = ModelRef("tiny-qwen2", "tiny:qwen2", "tiny-abc1234", "d" * 64, config, config["architectures"][0])
+    for quant in options.QUANTS:  # every preset palettizes the tiny models
+        backend.expand(Cell("tiny-qwen2", "coreml", quant, "ane", backend.normalize_options({}, "w")), ref)
+    o = backend.normalize_options({"lut2": "4,256"}, "w")
+    with pytest.raises(options.MatrixError, match=r'lut2=4,256: k_proj has 128 output channels, not a multiple of '
+                                                  r'the LUT group size 256; .* e.g. lut2: "4,128"'):
+        backend.expand(Cell("tiny-qwen2", "coreml", "lut4", "ane", o), ref)
+    o = backend.normalize_options({"lut3": "6,20000"}, "w")
+    with pytest.raises(options.MatrixError, match="coreml lut3=6,20000: a LUT group of 20000 rows"):
+        backend.expand(Cell("tiny-qwen2", "coreml", "lut4", "ane", o), ref)

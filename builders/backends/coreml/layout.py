@@ -41,6 +41,7 @@ def layout_of(params: dict, model_dir: Path) -> Layout:
     o = params["options"]
     try:
         chunks = opt.resolve_chunks(config, o, params["luts"]["lut2"], f"node {params.get('model_name')}")
+        opt.check_ffn_lut(config, params["luts"]["lut2"], f"node {params.get('model_name')}")
         split_sizes = opt.lm_head_split_sizes(config["vocab_size"], opt.lut_of(params["luts"]["lut3"]))
     except MatrixError as e:
         raise NodeFailed(str(e)) from None

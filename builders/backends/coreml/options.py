@@ -248,6 +248,23 @@ def lm_head_split_sizes(vocab: int, lut: Lut | None, where: str = "coreml lut3")
     return sizes
 
 
+LAYER_WEIGHTS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # layer_shapes() order
+
+
+def check_ffn_lut(config: Mapping[str, Any], lut2: str | None, where: str) -> None:
+    """Every decoder-layer weight must split into whole LUT groups of output channels (coremltools would
+    leave it in fp16); unlike the embeddings and the LM head, these weights are not padded."""
+    lut = lut_of(lut2)
+    if lut is None:
+        return
+    for name, (rows, _) in zip(LAYER_WEIGHTS, layer_shapes(config)):
+        if rows % lut.group_size:
+            fit = max(g for g in range(1, lut.group_size) if all(r % g == 0 for r, _ in layer_shapes(config)))
+            raise MatrixError(f"{where}: coreml lut2={lut.code}: {name} has {rows} output channels, not a multiple "
+                              f"of the LUT group size {lut.group_size}; use a group size that divides every layer "
+                              f"weight, e.g. lut2: \"{lut.bits},{fit}\"")
+
+
 def lut_padding(rows: int, lut: Lut | None) -> int:
     """Zero rows to add below a weight of `rows` rows so that it can be palettized with `lut`."""
     return -rows % lut.group_size if lut else 0
