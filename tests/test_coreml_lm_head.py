@@ -226,3 +226,25 @@ def test_luts_that_cannot_palettize_every_weight_fail_at_plan_time():
     o = backend.normalize_options({"lut3": "6,20000"}, "w")
     with pytest.raises(options.MatrixError, match="coreml lut3=6,20000: a LUT group of 20000 rows"):
         backend.expand(Cell("tiny-qwen2", "coreml", "lut4", "ane", o), ref)
+
+
+def test_interpreted_lm_head_takes_many_rows_per_call_with_the_same_logits(small_head, tmp_path):
+    """Session.logits with lm_head_rows > 1 (the numpy interpreter, checks.load_parts) gives the logits of
+    one row per call (Core ML's [1, 1, H]), padded part included; an LM head that cannot take several
+    rows fails loudly instead of returning fewer logits."""
+    lut = options.Lut(6, 8)
+    head = tmp_path / "head.mlpackage"
+    convert.save(convert.lm_head(_head_src(small_head), [96, 100], False, lut), head)
+    fn = milrun.load(head)
+    hidden = np.random.RandomState(6).randn(70, 32).astype(np.float16)
+    one = runtime.Session(runtime.Parts(None, [], [], fn, 16, 16)).logits(hidden)
+    many = runtime.Session(runtime.Parts(None, [], [], fn, 16, 16, lm_head_rows=checks.LM_HEAD_ROWS)).logits(hidden)
+    assert one.shape == many.shape == (70, 196)
+    np.testing.assert_allclose(many, one, rtol=2e-3, atol=2e-3)  # fp16 outputs, summation order may differ
+    assert (many.argmax(1) == one.argmax(1)).all()
+
+    def fixed(inputs, state=None):  # an LM head that always answers one row
+        return fn({"hidden_states": inputs["hidden_states"][:, :1]})
+
+    with pytest.raises(ValueError, match="for 64 hidden state"):
+        runtime.Session(runtime.Parts(None, [], [], fixed, 16, 16, lm_head_rows=64)).logits(hidden)

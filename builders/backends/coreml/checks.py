@@ -15,6 +15,7 @@ from builders.backends.coreml.options import Lut
 from builders.errors import NodeFailed
 
 SPEC_VERSION_IOS18 = 9
+LM_HEAD_ROWS = 64  # hidden states per interpreted LM head call (one matrix product instead of 64)
 OPSET = "CoreML8"
 
 
@@ -162,7 +163,8 @@ def load_parts(out: Path, layout: Layout) -> runtime.Parts:
         embeddings=milrun.load(out / n["embeddings"]),
         infer=[milrun.load(out / name, "infer") for name in n["ffn_pf"]],
         prefill=[milrun.load(out / name, "prefill") for name in n["ffn_pf"]],
-        lm_head=milrun.load(out / n["lm_head"]), context=layout.context, batch=layout.batch, argmax=layout.argmax)
+        lm_head=milrun.load(out / n["lm_head"]), context=layout.context, batch=layout.batch, argmax=layout.argmax,
+        lm_head_rows=LM_HEAD_ROWS)
 
 
 def numerical(parts: runtime.Parts, reference: dict, layout: Layout) -> dict:
