@@ -42,6 +42,9 @@ class CoremlBackend:
         where = f"matrix.yaml backends.coreml.options / cells (for {cell.id})"
         config = dict(model.config or {})
         chunks = opt.resolve_chunks(config, options, luts["lut2"], where) if config else options["chunk"]
+        if config:  # LUTs that cannot palettize every weight fail here, not after the conversion
+            opt.check_ffn_lut(config, luts["lut2"], where)
+            opt.lm_head_split_sizes(config["vocab_size"], opt.lut_of(luts["lut3"]), f"{where}: coreml lut3")
         window = config.get("sliding_window")
         reason = None
         if window and config.get("use_sliding_window", True) and window < options["context"]:

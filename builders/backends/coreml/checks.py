@@ -12,8 +12,10 @@ import numpy as np
 from builders.backends.coreml import milrun, runtime
 from builders.backends.coreml.layout import Layout
 from builders.backends.coreml.options import Lut
+from builders.errors import NodeFailed
 
 SPEC_VERSION_IOS18 = 9
+LM_HEAD_ROWS = 64  # hidden states per interpreted LM head call (one matrix product instead of 64)
 OPSET = "CoreML8"
 
 
@@ -42,11 +44,37 @@ def expected(layout: Layout) -> dict[str, dict]:
     chunk_io = (["hidden_states", "position_ids", "causal_mask", "current_pos"], ["output_hidden_states"], ["kv_cache"])
     head_out = ["argmax_idx", "argmax_val"] if layout.argmax else [f"logits{i + 1}" for i in range(layout.splits)]
     n = layout.names
-    exp = {n["embeddings"]: {"functions": {"main": (["input_ids"], ["hidden_states"], [])}, "lut": layout.lut("lut1")},
-           n["lm_head"]: {"functions": {"main": (["hidden_states"], head_out, [])}, "lut": layout.lut("lut3")}}
+    exp = {n["embeddings"]: {"functions": {"main": (["input_ids"], ["hidden_states"], [])}, "lut": layout.lut("lut1"),
+                             "op_types": ("gather",)},
+           n["lm_head"]: {"functions": {"main": (["hidden_states"], head_out, [])}, "lut": layout.lut("lut3"),
+                          "op_types": ("conv",)}}
     for name in n["ffn_pf"]:
-        exp[name] = {"functions": {"infer": chunk_io, "prefill": chunk_io}, "lut": layout.lut("lut2")}
+        exp[name] = {"functions": {"infer": chunk_io, "prefill": chunk_io}, "lut": layout.lut("lut2"),
+                     "op_types": ("conv",)}
     return exp
+
+
+WEIGHT_INPUT = {"conv": "weight", "gather": "x"}  # the input of each palettized op type that holds the weight
+
+
+def unpalettized(pkg: milrun.Package, op_types: tuple[str, ...]) -> list[str]:
+    """Every weight of an op of `op_types` (in any function) that is not the output of a
+    constexpr_lut_to_dense op: coremltools skips a weight it cannot palettize (e.g. rows not a multiple
+    of the group size) with only a log warning, so a LUT part is checked weight by weight."""
+    out = []
+    for fname in pkg.functions:
+        block, _ = pkg.block(fname)
+        producers = {o.name: op for op in block.operations for o in op.outputs}
+        for op in block.operations:
+            if op.type not in op_types:
+                continue
+            (arg,) = op.inputs[WEIGHT_INPUT[op.type]].arguments
+            src = producers.get(arg.name) if arg.name else None
+            if src is None or src.type != "constexpr_lut_to_dense":
+                shape = "x".join(str(d.constant.size) for d in (src.outputs[0].type.tensorType.dimensions if src else []))
+                out.append(f"{fname}:{op.type} {op.outputs[0].name} weight {arg.name or '(immediate)'}"
+                           + (f" [{shape}]" if shape else ""))
+    return out
 
 
 def spec_check(path: Path, want: dict) -> tuple[dict, list[str]]:
@@ -79,6 +107,11 @@ def spec_check(path: Path, want: dict) -> tuple[dict, list[str]]:
     if lut is not None:
         if not luts:
             failures.append(f"{path.name}: LUT {lut.code} asked but no constexpr_lut_to_dense op")
+        left = unpalettized(pkg, want.get("op_types", ("conv",)))
+        facts["unpalettized"] = left
+        if luts and left:
+            failures.append(f"{path.name}: LUT {lut.code} asked but {len(left)} weight(s) stayed fp16: {'; '.join(left[:4])}"
+                            + (" ..." if len(left) > 4 else ""))
         for name, (indices, table) in luts.items():
             bits, group = lut_geometry(indices, table)
             if (bits, group) != (lut.bits, min(lut.group_size, indices.shape[0])):
@@ -130,7 +163,8 @@ def load_parts(out: Path, layout: Layout) -> runtime.Parts:
         embeddings=milrun.load(out / n["embeddings"]),
         infer=[milrun.load(out / name, "infer") for name in n["ffn_pf"]],
         prefill=[milrun.load(out / name, "prefill") for name in n["ffn_pf"]],
-        lm_head=milrun.load(out / n["lm_head"]), context=layout.context, batch=layout.batch, argmax=layout.argmax)
+        lm_head=milrun.load(out / n["lm_head"]), context=layout.context, batch=layout.batch, argmax=layout.argmax,
+        lm_head_rows=LM_HEAD_ROWS)
 
 
 def numerical(parts: runtime.Parts, reference: dict, layout: Layout) -> dict:
@@ -138,6 +172,10 @@ def numerical(parts: runtime.Parts, reference: dict, layout: Layout) -> dict:
     continuation token) and of the perplexity text (prefill), compared with the transformers logits."""
     from builders.verify.metrics import compare, perplexity
 
+    longest = max(len(tokens) for tokens, _, _ in reference["prompts"])
+    if longest > layout.context:
+        raise NodeFailed(f"test: a reference prompt with its decode steps is {longest} tokens, longer than the "
+                         f"coreml option context={layout.context}; set context >= {longest}")
     if layout.argmax:
         return argmax_agreement(parts, reference, layout)
     refs_pre, arts_pre, refs_dec, arts_dec = [], [], [], []
@@ -150,7 +188,7 @@ def numerical(parts: runtime.Parts, reference: dict, layout: Layout) -> dict:
     figures = compare(ref_all, art_all)
     figures["prefill"] = compare(np.concatenate(refs_pre), np.concatenate(arts_pre))
     figures["decode"] = compare(np.concatenate(refs_dec), np.concatenate(arts_dec))
-    text = reference["text_tokens"][: layout.context - layout.batch]
+    text = reference["text_tokens"][: perplexity_tokens(layout.context, layout.batch)]
     s = runtime.Session(parts)
     text_art = s.logits(s.prefill(text))
     figures["ppl_ref"] = perplexity(reference["text_logits"][: len(text)], text)
@@ -158,6 +196,12 @@ def numerical(parts: runtime.Parts, reference: dict, layout: Layout) -> dict:
     figures["ppl_delta"] = figures["ppl_art"] - figures["ppl_ref"]
     figures["rel_l2"] = max(figures["rel_l2"], figures["prefill"]["rel_l2"], figures["decode"]["rel_l2"])
     return figures
+
+
+def perplexity_tokens(context: int, batch: int) -> int:
+    """Most tokens one prefill can take: whole batches of `batch` positions (the last one padded) that end
+    inside the context (context == batch: one batch)."""
+    return context // batch * batch
 
 
 def argmax_agreement(parts: runtime.Parts, reference: dict, layout: Layout) -> dict:

@@ -14,39 +14,47 @@ from pathlib import Path
 import numpy as np
 
 from builders.backends.coreml import parts
-from builders.backends.coreml.options import Lut
+from builders.backends.coreml.options import Lut, lut_padding
+from builders.backends.coreml.weights import Weights
 
 DEPLOYMENT_TARGET = "iOS18"
 KMEANS_WORKERS = 2
 
 
 class Source:
-    """The HF checkpoint as tensors: config fields, weights (float32), rope tables for `context`."""
+    """The HF checkpoint for the conversion: config fields, its tensors (weights.Weights: read one at a
+    time from the safetensors files, no model instance) and the rope tables for `context` (from the
+    architecture's own rotary embedding module, built from the config alone)."""
 
     def __init__(self, model_dir: Path, context: int):
-        import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig
 
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        model.eval()
-        c = model.config
+        c = AutoConfig.from_pretrained(model_dir)
         self.config = c
         self.cfg = {"heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads or c.num_attention_heads,
                     "head_dim": getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
                     "eps": c.rms_norm_eps, "context": context, "hidden": c.hidden_size, "vocab": c.vocab_size,
                     "layers": c.num_hidden_layers}
-        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if "lm_head.weight" not in self.state:  # tied embeddings
-            self.state["lm_head.weight"] = self.state["model.embed_tokens.weight"]
-        with torch.no_grad():
-            pos = torch.arange(context).unsqueeze(0)
-            cos, sin = model.model.rotary_emb(torch.zeros(1, context, dtype=torch.float32), pos)
-        self.rope = (cos[0], sin[0])
+        self.state = Weights(model_dir)
+        self.rope = rope_tables(c, context)
 
     def layer(self, i: int) -> dict:
-        prefix = f"model.layers.{i}."
-        return {k[len(prefix):]: v for k, v in self.state.items() if k.startswith(prefix)}
+        return self.state.layer(i)
+
+
+def rope_tables(config, context: int):
+    """(cos, sin) [context, head_dim] in float32 from the architecture's RotaryEmbedding module (rope
+    scaling included), the same module transformers runs."""
+    import importlib
+
+    import torch
+
+    module = importlib.import_module(f"transformers.models.{config.model_type}.modeling_{config.model_type}")
+    (cls,) = [getattr(module, n) for n in dir(module) if n.endswith("RotaryEmbedding") and not n.startswith("_")]
+    with torch.no_grad():
+        pos = torch.arange(context).unsqueeze(0)
+        cos, sin = cls(config)(torch.zeros(1, context, dtype=torch.float32), pos)
+    return cos[0], sin[0]
 
 
 def _convert(module, example: tuple, inputs: list, outputs: list, states: list | None = None):
@@ -61,11 +69,12 @@ def _convert(module, example: tuple, inputs: list, outputs: list, states: list |
                       compute_precision=ct.precision.FLOAT16, convert_to="mlprogram", skip_model_load=True)
 
 
-def embeddings(src: Source, batch: int):
+def embeddings(src: Source, batch: int, lut: Lut | None = None):
     import coremltools as ct
     import torch
 
-    module = parts.Embeddings(src.state["model.embed_tokens.weight"])
+    table = src.state["model.embed_tokens.weight"]
+    module = parts.Embeddings(table, lut_padding(table.shape[0], lut))
     shape = ct.EnumeratedShapes(shapes=[[1, 1], [1, batch]], default=[1, 1])
     ml = _convert(module, (torch.zeros(1, 1, dtype=torch.int32),),
                   [ct.TensorType(name="input_ids", shape=shape, dtype=np.int32)],
@@ -73,12 +82,17 @@ def embeddings(src: Source, batch: int):
     return ml
 
 
-def lm_head(src: Source, splits: int, argmax: bool):
+def lm_head(src: Source, sizes: list[int] | int, argmax: bool, lut: Lut | None = None):
+    """The LM head split in parts of `sizes` rows (Layout.split_sizes; an int N: N near-equal parts), each
+    padded to the LUT group when it is not a multiple of it."""
     import coremltools as ct
     import torch
 
-    module = parts.LmHead(src.state["lm_head.weight"], splits, argmax)
-    names = ["argmax_idx", "argmax_val"] if argmax else [f"logits{i + 1}" for i in range(splits)]
+    weight = src.state["lm_head.weight"]
+    if isinstance(sizes, int):
+        sizes = [len(w) for w in torch.tensor_split(weight, sizes, dim=0)]
+    module = parts.LmHead(weight, sizes, argmax, lut.group_size if lut else 1)
+    names = ["argmax_idx", "argmax_val"] if argmax else [f"logits{i + 1}" for i in range(len(sizes))]
     ml = _convert(module, (torch.zeros(1, 1, src.cfg["hidden"], dtype=parts.DTYPE),),
                   [ct.TensorType(name="hidden_states", shape=(1, 1, src.cfg["hidden"]), dtype=np.float16)],
                   [ct.TensorType(name=n) for n in names])

@@ -4,7 +4,6 @@ chunks and their layers, LM head splits, file names. Every step recomputes it (n
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,17 +24,16 @@ class Layout:
     batch: int
     prefix: str
     argmax: bool
-    splits: int  # LM head outputs
+    split_sizes: list  # vocab rows per LM head output (options.lm_head_split_sizes)
     names: dict  # options.file_names()
 
     def lut(self, part: str) -> opt.Lut | None:
         return opt.lut_of(self.luts[part])
 
     @property
-    def split_sizes(self) -> list[int]:
-        vocab = self.config["vocab_size"]
-        base, extra = divmod(vocab, self.splits)
-        return [base + (1 if i < extra else 0) for i in range(self.splits)]
+    def splits(self) -> int:
+        """Number of LM head outputs."""
+        return len(self.split_sizes)
 
 
 def layout_of(params: dict, model_dir: Path) -> Layout:
@@ -43,10 +41,11 @@ def layout_of(params: dict, model_dir: Path) -> Layout:
     o = params["options"]
     try:
         chunks = opt.resolve_chunks(config, o, params["luts"]["lut2"], f"node {params.get('model_name')}")
+        opt.check_ffn_lut(config, params["luts"]["lut2"], f"node {params.get('model_name')}")
+        split_sizes = opt.lm_head_split_sizes(config["vocab_size"], opt.lut_of(params["luts"]["lut3"]))
     except MatrixError as e:
         raise NodeFailed(str(e)) from None
     prefix = o.get("prefix") or config.get("model_type", "model")
-    splits = max(1, math.ceil(config["vocab_size"] / opt.LM_HEAD_SPLIT_MAX))
     return Layout(config, dict(params["luts"]), chunks, opt.chunk_layers(config["num_hidden_layers"], chunks),
-                  o["context"], o["batch"], prefix, bool(o.get("argmax")), splits,
+                  o["context"], o["batch"], prefix, bool(o.get("argmax")), split_sizes,
                   opt.file_names(prefix, params["luts"], chunks))

@@ -276,6 +276,10 @@ class Function:
                 self._consts[op.outputs[0].name] = package.value(op.attributes["val"])
             elif op.type.startswith("constexpr_"):
                 self._consts[op.outputs[0].name] = self._run_op(op, self._consts, None)
+        # fp16 weights (dequantized LUTs included) are kept as float32 once, instead of being converted in
+        # every op call: exact (fp16 -> fp32 loses nothing), and every op rounds its result to its dtype
+        self._consts = {k: v.astype(np.float32) if isinstance(v, np.ndarray) and v.dtype == np.float16 else v
+                        for k, v in self._consts.items()}
 
     def new_state(self) -> dict[str, np.ndarray]:
         return {n: np.zeros(shape, dtype) for n, (shape, dtype) in self.states.items()}

@@ -16,6 +16,10 @@ CHUNK_OVERHEAD = 1.10  # the estimate adds 10% to the raw weight bytes (headers,
 PARTS = ("lut1", "lut2", "lut3")  # embeddings, FFN/prefill, LM head (ANEMLL's --lut1/--lut2/--lut3)
 PART_NAMES = {"lut1": "embeddings", "lut2": "FFN/prefill", "lut3": "LM head"}
 LM_HEAD_SPLIT_MAX = 16384  # vocab rows per LM head output (ANE tensor dimension limit)
+# fp16 elements in 64 bytes. The Neural Engine keeps the last axis of a buffer contiguous and aligned to
+# 64 bytes (Apple, "Deploying Transformers on the Apple Neural Engine", 2022, principle 1); each LM head
+# output is [1, 1, rows], so a part whose row count is a multiple of 32 carries no padding.
+ANE_ROW_ALIGN = 32
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,55 @@ def resolve_chunks(config: Mapping[str, Any], options: Mapping[str, Any], lut2: 
         raise MatrixError(f"{where}: coreml option chunk={options['chunk']} exceeds the model's {n_layers} layers; "
                           f"use chunk <= {n_layers}")
     return options["chunk"]
+
+
+# ---- LM head split ---------------------------------------------------------------------------------
+
+def lm_head_granularity(lut: Lut | None) -> int:
+    """Rows of every LM head part but the last are a multiple of this: the ANE row alignment and, with a
+    LUT, the palettization group (coremltools leaves a weight whose rows are not a multiple of the
+    group in fp16, with only a log warning)."""
+    return math.lcm(ANE_ROW_ALIGN, lut.group_size) if lut else ANE_ROW_ALIGN
+
+
+def lm_head_split_sizes(vocab: int, lut: Lut | None, where: str = "coreml lut3") -> list[int]:
+    """Rows per LM head output: the fewest parts of at most LM_HEAD_SPLIT_MAX rows, balanced in units of
+    lm_head_granularity() (larger parts first); the last part takes the remainder, which is short of a
+    whole unit only when the vocabulary is (convert.lm_head pads that part's weight to the LUT group).
+    E.g. 151936 (Qwen2) -> 8 x 15200 + 2 x 15168; 128256 (Llama 3) -> 8 x 16032."""
+    g = lm_head_granularity(lut)
+    cap = LM_HEAD_SPLIT_MAX // g * g
+    if cap == 0:
+        raise MatrixError(f"{where}={lut.code}: a LUT group of {lut.group_size} rows does not fit in one LM head "
+                          f"part ({LM_HEAD_SPLIT_MAX} rows); use a group size of at most {LM_HEAD_SPLIT_MAX // ANE_ROW_ALIGN}")
+    n = max(1, math.ceil(vocab / cap))
+    units = math.ceil(vocab / g)
+    base, extra = divmod(units, n)
+    sizes = [(base + (1 if i < extra else 0)) * g for i in range(n)]
+    sizes[-1] -= units * g - vocab
+    return sizes
+
+
+LAYER_WEIGHTS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # layer_shapes() order
+
+
+def check_ffn_lut(config: Mapping[str, Any], lut2: str | None, where: str) -> None:
+    """Every decoder-layer weight must split into whole LUT groups of output channels (coremltools would
+    leave it in fp16); unlike the embeddings and the LM head, these weights are not padded."""
+    lut = lut_of(lut2)
+    if lut is None:
+        return
+    for name, (rows, _) in zip(LAYER_WEIGHTS, layer_shapes(config)):
+        if rows % lut.group_size:
+            fit = max(g for g in range(1, lut.group_size) if all(r % g == 0 for r, _ in layer_shapes(config)))
+            raise MatrixError(f"{where}: coreml lut2={lut.code}: {name} has {rows} output channels, not a multiple "
+                              f"of the LUT group size {lut.group_size}; use a group size that divides every layer "
+                              f"weight, e.g. lut2: \"{lut.bits},{fit}\"")
+
+
+def lut_padding(rows: int, lut: Lut | None) -> int:
+    """Zero rows to add below a weight of `rows` rows so that it can be palettized with `lut`."""
+    return -rows % lut.group_size if lut else 0
 
 
 # ---- file names (ANEMLL's) ---------------------------------------------------------------------------

@@ -78,6 +78,19 @@ def palettize_package(src: Path, dst: Path, bits: int, group_size: int, op_types
     proc = subprocess.run(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr)
     if proc.returncode != 0 or not (dst / "Manifest.json").is_file():
         raise RuntimeError(f"palettizing {src.name} to {bits},{group_size} exited {proc.returncode}; see the log")
+    check_palettized(dst, f"{bits},{group_size}", op_types)
+
+
+def check_palettized(path: Path, code: str, op_types: tuple[str, ...]) -> None:
+    """Fail closed: every weight of the asked op types must now be a constexpr_lut_to_dense output."""
+    from builders.backends.coreml import milrun
+    from builders.backends.coreml.checks import unpalettized
+    from builders.errors import NodeFailed
+
+    left = unpalettized(milrun.Package(path), op_types)
+    if left:
+        raise NodeFailed(f"palettizing {path.name} to LUT {code}: coremltools left {len(left)} weight(s) in fp16 "
+                         f"(rows not a multiple of the group size?): {'; '.join(left[:4])}" + (" ..." if len(left) > 4 else ""))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ Interfaces (S = 1 for `infer`, S = batch for `prefill`):
   chunk       hidden_states [1, S, H], position_ids int32 [S],
               causal_mask fp16 [1, 1, S, context], current_pos int32 [1]  -> hidden_states [1, S, H]
               state kv_cache; the last chunk applies the final norm
-  lm_head     hidden_states [1, 1, H] -> logits1..N fp16 [1, 1, V/N]  (argmax: argmax_idx, argmax_val [N])
+  lm_head     hidden_states [1, 1, H] -> logits1..N fp16 [1, 1, rows_i]  (argmax: argmax_idx, argmax_val [N])
 """
 
 from __future__ import annotations
@@ -62,9 +62,18 @@ def _from_conv_layout(x):  # [1, C, 1, S] -> [1, S, C]
     return x.squeeze(2).permute(0, 2, 1)
 
 
+def _pad_rows(weight: torch.Tensor, pad: int) -> torch.Tensor:
+    """`pad` zero rows below the weight (so that its row count is a multiple of a LUT group)."""
+    return torch.cat([weight, weight.new_zeros(pad, weight.shape[1])]) if pad else weight
+
+
 class Embeddings(nn.Module):
-    def __init__(self, weight: torch.Tensor):
+    """The embedding table; `pad` zero rows below it (never gathered: token ids stay below the vocab) make
+    it palettizable when the vocab is not a multiple of the LUT group."""
+
+    def __init__(self, weight: torch.Tensor, pad: int = 0):
         super().__init__()
+        weight = _pad_rows(weight, pad)
         self.embed_tokens = nn.Embedding(*weight.shape, dtype=DTYPE)
         self.embed_tokens.weight = nn.Parameter(weight.to(DTYPE), requires_grad=False)
 
@@ -73,17 +82,25 @@ class Embeddings(nn.Module):
 
 
 class LmHead(nn.Module):
-    """Vocabulary split into `splits` convolutions (ANE dimension limit); optional in-model argmax
-    per split (the host picks the split with the largest value)."""
+    """Vocabulary split into convolutions of `sizes` rows (ANE dimension limit; options.lm_head_split_sizes);
+    optional in-model argmax per split (the host picks the split with the largest value). A part whose
+    rows are not a multiple of `group` (the LUT group) gets zero rows up to one, and its output is sliced
+    back to the real rows inside the program (padded rows never reach the logits or the argmax)."""
 
-    def __init__(self, weight: torch.Tensor, splits: int, argmax: bool):
+    def __init__(self, weight: torch.Tensor, sizes: list[int], argmax: bool, group: int = 1):
         super().__init__()
-        self.heads = nn.ModuleList(_conv(w) for w in torch.tensor_split(weight, splits, dim=0))
+        if sum(sizes) != weight.shape[0]:
+            raise ValueError(f"LM head split {sizes} does not cover the {weight.shape[0]} vocabulary rows")
+        self.sizes = list(sizes)
+        self.heads = nn.ModuleList(_conv(_pad_rows(w, -len(w) % group)) for w in torch.split(weight, self.sizes, dim=0))
         self.argmax = argmax
 
     def forward(self, hidden_states):
         x = _to_conv_layout(hidden_states)
-        logits = [_from_conv_layout(head(x)) for head in self.heads]
+        logits = []
+        for head, rows in zip(self.heads, self.sizes):
+            out = _from_conv_layout(head(x))
+            logits.append(out if out.shape[-1] == rows else out[..., :rows])
         if not self.argmax:
             return tuple(logits)
         vals, idxs = zip(*(torch.max(lg.reshape(-1), dim=0) for lg in logits))

@@ -22,6 +22,8 @@ class Parts:
     context: int
     batch: int
     argmax: bool = False
+    lm_head_rows: int = 1  # hidden states per lm_head call: 1 for Core ML (the declared [1, 1, H] input);
+    # the numpy interpreter runs the same shape-agnostic ops on [1, n, H] (checks.load_parts)
 
 
 def causal_mask(start: int, rows: int, context: int) -> np.ndarray:
@@ -70,13 +72,19 @@ class Session:
         return np.asarray(h)[0]
 
     def logits(self, hidden: np.ndarray) -> np.ndarray:
-        """[n, vocab] from hidden [n, H] (LM head without argmax)."""
-        rows = []
-        for h in hidden:
-            out = self.p.lm_head({"hidden_states": np.asarray(h, np.float16).reshape(1, 1, -1)})
+        """[n, vocab] from hidden [n, H] (LM head without argmax), `lm_head_rows` hidden states per call."""
+        hidden = np.asarray(hidden, np.float16).reshape(-1, np.shape(hidden)[-1])
+        step, rows = max(1, self.p.lm_head_rows), []
+        for i in range(0, len(hidden), step):
+            h = hidden[i:i + step]
+            out = self.p.lm_head({"hidden_states": h.reshape(1, len(h), -1)})
             keys = sorted((k for k in out if k.startswith("logits")), key=lambda k: int(k[6:]))
-            rows.append(np.concatenate([np.asarray(out[k]).reshape(-1) for k in keys]))
-        return np.stack(rows).astype(np.float32)
+            parts = [np.asarray(out[k]) for k in keys]
+            if not keys or any(p.shape[:2] != (1, len(h)) for p in parts):
+                raise ValueError(f"LM head outputs {[p.shape for p in parts]} for {len(h)} hidden state(s); "
+                                 "expected logits1..N of [1, n, rows]")
+            rows.append(np.concatenate([p.reshape(len(h), -1) for p in parts], axis=1))
+        return np.concatenate(rows).astype(np.float32)
 
     def next_token(self, hidden: np.ndarray, split_sizes: list[int]) -> int:
         """Greedy token from one hidden state, through the in-model argmax when the LM head has one."""
@@ -92,8 +100,8 @@ def teacher_forced(parts: Parts, tokens, prompt_len: int) -> tuple[np.ndarray, n
     forced). Returns (prefill logits [prompt_len, V], decode logits [n - prompt_len, V])."""
     s = Session(parts)
     pre = s.logits(s.prefill(tokens[:prompt_len]))
-    dec = [s.logits(s.decode(int(t))) for t in tokens[prompt_len:]]
-    return pre, (np.concatenate(dec) if dec else np.zeros((0, pre.shape[1]), np.float32))
+    dec = [s.decode(int(t)) for t in tokens[prompt_len:]]
+    return pre, (s.logits(np.concatenate(dec)) if dec else np.zeros((0, pre.shape[1]), np.float32))
 
 
 def generate(parts: Parts, prompt, steps: int, split_sizes: list[int]) -> list[int]:

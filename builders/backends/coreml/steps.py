@@ -60,15 +60,16 @@ def step_embeddings(ctx: NodeContext) -> None:
     ctx.result["runtime_abi"] = {"deployment_target": convert.DEPLOYMENT_TARGET, "format": "mlprogram",
                                  "compute_precision": "fp16"}
     src = _source(ctx, layout)
-    convert.save_part(convert.embeddings(src, layout.batch), ctx.out / layout.names["embeddings"],
+    convert.save_part(convert.embeddings(src, layout.batch, layout.lut("lut1")), ctx.out / layout.names["embeddings"],
                       layout.lut("lut1"), ctx.work, op_types=("gather",))
 
 
 def step_lm_head(ctx: NodeContext) -> None:
     layout = _layout(ctx)
     src = _source(ctx, layout)
-    convert.save_part(convert.lm_head(src, layout.splits, layout.argmax), ctx.out / layout.names["lm_head"],
-                      layout.lut("lut3"), ctx.work)
+    ctx.log(f"lm_head: {layout.splits} part(s) of {', '.join(map(str, sorted(set(layout.split_sizes), reverse=True)))} rows")
+    convert.save_part(convert.lm_head(src, layout.split_sizes, layout.argmax, layout.lut("lut3")),
+                      ctx.out / layout.names["lm_head"], layout.lut("lut3"), ctx.work)
 
 
 def _chunks(ctx: NodeContext, kind: str, seq: int) -> None:

@@ -1,0 +1,55 @@
+"""coreml backend: the conversion reads the checkpoint tensor by tensor (builders/backends/coreml/weights.py)
+instead of loading and cloning the whole fp32 model in every step (issue 8): the same tensors and rope
+tables as transformers, for a sharded checkpoint, tied embeddings and llama3 rope scaling."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("coremltools")
+
+from builders.backends.coreml import convert  # noqa: E402
+from builders.backends.coreml.weights import Weights  # noqa: E402
+from builders.errors import NodeFailed  # noqa: E402
+
+
+def _save(tmp_path, name, cfg, cls, **kwargs):
+    torch.manual_seed(0)
+    model = cls(cfg)
+    model.save_pretrained(tmp_path / name, **kwargs)
+    return tmp_path / name, cls.from_pretrained(tmp_path / name, dtype=torch.float32)
+
+
+def test_sharded_llama_with_rope_scaling_reads_the_same_tensors_and_rope(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    dims = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, tie_word_embeddings=False, max_position_embeddings=64)
+    cfg = LlamaConfig(**dims, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                            "high_freq_factor": 4.0, "original_max_position_embeddings": 16})
+    d, model = _save(tmp_path, "llama", cfg, LlamaForCausalLM, max_shard_size="40KB")
+    assert (d / "model.safetensors.index.json").is_file() and len(list(d.glob("*.safetensors"))) > 1
+    src = convert.Source(d, 32)
+    sd = model.state_dict()
+    assert sorted(src.state) == sorted(sd) and not src.state.tied
+    assert all(torch.equal(src.state[k], v) for k, v in sd.items())
+    assert set(src.layer(1)) == {k[len("model.layers.1."):] for k in sd if k.startswith("model.layers.1.")}
+    with torch.no_grad():
+        cos, sin = model.model.rotary_emb(torch.zeros(1, 32), torch.arange(32).unsqueeze(0))
+    assert torch.equal(src.rope[0], cos[0]) and torch.equal(src.rope[1], sin[0])
+    assert not torch.allclose(src.rope[0], convert.rope_tables(LlamaConfig(**dims), 32)[0]), "scaling is applied"
+
+
+def test_tied_qwen2_answers_the_lm_head_with_the_embedding_table(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, tie_word_embeddings=True)
+    d, model = _save(tmp_path, "qwen2", cfg, Qwen2ForCausalLM)
+    w = Weights(d)
+    assert w.tied and "lm_head.weight" in w and len(w) == len(model.state_dict())
+    assert torch.equal(w["lm_head.weight"], model.lm_head.weight) and torch.equal(w["lm_head.weight"], w["model.embed_tokens.weight"])
+    with pytest.raises(KeyError):
+        w["model.layers.5.mlp.up_proj.weight"]
+    (d / "model.safetensors").unlink()
+    with pytest.raises(NodeFailed, match="qwen2: no \\*.safetensors files"):
+        Weights(d)
