@@ -29,6 +29,7 @@ def generate(path: str, out: str, push_images: bool = False, **selection) -> Non
     from builders.ci import workflow
 
     filters = _filters(**selection)
+    workflow.cli_args(filters)  # refuses values GitHub would expand, before any work
     m, _, _, lay = _layout(filters, out)
     if not lay.groups:
         raise BuildmatrixError("ci: no cell of this selection can be built (all unsupported/unavailable); "
