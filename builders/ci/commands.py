@@ -51,8 +51,15 @@ def plan(out: str, expect: str | None, github_output: str | None, **selection) -
         raise BuildmatrixError(f"ci-plan: this plan's layout is {lay.fingerprint} but the workflow was generated "
                                f"for {expect}; regenerate it with `invoke ci` and commit the result")
     outputs = lay.outputs()
-    for s in lay.skipped:  # GitHub annotations: visible, never a runner
-        print(f"::warning title={s['status']} cell::{s['id']}: {s['reason']}", file=sys.stderr)
+    # GitHub annotations: what gets no runner is visible; an unavailable cell (asked for, cannot be built
+    # with these toolchains) is a warning, unsupported ones (a backend without that target) one notice
+    for s in lay.skipped:
+        if s["status"] != "unsupported":
+            print(f"::warning title=no runner for {s['id']}::{s['status']}: {s['reason']}", file=sys.stderr)
+    unsupported = [s["id"] for s in lay.skipped if s["status"] == "unsupported"]
+    if unsupported:
+        print(f"::notice title=unsupported cells::{len(unsupported)} cells name a target their backend does not "
+              f"build (e.g. {unsupported[0]}); `invoke plan` lists them", file=sys.stderr)
     if github_output:
         with open(github_output, "a") as f:
             for k, v in outputs.items():

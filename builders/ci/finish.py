@@ -63,7 +63,10 @@ def _mlc_link(ctx: NodeContext) -> dict:
             raise NodeFailed(f"link: {tars[0].name} holds no .o objects")
         cmd = ["xcrun", "clang", "-dynamiclib", "-arch", arch, "-undefined", "dynamic_lookup", "-o", str(dylib),
                *objects]
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True)
+        except OSError as e:
+            raise NodeFailed(f"link: {cmd[0]} cannot run here ({e.strerror}): the finisher runs on macOS") from None
         if r.returncode:
             raise NodeFailed(f"link: {' '.join(cmd[:6])} ... failed: {(r.stderr or r.stdout).strip()[-300:]}")
     dylib_check(dylib)
