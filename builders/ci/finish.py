@@ -10,7 +10,6 @@ error (exit 1) - never a silent pass. A cell whose manifest defers nothing is re
 
 from __future__ import annotations
 
-import json
 import platform
 import shutil
 import subprocess

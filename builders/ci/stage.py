@@ -20,9 +20,9 @@ RELEASE = "release"
 
 
 def _stage1_cells(p, group) -> list[PlanCell]:
-    """Stand-in cells whose last node is the group's last stage-1 node: the builder builds it and its
-    ancestors (the model, the reference) and nothing else."""
-    return [PlanCell(Cell(group.models[0], "model", "stage", "any"), [group.nodes[-1]])]
+    """Stand-in cells, one per stage-1 node (the model, its reference): the builder builds exactly those
+    and their ancestors, nothing of any backend."""
+    return [PlanCell(Cell(group.models[0], "model", key.rsplit(".", 1)[-1], "any"), [key]) for key in group.nodes]
 
 
 def select_cells(p, lay, gid: str) -> list[PlanCell]:
