@@ -38,7 +38,9 @@ def generate(path: str, out: str, push_images: bool = False, **selection) -> Non
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(text)
     built = sum(len(g.cells) for g in lay.groups.values())
-    console.print(f"wrote {path}: {built} cells in {len(lay.groups)} groups, jobs "
+    n_build = sum(g.stage == "build" for g in lay.groups.values())
+    console.print(f"wrote {path}: {built} cells in {n_build} build groups ({len(lay.groups) - n_build} model "
+                  "groups before them), jobs "
                   + ", ".join(f"{j} ({len(g)})" for j, g in lay.jobs.items())
                   + (f"; {len(lay.skipped)} cells get no runner" if lay.skipped else ""))
 
