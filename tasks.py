@@ -70,11 +70,64 @@ def bench(c, out="dist-bench", runs=5):
     bench_mod.main(out, int(runs))
 
 
-@task(help={**{k: v for k, v in SELECT_HELP.items() if k != "executor"}, "path": "where to write the workflow (default .github/workflows/buildmatrix.yml)"})
-def ci(c, model=None, backends=None, quants=None, targets=None, only=None, matrix=MATRIX, out=OUT,
-       path=".github/workflows/buildmatrix.yml"):
-    """Generate the GitHub Actions workflow (Linux container jobs + macOS runner jobs) for the selected cells."""
-    cli.ci(matrix, out, model, backends, quants, targets, only, path)
+CI_SELECT_HELP = {k: v for k, v in SELECT_HELP.items() if k not in ("executor", "out")}
+CI_HELP = {**CI_SELECT_HELP, "out": "output root on the runner (default dist/)"}
+
+
+@task(help={**CI_SELECT_HELP, "path": "where to write the workflow (default .github/workflows/buildmatrix.yml)",
+            "push_images": "let the images job push built toolchain images to GHCR (gives it packages: write)"})
+def ci(c, model=None, backends=None, quants=None, targets=None, only=None, matrix=MATRIX,
+       path=".github/workflows/buildmatrix.yml", push_images=False):
+    """Generate the GitHub Actions workflow: plan job, models/build jobs per group, macOS finish, release."""
+    from builders.ci import commands
+
+    commands.generate(path, OUT, push_images, matrix=matrix, model=model, backends=backends, quants=quants,
+                      targets=targets, only=only)
+
+
+@task(help={**CI_HELP, "expect": "layout fingerprint the workflow was generated for (fail when it differs)",
+            "github_output": "append the job matrices to this file ($GITHUB_OUTPUT)"})
+def ci_plan(c, model=None, backends=None, quants=None, targets=None, only=None, matrix=MATRIX, out=OUT,
+            expect=None, github_output=None):
+    """Print the CI job matrices (JSON) computed from the plan; used by the workflow's plan job."""
+    from builders.ci import commands
+
+    commands.plan(out, expect, github_output, matrix=matrix, model=model, backends=backends, quants=quants,
+                  targets=targets, only=only)
+
+
+@task(help={"names": "comma-separated image names", "matrix": SELECT_HELP["matrix"],
+            "dir": "where image tars are kept (restored/saved by actions/cache)",
+            "registry": "registry prefix to pull from, e.g. ghcr.io/OWNER (images named buildmatrix-NAME:TAG)",
+            "push": "push the images built here to the registry"})
+def ci_images(c, names, matrix=MATRIX, dir="ci-images", registry=None, push=False):
+    """Make toolchain images present: load the saved tar, else pull, else build; save the tar."""
+    from builders.ci import commands
+
+    commands.images(matrix, names, dir, registry, push)
+
+
+@task(help={**CI_HELP, "group": "CI group id (from `invoke ci-plan`), or `release`",
+            "cache_from": "comma-separated handed-off output roots to import nodes from",
+            "export": "copy the group's own promoted nodes to this output root"})
+def ci_stage(c, group, model=None, backends=None, quants=None, targets=None, only=None, matrix=MATRIX, out=OUT,
+             cache_from=None, export=None):
+    """Build one CI group's nodes in containers (or, for `release`, publish what was handed off)."""
+    from builders.ci import commands
+
+    commands.stage(group, out, cache_from, export, matrix=matrix, model=model, backends=backends, quants=quants,
+                   targets=targets, only=only)
+
+
+@task(help={**CI_HELP, "group": "CI group id whose macOS cells to finish",
+            "cache_from": "comma-separated handed-off output roots (the Linux jobs' nodes)"})
+def ci_finish(c, group, model=None, backends=None, quants=None, targets=None, only=None, matrix=MATRIX, out=OUT,
+              cache_from=None):
+    """On macOS: run exactly the steps the Linux manifests list as deferred (.mlmodelc, .dylib link)."""
+    from builders.ci import commands
+
+    commands.finish(group, out, cache_from, matrix=matrix, model=model, backends=backends, quants=quants,
+                    targets=targets, only=only)
 
 
 @task

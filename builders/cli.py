@@ -105,16 +105,3 @@ def ensure_images(matrix_path, names: str | None) -> None:
     info = images.ensure(wanted, m.images, log=console.print)
     for n in wanted:
         console.print(f"{n:8s} {info[n]['ref']}  {info[n].get('id', '')[:19]}")
-
-
-@guarded
-def ci(matrix_path, out, model, backends, quants, targets, only, path) -> None:
-    from builders import ci as ci_mod, matrix as matrix_mod
-
-    m = matrix_mod.load(Path(matrix_path))
-    sel = matrix_mod.select(m, model=model, backends_=backends, quants=quants, targets=targets, only=only)
-    text = ci_mod.render(matrix_path, [c.id for c in sel.cells],
-                         {"model": model, "backends": backends, "quants": quants, "targets": targets})
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text)
-    console.print(f"wrote {path}: {len(sel.cells)} cells")

@@ -17,6 +17,15 @@ die() { printf 'setup: error: %s\n' "$1" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (apt-get and dockerd need it): sudo bash scripts/setup.sh"
 command -v apt-get >/dev/null || die "apt-get not found: scripts/setup.sh supports Debian/Ubuntu only"
 
+# An engine that is already there (docker-ce on GitHub's runners, Docker Desktop, a distro package) is left
+# alone: installing docker.io next to docker-ce/containerd.io would conflict with it or replace it.
+if command -v dockerd >/dev/null 2>&1 || docker info >/dev/null 2>&1; then
+  kept=()
+  for p in "${APT_PACKAGES[@]}"; do [ "$p" = docker.io ] || kept+=("$p"); done
+  APT_PACKAGES=("${kept[@]}")
+  phase engine "using the Docker engine already installed ($(command -v dockerd || command -v docker))"
+fi
+
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
