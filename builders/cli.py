@@ -87,13 +87,16 @@ def writable_dir(path: str | Path, option: str = "--out") -> Path:
         raise BuildmatrixError(f"{option} {p}: is a file, not a directory; pass a directory (created if missing)")
     _writing_under.append(f"writing under {p}")
     p.mkdir(parents=True, exist_ok=True)
-    fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=p)
     try:
-        os.write(fd, b"buildmatrix")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-        os.unlink(probe)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=p)
+        try:
+            os.write(fd, b"buildmatrix")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:  # name the directory, not the probe's random name
+        raise OSError(e.errno, e.strerror, str(p)) from None
     return p
 
 
