@@ -133,17 +133,17 @@ def test_wrong_types_name_the_line(tmp_path, old, new, fragment):
 
 
 @pytest.mark.parametrize("options, fragment", [
-    ("gguf: {options: {n_ctx: true}}", "matrix.yaml:11: backends.gguf.options: gguf option n_ctx=True must be an "
-                                       "integer from 1 to 131072"),
-    ("gguf: {options: {n_threads: 1.5}}", "gguf option n_threads=1.5 must be an integer"),
-    ("gguf: {options: {n_ctx: 100000000}}", "n_ctx=100000000 must be an integer from 1 to 131072"),
+    ("gguf: {options: {n_ctx: true}}", "matrix.yaml:11: backends.gguf.options: gguf option n_ctx=True must be a "
+                                       "positive integer at most 131072"),
+    ("gguf: {options: {n_threads: 1.5}}", "gguf option n_threads=1.5 must be a positive integer"),
+    ("gguf: {options: {n_ctx: 100000000}}", "n_ctx=100000000 must be a positive integer at most 131072"),
     ("gguf: {options: [n_ctx]}", "backends.gguf.options: must be a mapping (`option: value` lines), got a list"),
-    ("mlc: {options: {context_window_size: true}}", "mlc option context_window_size=True must be an integer from 1"),
-    ("mlc: {options: {context_window_size: 10000000}}", "context_window_size=10000000 must be an integer from 1 "
-                                                        "to 131072"),
+    ("mlc: {options: {context_window_size: true}}", "mlc option context_window_size=True must be a positive integer"),
+    ("mlc: {options: {context_window_size: 10000000}}", "context_window_size=10000000 must be a positive "
+                                                        "integer at most 131072"),
     ("mlc: {options: {prefill_chunk_size: 0}}", "prefill_chunk_size=0 must be"),
-    ("coreml: {options: {batch: true}}", "coreml option batch=True: must be an integer from 1 to 32768"),
-    ("coreml: {options: {context: 1000000}}", "coreml option context=1000000: must be an integer from 1 to 32768"),
+    ("coreml: {options: {batch: true}}", "coreml option batch=True: must be a positive integer at most 32768"),
+    ("coreml: {options: {context: 1000000}}", "coreml option context=1000000: must be a positive integer at most 32768"),
     ("coreml: {options: {max_chunk_mb: .nan}}", "max_chunk_mb=nan: must be a number of MiB"),
     ("coreml: {options: {max_chunk_mb: .inf}}", "max_chunk_mb=inf: must be a number of MiB"),
     ("coreml: {options: {context: 64, batch: 128}}", "batch=128 is larger than context=64"),
@@ -192,7 +192,7 @@ def test_cells_glob_matching_no_cell_names_its_line(tmp_path, capsys):
 def test_cells_override_value_is_checked_with_its_line(tmp_path):
     p = write(tmp_path, BASE + "cells:\n  'm.gguf.*':\n    n_threads: true\n")
     with pytest.raises(MatrixError, match=r"^matrix.yaml:12: cells.m.gguf.\* \(for m.gguf.F16.cpu\): gguf option "
-                                          r"n_threads=True must be an integer"):
+                                          r"n_threads=True must be a positive integer"):
         matrix.select(matrix.load(p))
 
 

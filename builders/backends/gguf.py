@@ -64,7 +64,7 @@ class GgufBackend:
             if k not in OPTIONS:
                 raise MatrixError(f"{where}: unknown gguf option '{k}'; known: {', '.join(OPTIONS)}")
             if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= OPTION_MAX[k]:
-                raise MatrixError(f"{where}: gguf option {k}={v!r} must be an integer from 1 to {OPTION_MAX[k]}")
+                raise MatrixError(f"{where}: gguf option {k}={v!r} must be a positive integer at most {OPTION_MAX[k]}")
             out[k] = v
         return out
 

@@ -82,7 +82,7 @@ def parse_lut(value: Any, where: str) -> Lut | None:
 
 def _positive_int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_CONTEXT:
-        raise MatrixError(f"{where}={value!r}: must be an integer from 1 to {MAX_CONTEXT}")
+        raise MatrixError(f"{where}={value!r}: must be a positive integer at most {MAX_CONTEXT}")
     return value
 
 
