@@ -282,7 +282,8 @@ def _load_defaults(y: LocatedYaml, models: dict[str, ModelSource]) -> dict[str, 
     quants = {}
     for b in _mapping(y, ("defaults", "quants"), "gguf: [F16, Q8_0]"):
         keys = ("defaults", "quants", b)
-        _expect(b in backends.USER_BACKENDS, y, keys, f"unknown backend; choose from {', '.join(backends.USER_BACKENDS)}")
+        _expect(b in backends.USER_BACKENDS, y, keys,
+                f"unknown backend; choose from {', '.join(backends.USER_BACKENDS)}")
         known = backends.get(b).quants
         qs = _str_list(y, keys, ", ".join(list(known)[:2])) or []
         for i, q in enumerate(qs):

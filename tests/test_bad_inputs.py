@@ -143,7 +143,8 @@ def test_wrong_types_name_the_line(tmp_path, old, new, fragment):
                                                         "integer at most 131072"),
     ("mlc: {options: {prefill_chunk_size: 0}}", "prefill_chunk_size=0 must be"),
     ("coreml: {options: {batch: true}}", "coreml option batch=True: must be a positive integer at most 32768"),
-    ("coreml: {options: {context: 1000000}}", "coreml option context=1000000: must be a positive integer at most 32768"),
+    ("coreml: {options: {context: 1000000}}",
+     "coreml option context=1000000: must be a positive integer at most 32768"),
     ("coreml: {options: {max_chunk_mb: .nan}}", "max_chunk_mb=nan: must be a number of MiB"),
     ("coreml: {options: {max_chunk_mb: .inf}}", "max_chunk_mb=inf: must be a number of MiB"),
     ("coreml: {options: {context: 64, batch: 128}}", "batch=128 is larger than context=64"),
@@ -163,7 +164,8 @@ def test_option_error_names_the_line_of_the_option(tmp_path):
 @pytest.mark.parametrize("images, fragment", [
     ("images:\n  base: {}\n  gguf: {from: gguf}\n", "matrix.yaml:11: images.gguf.from: image 'gguf' cannot come "
                                                     "from itself"),
-    ("images:\n  base: {}\n  gguf: {from: mlc}\n  mlc: {from: gguf}\n", "matrix.yaml:12: images.mlc.from: cycle gguf -> mlc -> gguf"),
+    ("images:\n  base: {}\n  gguf: {from: mlc}\n  mlc: {from: gguf}\n",
+     "matrix.yaml:12: images.mlc.from: cycle gguf -> mlc -> gguf"),
     ("images:\n  base: {}\n  gguf: {from: nope}\n", "images.gguf.from: no image 'nope' under `images:`"),
     ("images:\n  base: {from: gguf}\n  gguf: {}\n", "images.base.from: base is the root image"),
     ("images:\n  base: {}\n  gguf: {from: 3}\n", "images.gguf.from: must name another image, got the int 3"),
@@ -447,3 +449,27 @@ def test_duplicate_key_through_the_real_cli(tmp_path):
     line = one_line(proc.stderr)
     assert proc.returncode == 2 and "matrix.yaml:10: duplicate key 'images' (first at line 9)" in line
     assert index_untouched(out)
+
+
+def test_other_exceptions_stay_visible_as_bugs():
+    """Only user errors and OSErrors become one line; anything else keeps its traceback (it is a bug)."""
+
+    @cli.guarded
+    def broken():
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError, match="a bug"):
+        broken()
+
+
+def test_os_error_without_a_file_name_names_what_was_being_written(capsys):
+    @cli.guarded
+    def fills_disk():
+        cli._writing_under.append("writing under /some/out")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(SystemExit) as e:
+        fills_disk()
+    assert e.value.code == 2 and one_line(capsys.readouterr().err) == (
+        "error: writing under /some/out: No space left on device; free space on that filesystem or write to "
+        "another one (--out)")
