@@ -5,9 +5,12 @@ Every user mistake surfaces as one line on stderr and exit code 2 (see `guarded`
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from rich.console import Console
@@ -20,8 +23,42 @@ STATUS_STYLE = {"built": "green", "cached": "cyan", "failed": "red", "unavailabl
                 "unsupported": "yellow", "skipped": "red"}
 
 
+# what a command is writing ("writing under OUT", "writing PATH"): an OSError without a file name names it
+_writing_under: list[str] = []
+
+OS_ADVICE = {
+    errno.ENOSPC: "free space on that filesystem or write to another one (--out)",
+    errno.EDQUOT: "free space on that filesystem or write to another one (--out)",
+    errno.EROFS: "it is on a read-only filesystem; pass a writable --out",
+    errno.EACCES: "make it writable for this user or pass another --out",
+    errno.EPERM: "make it writable for this user or pass another --out",
+    errno.ENOTDIR: "a file stands where a directory belongs; move it away or pass another --out",
+    errno.EEXIST: "a file stands where a directory belongs; move it away or pass another --out",
+    errno.EISDIR: "a directory stands where a file belongs; move it away or pass another path",
+    errno.ENOENT: "the path does not exist; create it or pass another one",
+    errno.ENAMETOOLONG: "shorten the path",
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OSError: the path (the file it names, else the directory the command writes under),
+    what went wrong, and what to do."""
+    paths = [str(p) for p in (e.filename, e.filename2) if p not in (None, "")]
+    if paths:
+        where = " -> ".join(paths)
+    elif _writing_under:
+        where = _writing_under[-1]
+    else:
+        where = "a file"
+    what = e.strerror or os.strerror(e.errno or 0) or type(e).__name__
+    advice = OS_ADVICE.get(e.errno, "check that path and the filesystem it is on")
+    return f"{where}: {what}; {advice}"
+
+
 def guarded(fn):
-    """Turn BuildmatrixError into one line + exit 2, Ctrl-C into exit 130; never a traceback for those."""
+    """Turn BuildmatrixError into one line + exit 2, an OSError (disk full, read-only or missing directory, a
+    file where a directory belongs) into one line naming the path + exit 2, Ctrl-C into exit 130. Any other
+    exception is a bug and keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -30,21 +67,52 @@ def guarded(fn):
         except BuildmatrixError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(e.exit_code)
+        except OSError as e:
+            print(f"error: {os_error_line(e)}", file=sys.stderr)
+            sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted: nothing partial was promoted; rerun to finish the remaining nodes", file=sys.stderr)
             sys.exit(130)
+        finally:
+            _writing_under.clear()
 
     return wrapper
 
 
+def writable_dir(path: str | Path, option: str = "--out") -> Path:
+    """The output directory, created if missing and probed with a real write (root ignores file modes, so
+    only a write tells a read-only mount or a full disk apart)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise BuildmatrixError(f"{option} {p}: is a file, not a directory; pass a directory (created if missing)")
+    _writing_under.append(f"writing under {p}")
+    p.mkdir(parents=True, exist_ok=True)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=p)
+        try:
+            os.write(fd, b"buildmatrix")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:  # name the directory, not the probe's random name
+        raise OSError(e.errno, e.strerror, str(p)) from None
+    return p
+
+
 def _plan(matrix_path, out, model, backends, quants, targets, only, executor, hf_token=None, offline=False,
-          cache_from=None):
+          cache_from=None, write=False):
     from builders import matrix as matrix_mod
     from builders.plan import make_plan
     from builders.store import Store
 
     m = matrix_mod.load(Path(matrix_path))
     sel = matrix_mod.select(m, model=model, backends_=backends, quants=quants, targets=targets, only=only)
+    if write:
+        writable_dir(out)
+    elif Path(out).exists() and not Path(out).is_dir():
+        raise BuildmatrixError(f"--out {out}: is a file, not a directory; pass a directory (created if missing)")
+    _writing_under.append(f"writing under {out}")
     store = Store(Path(out), [Path(p) for p in cache_from.split(",")] if cache_from else None)
     return m, store, make_plan(m, sel, store, hf_token=hf_token, offline=offline, executor=executor)
 
@@ -69,11 +137,14 @@ def plan(matrix_path, out, model, backends, quants, targets, only, executor, as_
 @guarded
 def build(matrix_path, out, model, backends, quants, targets, only, executor, only_step, restart_step,
           hf_token=None, offline=False, echo=False, cache_from=None) -> int:
+    from builders import step_selection
     from builders.build import Builder, exclusive
 
+    writable_dir(out)
     with exclusive(Path(out)):  # one build per output root; a second one exits 2 naming this one
         m, store, p = _plan(matrix_path, out, model, backends, quants, targets, only, executor, hf_token, offline,
-                            cache_from)
+                            cache_from, write=True)
+        step_selection.check(p, only_step, restart_step)
         builder = Builder(p, store, m, executor=executor, steps={"only": only_step, "restart": restart_step},
                           echo=echo, log=console.print)
         report = builder.run()
@@ -105,3 +176,19 @@ def ensure_images(matrix_path, names: str | None) -> None:
     info = images.ensure(wanted, m.images, log=console.print)
     for n in wanted:
         console.print(f"{n:8s} {info[n]['ref']}  {info[n].get('id', '')[:19]}")
+
+
+@guarded
+def ci(matrix_path, out, model, backends, quants, targets, only, path) -> None:
+    from builders import ci as ci_mod, matrix as matrix_mod
+
+    m = matrix_mod.load(Path(matrix_path))
+    sel = matrix_mod.select(m, model=model, backends_=backends, quants=quants, targets=targets, only=only)
+    text = ci_mod.render(matrix_path, [c.id for c in sel.cells],
+                         {"model": model, "backends": backends, "quants": quants, "targets": targets})
+    _writing_under.append(f"writing {path}")
+    if Path(path).is_dir():
+        raise BuildmatrixError(f"--path {path}: is a directory; pass the workflow file to write")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+    console.print(f"wrote {path}: {len(sel.cells)} cells")

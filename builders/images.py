@@ -57,7 +57,23 @@ BUILT: list[str] = []  # tags this process built (tests assert a warm ensure() b
 
 
 def parent_of(name: str, pins: dict) -> str:
-    return rootfs.NAME if name == "base" else pins[name].get("from", "base")
+    """The image `name` is built FROM; a chain that loops or names a missing image is a MatrixError
+    (matrix.load reports it with its line first; this guards callers that pass pins directly)."""
+    if name == "base":
+        return rootfs.NAME
+    chain = [name]
+    while chain[-1] != "base":
+        if chain[-1] not in pins:
+            raise MatrixError(f"matrix.yaml images.{chain[-2]}.from: no image '{chain[-1]}' under `images:`; "
+                              "write `from: base` or add that image")
+        nxt = (pins[chain[-1]] or {}).get("from", "base")
+        if not isinstance(nxt, str):
+            raise MatrixError(f"matrix.yaml images.{chain[-1]}.from: must name another image, got {nxt!r}")
+        if nxt in chain:
+            raise MatrixError(f"matrix.yaml images.{chain[-1]}.from: cycle {' -> '.join(chain + [nxt])}; "
+                              "one of them must come `from: base`")
+        chain.append(nxt)
+    return chain[1]
 
 
 def _template_env() -> jinja2.Environment:

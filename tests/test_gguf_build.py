@@ -162,6 +162,7 @@ def test_unsupported_architecture_exits_2(tmp_path):
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
     (model / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    (model / "tokenizer.json").write_text("{}")
     proc = invoke("build", "--model", str(model), "--out", str(tmp_path / "dist"))
     assert proc.returncode == 2 and "GPT2LMHeadModel is not supported" in proc.stderr, proc.stderr
 

@@ -109,6 +109,7 @@ def test_cell_overrides_apply_by_glob(tmp_path):
         defaults: {models: [m], backends: [gguf], quants: {gguf: [F16]}, targets: [cpu]}
         backends: {gguf: {options: {n_ctx: 256}}}
         cells: {"m.gguf.*": {n_threads: 1}}
+        verify: {thresholds: {gguf: {F16: {top1_min: 1.0}}}}
         """)
     m = matrix.load(p)
     cell = matrix.select(m).cells[0]

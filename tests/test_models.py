@@ -17,7 +17,7 @@ def make_hub_cache(root, repo="acme/tiny-thing"):
     """Lay out a Hugging Face hub cache as huggingface_hub writes it: blobs + symlinked snapshot + ref."""
     repo_dir = root / f"models--{repo.replace('/', '--')}"
     files = {"config.json": json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}).encode(),
-             "model.safetensors": b"\x02\x00\x00\x00\x00\x00\x00\x00{}"}
+             "model.safetensors": b"\x02\x00\x00\x00\x00\x00\x00\x00{}", "tokenizer.json": b"{}"}
     (repo_dir / "blobs").mkdir(parents=True)
     (repo_dir / "snapshots" / SHA).mkdir(parents=True)
     (repo_dir / "refs").mkdir()
@@ -55,6 +55,7 @@ def test_local_dir_digest_follows_content(tmp_path):
     d = tmp_path / "my-llama"
     d.mkdir()
     (d / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    (d / "tokenizer.json").write_text("{}")
     (d / "model.safetensors").write_bytes(b"x")
     cache = HashCache(tmp_path / "h.json")
     ref1, _, _ = resolve_local(parse_source(str(d)), cache)
@@ -68,5 +69,6 @@ def test_local_dir_without_weights_is_refused(tmp_path):
     d = tmp_path / "empty-model"
     d.mkdir()
     (d / "config.json").write_text("{}")
+    (d / "tokenizer.model").write_bytes(b"sp")
     with pytest.raises(ModelError, match="no \\*.safetensors"):
         resolve_local(parse_source(str(d)), HashCache(tmp_path / "h.json"))

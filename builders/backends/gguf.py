@@ -44,6 +44,9 @@ QUANTS: dict[str, GgufQuant] = {q.code: q for q in [
 ]}
 SOURCE_QUANT = "F16"  # every quantization starts from this conversion
 OPTIONS = {"n_threads": 2, "n_ctx": 512}
+# upper bounds: n_ctx sizes llama.cpp's KV cache for verification (128k tokens is the largest context of the
+# supported families); more threads than this only oversubscribes a build host
+OPTION_MAX = {"n_threads": 256, "n_ctx": 131072}
 
 
 class GgufBackend:
@@ -60,8 +63,8 @@ class GgufBackend:
         for k, v in options.items():
             if k not in OPTIONS:
                 raise MatrixError(f"{where}: unknown gguf option '{k}'; known: {', '.join(OPTIONS)}")
-            if not isinstance(v, int) or v <= 0:
-                raise MatrixError(f"{where}: gguf option {k}={v!r} must be a positive integer")
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= OPTION_MAX[k]:
+                raise MatrixError(f"{where}: gguf option {k}={v!r} must be a positive integer at most {OPTION_MAX[k]}")
             out[k] = v
         return out
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from builders.backends.base import ModelRef
 from builders.errors import ModelError
 from builders.hashcache import HashCache, sha256_file  # noqa: F401  (re-exported)
-from builders.models.source import ModelSource
+from builders.models.source import ModelSource, check_model_dir
 
 SKIP = {".git", ".gitattributes", ".cache"}
 
@@ -30,6 +30,25 @@ def file_hashes(root: Path, cache: HashCache) -> dict[str, str]:
             continue
         out[rel.as_posix()] = cache.sha256(f.resolve())
     return out
+
+
+def check_links(root: Path, what: str) -> None:
+    """Refuse a symlink inside the model directory that resolves outside it: only the directory is mounted
+    into a build, and a link to /etc/shadow or ~/.ssh must not be hashed, mounted or copied. A hub cache
+    snapshot (<repo>/snapshots/<sha>/) links its files into the repo's blobs/ directory: that stays allowed."""
+    real_root = Path(os.path.realpath(root))
+    allowed = [real_root]
+    if real_root.parent.name == "snapshots":
+        allowed.append(real_root.parent.parent / "blobs")
+    for dirpath, dirnames, filenames in os.walk(root):  # does not descend into linked directories
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath) / name
+            if not p.is_symlink():
+                continue
+            real = Path(os.path.realpath(p))
+            if not any(real == a or a in real.parents for a in allowed):
+                raise ModelError(f"{what}: {p.relative_to(root).as_posix()} is a symlink to {real}, outside the "
+                                 "model directory; copy that file into the directory instead of linking it")
 
 
 def snapshot_digest(files: dict[str, str]) -> str:
@@ -48,6 +67,9 @@ def read_config(path: Path, what: str) -> dict:
 
 
 def resolve_local(src: ModelSource, cache: HashCache) -> tuple[ModelRef, Path, dict]:
+    what = f"model directory '{src.source}'"
+    check_model_dir(src.path, what)
+    check_links(src.path, what)
     files = file_hashes(src.path, cache)
     if not any(f.endswith(".safetensors") for f in files):
         raise ModelError(f"model directory '{src.source}' has no *.safetensors weights; save the model with "
@@ -62,6 +84,7 @@ def _materialize(snapshot: Path, dest: Path) -> None:
     """Copy the hub snapshot's symlinks as hardlinks to their targets (no symlinks left)."""
     if dest.is_dir():
         return
+    check_links(snapshot, f"hub snapshot {snapshot}")
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for f in sorted(snapshot.rglob("*")):
@@ -101,6 +124,7 @@ def resolve_hub(src: ModelSource, cache: HashCache, models_dir: Path, token: str
     sha = snap.name  # snapshots/<commit sha>
     dest = models_dir / f"{src.name}@{sha}"
     _materialize(snap, dest)
+    check_model_dir(dest, f"model '{src.source}' (revision {sha})")
     files = file_hashes(dest, cache)
     config = read_config(dest, f"model '{src.source}'")
     ref = ModelRef(src.name, src.source, sha, snapshot_digest(files), config, config["architectures"][0])

@@ -31,6 +31,19 @@ def _check_name(name: str, what: str) -> str:
     return name
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # a fast HF tokenizer or a SentencePiece model
+
+
+def check_model_dir(path: Path, what: str) -> None:
+    """The files every backend needs besides the weights: config.json and a tokenizer."""
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{what} has no config.json; point --model at a Hugging Face model directory "
+                         "(config.json + tokenizer + *.safetensors)")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelError(f"{what} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); save it next to the weights "
+                         "with tokenizer.save_pretrained(DIR)")
+
+
 def parse_source(source: str, name: str | None = None, revision: str | None = None,
                  base: Path | None = None) -> ModelSource:
     source = source.strip()
@@ -51,9 +64,7 @@ def parse_source(source: str, name: str | None = None, revision: str | None = No
         if not path.is_dir():
             raise ModelError(f"model directory '{source}' does not exist; pass an existing directory with "
                              "config.json and *.safetensors, a hub id ORG/NAME, or tiny:llama")
-        if not (path / "config.json").is_file():
-            raise ModelError(f"model directory '{source}' has no config.json; point --model at a Hugging Face "
-                             "model directory (config.json + *.safetensors)")
+        check_model_dir(path, f"model directory '{source}'")
         return ModelSource("local", _check_name(name or path.name, "model name"), source, path=path)
     if ".." in source or not HUB_ID.match(source):
         raise ModelError(f"model '{source}' is not a hub id ORG/NAME (letters, digits, '.', '_', '-'; no '..'), "

@@ -12,6 +12,8 @@ from builders.errors import MatrixError
 LUT_BITS = (1, 2, 3, 4, 6, 8)  # what coremltools' kmeans palettizer (constexpr_lut_to_dense) supports
 DEFAULT_GROUP = 8  # output channels sharing one LUT when only `bits` is given (ANEMLL's default)
 MB = 1024 * 1024
+MAX_CONTEXT = 32768  # tokens: ANEMLL's largest context; `context` and `batch` (prefill) are bounded by it
+MAX_CHUNK_MB = 65536  # MiB: far above any Core ML weight file an ANE can map (ANEMLL keeps chunks near 1 GiB)
 CHUNK_OVERHEAD = 1.10  # the estimate adds 10% to the raw weight bytes (headers, norms, rope tables)
 PARTS = ("lut1", "lut2", "lut3")  # embeddings, FFN/prefill, LM head (ANEMLL's --lut1/--lut2/--lut3)
 PART_NAMES = {"lut1": "embeddings", "lut2": "FFN/prefill", "lut3": "LM head"}
@@ -83,8 +85,8 @@ def parse_lut(value: Any, where: str) -> Lut | None:
 
 
 def _positive_int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise MatrixError(f"{where}={value!r}: must be a positive integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_CONTEXT:
+        raise MatrixError(f"{where}={value!r}: must be a positive integer at most {MAX_CONTEXT}")
     return value
 
 
@@ -99,8 +101,8 @@ def _chunk(value: Any, where: str) -> int | str:
 
 
 def _max_mb(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise MatrixError(f"{where}={value!r}: must be a positive number of MiB")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_CHUNK_MB:
+        raise MatrixError(f"{where}={value!r}: must be a number of MiB above 0 and at most {MAX_CHUNK_MB}")
     return value
 
 

@@ -25,10 +25,11 @@ from builders.backends.mlc.quant import QUANTS, REFUSED_LEGACY, describe
 from builders.backends.mlc.targets import TARGETS, UNAVAILABLE
 from builders.errors import MatrixError
 
+MAX_CONTEXT = 131072  # tokens: the largest context of the supported families (Llama 3.x); the KV cache is sized by it
 # option -> (type, default, validity check, what a valid value is)
 OPTIONS: dict[str, tuple[type, Any, Any, str]] = {
-    "context_window_size": (int, 512, lambda v: v > 0, "a positive integer"),
-    "prefill_chunk_size": (int, 128, lambda v: v > 0, "a positive integer"),
+    "context_window_size": (int, 512, lambda v: 0 < v <= MAX_CONTEXT, f"a positive integer at most {MAX_CONTEXT}"),
+    "prefill_chunk_size": (int, 128, lambda v: 0 < v <= MAX_CONTEXT, f"a positive integer at most {MAX_CONTEXT}"),
     "conv_template": (str, None, lambda v: bool(v), "an MLC conversation template name"),
 }
 OPTION_ALIASES = {"max_seq_len": "context_window_size", "max-seq-len": "context_window_size"}
