@@ -149,17 +149,19 @@ def build(matrix_path, out, model, backends, quants, targets, only, executor, on
                           echo=echo, log=console.print)
         report = builder.run()
     t = Table(title=f"buildmatrix: {len(report.cells)} cells  ->  {store.root / 'index.json'}")
-    for col in ("cell", "status", "time", "artifact / reason"):
+    for col in ("cell", "status", "time", "artifact / reason", "warnings"):
         t.add_column(col, overflow="fold")
     for c in report.cells:
         detail = c.artifact or ""
         ver = c.verification or {}
         checks = ver.get("checks") or {}
         if c.artifact and "top1" in checks:
-            detail += f"  (top1 {checks['top1']:.3f}, max|Δ| {checks['max_abs_logit']:.2g})"
+            detail += f"  (top1 {checks['top1']:.3f}, rel_l2 {checks.get('rel_l2', float('nan')):.2g})"
+        warnings = "; ".join(ver.get("warnings") or [])
         if c.reason:
             detail = c.reason
-        t.add_row(c.id, f"[{STATUS_STYLE.get(c.status, 'white')}]{c.status}[/]", f"{c.seconds:.1f}s", detail)
+        t.add_row(c.id, f"[{STATUS_STYLE.get(c.status, 'white')}]{c.status}[/]", f"{c.seconds:.1f}s", detail,
+                  f"[yellow]{warnings}[/]" if warnings else "")
     Console().print(t)
     sys.exit(report.exit_code)
 

@@ -38,11 +38,13 @@ def make_manifest(pn, plan, result: dict, image: dict, outputs: list[dict], pare
         "outputs": outputs,
         "verification": result.get("verification") or {"passed": None, "note": "this node has no numeric check"},
         "thresholds": thresholds,
+        "tensor_types": result.get("tensor_types"),
+        "quant_fallback": result.get("quant_fallback"),
         "deferred": result.get("deferred", []),
         "notes": result.get("notes", []),
         "extra": {k: v for k, v in result.items() if k not in {
             "status", "reason", "steps", "steps_done", "tool_versions", "runtime_abi", "verification",
-            "deferred", "notes"}},
+            "deferred", "notes", "tensor_types", "quant_fallback"}},
         "timings": {"seconds": round(seconds, 3), "steps": result.get("steps", {})},
         "source_date_epoch": source_date_epoch,
     }

@@ -44,7 +44,7 @@ def test_one_weights_node_per_quant_and_one_lib_per_target(llama_out):
             m = ms[f"tiny-llama.mlc.{quant}.lib.{target}"]
             assert_outputs_match_manifest(out, m)
             assert m["runtime_abi"]["tvm"] == "0.27.0.post1"
-            (lib,) = [o["path"] for o in m["outputs"]]
+            (lib,) = [o["path"] for o in m["outputs"] if not o["path"].endswith(".verification.json")]
             assert lib.startswith(f"tiny-llama-{quant}-ctx512-{target}.")
         assert list(out.glob(f"tiny-llama/*/mlc/tiny-llama-{quant}-MLC/mlc-chat-config.json"))
     assert list(out.glob("tiny-llama/*/mlc/libs/tiny-llama-q4f16_1-ctx512-cpu.so"))
@@ -59,6 +59,22 @@ def test_cpu_libraries_match_transformers(llama_out):
     q4 = ms["tiny-llama.mlc.q4f16_1.lib.cpu"]["verification"]
     assert q4["passed"] and q4["checks"]["lib_vs_dequantized_max_abs_logit"] <= 1e-2
     assert "top1" in q4["checks"] and "kl" in q4["checks"]  # vs the fp32 original, reported
+    figures = json.loads(_file(out, ms["tiny-llama.mlc.q4f16_1.lib.cpu"], ".verification.json").read_text())
+    assert figures["passed"] is True and figures["checks"]["top1"] == q4["checks"]["top1"]
+
+
+def test_libraries_that_cannot_run_here_carry_the_numeric_check_of_their_weights(llama_out):
+    out, _ = llama_out
+    ms = manifests(out)
+    cpu = ms["tiny-llama.mlc.q4f16_1.lib.cpu"]["verification"]
+    for target in ("cuda", "android", "iphone", "webgpu"):
+        m = ms[f"tiny-llama.mlc.q4f16_1.lib.{target}"]
+        ver = m["verification"]
+        assert ver["passed"] and ver["verified_by"] == "tiny-llama.mlc.q4f16_1.lib.cpu"
+        assert "weights verified numerically by tiny-llama.mlc.q4f16_1.lib.cpu" in ver["not_run"]
+        assert ver["checks"]["top1"] == cpu["checks"]["top1"] and ver["checks"]["kl"] == cpu["checks"]["kl"]
+        assert ver["thresholds"] == cpu["thresholds"] and ver["checks"]["structural"]
+        assert m["parents"]["verified_by"]["key"] == "tiny-llama.mlc.q4f16_1.lib.cpu"
 
 
 def test_gpu_and_phone_libraries_hold_compiled_code_for_their_arch(llama_out):
@@ -127,7 +143,8 @@ def test_weights_only_variant_reuses_the_library(llama_out, tmp_path):
     m = manifests(out)["llama-finetune.mlc.q0f32.lib.cpu"]
     lib = m["extra"]["library"]
     assert lib["reused"] is True and lib["compiled_for"] == "tiny-llama" and ".compile.cpu" in lib["compiled_by"]
-    assert [o["path"] for o in m["outputs"]] == ["llama-finetune-q0f32-ctx512-cpu.so"]
+    assert [o["path"] for o in m["outputs"]] == ["llama-finetune-q0f32-ctx512-cpu.so",
+                                                 "llama-finetune-q0f32-ctx512-cpu.verification.json"]
     ver = m["verification"]
     assert ver["passed"] and ver["checks"]["max_abs_logit"] <= 1e-3 and ver["checks"]["top1"] == 1.0
     assert manifests(out)["tiny-llama.mlc.q0f32.lib.cpu"]["extra"]["library"]["reused"] is False

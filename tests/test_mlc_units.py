@@ -70,12 +70,14 @@ def test_expand_shares_weights_across_targets():
     model = _model()
     nodes = {t: BACKEND.expand(_cell(target=t), model) for t in ("cpu", "cuda")}
     w_cpu, c_cpu, lib_cpu = nodes["cpu"]
-    w_cuda, c_cuda, lib_cuda = nodes["cuda"]
+    w_cuda, c_cpu_again, lib_cpu_again, c_cuda, lib_cuda = nodes["cuda"]
+    assert (c_cpu_again.key, lib_cpu_again.key) == (c_cpu.key, lib_cpu.key)
     assert w_cpu.key == w_cuda.key == "tiny-test.mlc.q4f16_1.weights" and w_cpu.params == w_cuda.params
     assert w_cpu.kind == "mlc-weights" and w_cpu.publish == "mlc/tiny-test-q4f16_1-MLC"
     assert w_cpu.parents == {"reference": "tiny-test.reference"}
     assert lib_cpu.key == "tiny-test.mlc.q4f16_1.lib.cpu" and lib_cuda.key.endswith(".lib.cuda")
     assert lib_cpu.parents == {"weights": w_cpu.key, "compiled": c_cpu.key, "reference": "tiny-test.reference"}
+    assert lib_cpu_again.parents == lib_cpu.parents and lib_cpu_again.params == lib_cpu.params
     assert c_cpu.kind == "mlc-compile" and not c_cpu.uses_model and c_cpu.parents == {} and c_cpu.publish is None
     assert c_cpu.key != c_cuda.key and c_cpu.key.endswith(".q4f16_1-ctx512.compile.cpu")
     assert lib_cpu.publish == "mlc/libs" and lib_cpu.kind == "mlc-lib"
@@ -83,6 +85,18 @@ def test_expand_shares_weights_across_targets():
     assert lib_cpu.params["lib_stem"] == "tiny-test-q4f16_1-ctx512-cpu"
     (_, _, lib_full) = BACKEND.expand(_cell(context_window_size=256), model)
     assert lib_full.params["lib_stem"] == "tiny-test-q4f16_1-cpu"
+
+
+@pytest.mark.parametrize("target", ["cuda", "android", "iphone", "webgpu", "metal"])
+def test_a_library_that_cannot_run_here_depends_on_the_numeric_check_of_its_weights(target):
+    """Only the cpu library runs here: every other target's library node has it as parent `verified_by`,
+    so it is skipped when the weights fail numerically, and it is the cell's last node."""
+    nodes = BACKEND.expand(_cell(target=target), _model())
+    lib = nodes[-1]
+    assert lib.key == f"tiny-test.mlc.q4f16_1.lib.{target}"
+    assert lib.parents["verified_by"] == "tiny-test.mlc.q4f16_1.lib.cpu"
+    assert "tiny-test.mlc.q4f16_1.lib.cpu" in [n.key for n in nodes[:-1]]
+    assert "verified_by" not in BACKEND.expand(_cell(target="cpu"), _model())[-1].parents
 
 
 def test_compile_is_shared_by_models_of_equal_architecture_and_config_only():
@@ -227,3 +241,37 @@ def test_chat_config_fields(hf_dir, tmp_path):
     assert cfg["tokenizer_info"]["token_postproc_method"] == "byte_fallback"
     other = gen_config.chat_config(hf_dir, TINY_CFG, c, q_mod.QUANTS["q0f32"], "LM")
     assert other["conv_template"]["name"] == "LM"
+
+
+def _lib_ctx(tmp_path, record=None, with_parent=True):
+    from builders.backends.base import NodeContext
+
+    parent = tmp_path / "cpu-lib"
+    parent.mkdir()
+    if record is not None:
+        (parent / "tiny-test-q4f16_1-ctx512-cpu.verification.json").write_text(json.dumps(record))
+    spec = {"key": "tiny-test.mlc.q4f16_1.lib.android", "params": {"target": "android"},
+            "parents": {"verified_by": {"key": "tiny-test.mlc.q4f16_1.lib.cpu"}} if with_parent else {}}
+    return NodeContext(spec, tmp_path / "out", tmp_path / "work", {"verified_by": parent} if with_parent else {})
+
+
+def test_structural_library_check_takes_the_cpu_librarys_figures(tmp_path):
+    from builders.backends.mlc.steps import _weights_verification
+
+    record = {"passed": True, "checks": {"top1": 0.99, "kl": 0.002}, "thresholds": {"top1_min": 0.9},
+              "failures": []}
+    got = _weights_verification(_lib_ctx(tmp_path, record))
+    assert got == {"node": "tiny-test.mlc.q4f16_1.lib.cpu", "passed": True, "checks": record["checks"],
+                   "thresholds": {"top1_min": 0.9}, "failures": []}
+
+
+@pytest.mark.parametrize("record, with_parent, fragment", [
+    (None, True, "expected one *.verification.json"),
+    ({"passed": True}, False, "needs its weights' numeric check"),
+])
+def test_structural_library_check_fails_closed_without_weights_figures(tmp_path, record, with_parent, fragment):
+    from builders.backends.mlc.steps import _weights_verification
+    from builders.errors import NodeFailed
+
+    with pytest.raises(NodeFailed, match=fragment.replace("*", r"\*")):
+        _weights_verification(_lib_ctx(tmp_path, record, with_parent))

@@ -9,6 +9,7 @@ the transformers reference before it may be promoted.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any, Mapping
 
 from builders.backends.base import Cell, ModelRef, NodeContext, NodeDef
 from builders.errors import MatrixError, NodeFailed
+from builders.verify import gguf_types
 
 CONVERTER = Path("/opt/llama.cpp/convert_hf_to_gguf.py")  # in the gguf image (docker/gguf.Dockerfile.j2)
 
@@ -56,7 +58,8 @@ class GgufBackend:
     # llama.cpp runs the same file on all of these; webgpu and the ANE are not llama.cpp targets
     targets = ("cpu", "cuda", "vulkan", "vulkan-windows", "android", "iphone", "metal", "metal_x86_64")
     archs = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
-    code = ("backends/gguf.py", "verify/tokenizer_check.py")
+    code = ("backends/gguf.py", "verify/tokenizer_check.py", "verify/gguf_types.py", "verify/gguf_weights.py",
+            "verify/hf_forward.py")
 
     def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
         out = dict(OPTIONS)
@@ -158,12 +161,42 @@ def _file_facts(path: Path) -> dict:
     r = GGUFReader(str(path))
     field = r.fields.get("GGUF.version")
     version = int(field.parts[field.data[0]][0]) if field else None
-    types: dict[str, int] = {}
-    for t in r.tensors:
-        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+    tensors = [(t.name, t.tensor_type.name, len(t.shape)) for t in r.tensors]
     arch = r.fields["general.architecture"]
     return {"gguf_version": version, "architecture": bytes(arch.parts[arch.data[0]]).decode(),
-            "tensor_types": dict(sorted(types.items())), "tensors": len(r.tensors)}
+            "tensor_types": gguf_types.histogram(tensors), "tensors": len(tensors), "_tensors": tensors}
+
+
+def _threads(vp: dict) -> int:
+    """The verify threads: the n_threads option, at most the CPUs this process may use."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(vp["n_threads"], cpus))
+
+
+def _runtime_figures(ctx: NodeContext, path: Path, ref_dir: Path, art_logits: list) -> tuple[dict, dict]:
+    """llama.cpp's logits vs transformers fp32 carrying the file's own dequantized weights, on the same
+    positions: separates "the converter/runtime is wrong" from "the quantization lost accuracy"."""
+    import numpy as np  # noqa: PLC0415
+
+    from builders.verify import gguf_weights  # noqa: PLC0415
+    from builders.verify.hf_forward import HfModel  # noqa: PLC0415
+    from builders.verify.metrics import compare, load_reference  # noqa: PLC0415
+
+    hf = HfModel(ctx.model_dir, threads=_threads(ctx.params["verify"]))
+    try:
+        loaded = gguf_weights.load_into(path, list(hf.params), hf.put)
+    except (gguf_weights.WeightsError, KeyError, ValueError) as e:
+        raise NodeFailed(f"dequantized-weights check: {e}") from None
+    missing = hf.missing()
+    if missing:
+        raise NodeFailed(f"dequantized-weights check: the .gguf has no tensor for {', '.join(missing[:3])}")
+    fwd = hf.forward()
+    ref = load_reference(ref_dir)
+    dq = np.concatenate([fwd(tokens) for tokens, _, _ in ref["prompts"]])
+    figures = compare(dq, np.concatenate(art_logits))
+    info = {"compared": "llama.cpp logits vs transformers fp32 on the file's own dequantized weights (gguf-py)",
+            "tensors": len(loaded), "positions": figures["positions"]}
+    return {f"runtime_{k}": v for k, v in figures.items() if k != "positions"}, info
 
 
 def step_verify(ctx: NodeContext) -> None:
@@ -172,22 +205,35 @@ def step_verify(ctx: NodeContext) -> None:
 
     from builders.verify.metrics import evaluate, verdict  # noqa: PLC0415
 
+    quant = ctx.params["quant"]
     path = _gguf_file(ctx.out)
     facts = _file_facts(path)
+    fallback = gguf_types.fallback(quant, facts.pop("_tensors"))
     ctx.result["runtime_abi"] = {"gguf_version": facts["gguf_version"], "architecture": facts["architecture"],
                                  "llama.cpp": (ctx.result.get("tool_versions") or {}).get("llama.cpp")}
     ctx.result["gguf"] = facts
+    ctx.result["tensor_types"] = facts["tensor_types"]
+    ctx.result["quant_fallback"] = fallback
     vp = ctx.params["verify"]
     llm = Llama(model_path=str(path), n_ctx=vp["n_ctx"], n_batch=vp["n_ctx"], logits_all=True,
-                n_threads=vp["n_threads"], seed=0, verbose=False)
+                n_threads=_threads(vp), seed=0, verbose=False)
 
     def forward(tokens):
         llm.reset()
         llm.eval([int(t) for t in tokens])
         return np.array(llm.scores[: len(tokens)], dtype=np.float32)
 
-    figures = evaluate(ctx.inputs["reference"], forward)
-    ctx.result["verification"] = verdict(figures, ctx.params.get("thresholds"))
+    art_logits: list = []
+    figures = evaluate(ctx.inputs["reference"], forward, keep=art_logits)
+    del llm
+    runtime, info = _runtime_figures(ctx, path, ctx.inputs["reference"], art_logits)
+    figures.update(runtime)
+    ver = verdict(figures, ctx.params.get("thresholds"), where=f"gguf {quant}", require=("runtime_",))
+    ver["runtime_check"] = info
+    if fallback:
+        ver["warnings"] = [gguf_types.warning(fallback)]
+        ctx.log("WARNING " + ver["warnings"][0] + ": " + ", ".join(fallback["tensors"][:6]))
+    ctx.result["verification"] = ver
     ctx.log("verify: " + ", ".join(f"{k}={v:.4g}" for k, v in figures.items() if isinstance(v, float)))
 
 

@@ -1,61 +1,98 @@
 """Numerical comparison of an artifact's logits with the original model's (numpy only).
 
-Figures (all over the compared positions):
-  max_abs_logit  max |ref - art|
-  nmse           sum((ref-art)^2) / sum(ref^2)
+Figures (all over the compared positions; scale-free ones first):
   rel_l2         ||ref-art||_2 / ||ref||_2
-  top1           fraction of positions where argmax agrees
+  nmse           sum((ref-art)^2) / sum(ref^2)        (= rel_l2 squared)
   kl             mean KL(softmax(ref) || softmax(art)) in nats
+  top1           fraction of positions where argmax agrees
+  max_abs_logit  max |ref - art|  (reported; its scale is the model's logit scale)
   ppl_ref, ppl_art, ppl_delta   perplexity of the fixed text (art - ref)
+A figure named `runtime_<figure>` compares the artifact with the original model evaluated in fp32 on
+the artifact's own (dequantized) weights: it measures the converter/runtime, not the quantization.
+
+Logits are processed in float32, a block of positions at a time (memory: BLOCK_ROWS x vocab floats),
+with sums accumulated in float64.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-# threshold key -> (figure, comparison); a figure passes when `figure <op> threshold`
-THRESHOLD_KEYS = {
+BLOCK_ROWS = 64  # positions per block: 64 x 128k vocab x 4 B x ~4 temporaries ~ 130 MB
+
+BASE_KEYS = {
     "max_abs_logit": ("max_abs_logit", "<="),
     "nmse_max": ("nmse", "<="),
     "rel_l2_max": ("rel_l2", "<="),
     "top1_min": ("top1", ">="),
     "kl_max": ("kl", "<="),
+}
+# threshold key -> (figure, comparison); a figure passes when `figure <op> threshold`
+THRESHOLD_KEYS = {
+    **BASE_KEYS,
     "ppl_delta_max": ("ppl_delta", "<="),
+    **{f"runtime_{k}": (f"runtime_{fig}", op) for k, (fig, op) in BASE_KEYS.items()},
 }
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    """Per row, float64: max + log(sum(exp(x - max)))."""
     m = x.max(axis=-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+    return m[:, 0].astype(np.float64) + np.log(np.exp(x - m).sum(axis=-1, dtype=np.float64))
 
 
-def compare(ref: np.ndarray, art: np.ndarray) -> dict:
-    ref = np.asarray(ref, dtype=np.float64)
-    art = np.asarray(art, dtype=np.float64)
+def compare(ref: np.ndarray, art: np.ndarray, block: int = BLOCK_ROWS) -> dict:
+    ref = np.asarray(ref)
+    art = np.asarray(art)
     if ref.shape != art.shape:
         raise ValueError(f"logits shape {art.shape} differs from reference {ref.shape}")
-    diff = ref - art
-    lr, la = _log_softmax(ref), _log_softmax(art)
-    kl = (np.exp(lr) * (lr - la)).sum(axis=-1)
+    if ref.ndim != 2 or ref.shape[0] == 0 or ref.shape[1] == 0:
+        raise ValueError(f"no logits to compare (shape {ref.shape})")
+    sq_diff = sq_ref = kl_sum = 0.0
+    max_abs, agree = 0.0, 0
+    for i in range(0, ref.shape[0], block):
+        r = ref[i:i + block].astype(np.float32, copy=False)
+        a = art[i:i + block].astype(np.float32, copy=False)
+        d = r - a
+        sq_diff += float(np.sum(d * d, dtype=np.float64))
+        sq_ref += float(np.sum(r * r, dtype=np.float64))
+        max_abs = max(max_abs, float(np.abs(d).max()))
+        agree += int((r.argmax(-1) == a.argmax(-1)).sum())
+        # KL = sum p_ref * (log p_ref - log p_art), with log p_ref - log p_art = d - (lse_ref - lse_art):
+        # the difference is taken on the logits, so no cancellation of two large log-probabilities
+        lse_r, lse_a = _logsumexp(r), _logsumexp(a)
+        p = np.exp(r - lse_r[:, None].astype(np.float32))
+        row = np.sum(p * d, axis=-1, dtype=np.float64) - (lse_r - lse_a) * np.sum(p, axis=-1, dtype=np.float64)
+        kl_sum += float(row.sum())
+    n = ref.shape[0]
+    nmse = sq_diff / max(sq_ref, 1e-30)
     return {
-        "positions": int(ref.shape[0]),
-        "max_abs_logit": float(np.abs(diff).max()),
-        "nmse": float((diff**2).sum() / max((ref**2).sum(), 1e-30)),
-        "rel_l2": float(np.sqrt((diff**2).sum()) / max(np.sqrt((ref**2).sum()), 1e-30)),
-        "top1": float((ref.argmax(-1) == art.argmax(-1)).mean()),
-        "kl": float(kl.mean()),
+        "positions": int(n),
+        "max_abs_logit": max_abs,
+        "nmse": nmse,
+        "rel_l2": math.sqrt(nmse),
+        "top1": agree / n,
+        "kl": kl_sum / n,
+        "max_abs_ref_logit": float(max(np.abs(ref[i:i + block]).max() for i in range(0, n, block))),
     }
 
 
-def perplexity(logits: np.ndarray, tokens: np.ndarray) -> float:
+def perplexity(logits: np.ndarray, tokens: np.ndarray, block: int = BLOCK_ROWS) -> float:
     """Perplexity of tokens[1:] given logits[:-1] (logits[i] predicts tokens[i+1])."""
-    lp = _log_softmax(np.asarray(logits)[:-1])
-    nll = -lp[np.arange(len(tokens) - 1), np.asarray(tokens)[1:]]
-    return float(np.exp(nll.mean()))
+    logits, tokens = np.asarray(logits), np.asarray(tokens)
+    nll = 0.0
+    n = len(tokens) - 1
+    if n <= 0:
+        raise ValueError("perplexity needs at least two tokens")
+    for i in range(0, n, block):
+        x = logits[i:min(i + block, n)].astype(np.float32, copy=False)
+        nxt = tokens[i + 1:i + 1 + len(x)]
+        nll += float((_logsumexp(x) - x[np.arange(len(x)), nxt]).sum())
+    return float(np.exp(nll / n))
 
 
 def load_reference(ref_dir: Path) -> dict:
@@ -69,14 +106,18 @@ def load_reference(ref_dir: Path) -> dict:
     }
 
 
-def evaluate(ref_dir: Path, forward: Callable[[np.ndarray], np.ndarray], with_text: bool = True) -> dict:
+def evaluate(ref_dir: Path, forward: Callable[[np.ndarray], np.ndarray], with_text: bool = True,
+             keep: list | None = None) -> dict:
     """Run `forward(tokens) -> logits [n, vocab]` on every reference prompt (teacher forced over the
-    prompt and the reference's greedy continuation) and on the perplexity text; return figures."""
+    prompt and the reference's greedy continuation) and on the perplexity text; return figures.
+    With `keep` (a list), the artifact's prompt logits are appended to it (for a second comparison)."""
     ref = load_reference(ref_dir)
     refs, arts = [], []
     for tokens, _, logits in ref["prompts"]:
         refs.append(logits)
         arts.append(np.asarray(forward(tokens))[: len(tokens)])
+    if keep is not None:
+        keep.extend(arts)
     figures = compare(np.concatenate(refs), np.concatenate(arts))
     if with_text:
         text_art = np.asarray(forward(ref["text_tokens"]))
@@ -86,18 +127,45 @@ def evaluate(ref_dir: Path, forward: Callable[[np.ndarray], np.ndarray], with_te
     return figures
 
 
-def verdict(figures: dict, thresholds: dict | None) -> dict:
-    """The manifest's verification block: figures, thresholds, failures, passed."""
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float, np.floating, np.integer)) and not isinstance(x, bool)
+
+
+def verdict(figures: dict, thresholds: dict | None, where: str = "this artifact",
+            require: tuple[str, ...] = ()) -> dict:
+    """The manifest's verification block: figures, thresholds, failures, passed.
+
+    Fails closed: no thresholds, an unknown threshold key, a non-numeric or NaN threshold, a NaN/inf
+    figure, a threshold whose figure was not measured, no compared positions, or no threshold on a
+    figure family listed in `require` (figure-name prefixes, e.g. "runtime_") all fail with a reason."""
+    thresholds = dict(thresholds or {})
     failures = []
-    for key, limit in (thresholds or {}).items():
+    if not thresholds:
+        failures.append(f"no verification thresholds for {where}: add them under verify.thresholds in matrix.yaml "
+                        f"(e.g. top1_min, kl_max)")
+    for fig, value in figures.items():
+        if _is_number(value) and not math.isfinite(float(value)):
+            failures.append(f"figure {fig} is {value}: the artifact's logits are not finite")
+    if "positions" in figures and not figures["positions"]:
+        failures.append("no positions were compared")
+    for key, limit in thresholds.items():
         if key not in THRESHOLD_KEYS:
-            raise ValueError(f"unknown threshold '{key}' (known: {', '.join(THRESHOLD_KEYS)})")
+            failures.append(f"unknown threshold '{key}' for {where} (known: {', '.join(THRESHOLD_KEYS)})")
+            continue
+        if not _is_number(limit) or not math.isfinite(float(limit)):
+            failures.append(f"threshold {key}={limit!r} for {where} is not a finite number")
+            continue
         fig, op = THRESHOLD_KEYS[key]
         if fig not in figures:
-            failures.append(f"{fig} not measured but a threshold is set")
+            failures.append(f"threshold {key} is set but {fig} was not measured for {where}")
             continue
         value = figures[fig]
+        if not _is_number(value) or not math.isfinite(float(value)):
+            continue  # already reported above
         ok = value <= limit if op == "<=" else value >= limit
         if not ok:
             failures.append(f"{fig}={value:.4g} not {op} {limit}")
-    return {"passed": not failures, "checks": figures, "thresholds": dict(thresholds or {}), "failures": failures}
+    for prefix in require:
+        if not any(THRESHOLD_KEYS.get(k, ("",))[0].startswith(prefix) for k in thresholds):
+            failures.append(f"{prefix}* figures were measured but {where} has no {prefix}* threshold in matrix.yaml")
+    return {"passed": not failures, "checks": figures, "thresholds": thresholds, "failures": failures}

@@ -9,6 +9,8 @@ Nodes (see README "mlc"):
                one compiled library ("reuse-lib")
   mlc-lib      <model>.mlc.<quant>.lib.<target>   library (the compiled library under the model's
                MLC name; the manifest says whether it was compiled for another model) -> verify
+               A non-cpu library is checked structurally only; its node has the cpu library node of
+               the same weights as parent `verified_by` and fails when that numeric check fails.
 Plan side only reads tables here (quant.py, targets.py, models/__init__.py); tvm, torch and the
 transformers reference are imported inside the steps (steps.py).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from typing import Any, Mapping
 
 from builders.backends.base import Cell, ModelRef, NodeDef
@@ -32,6 +35,7 @@ OPTIONS: dict[str, tuple[type, Any, Any, str]] = {
     "prefill_chunk_size": (int, 128, lambda v: 0 < v <= MAX_CONTEXT, f"a positive integer at most {MAX_CONTEXT}"),
     "conv_template": (str, None, lambda v: bool(v), "an MLC conversation template name"),
 }
+NUMERIC_TARGET = "cpu"  # the target whose library runs here: the weights' numeric check
 OPTION_ALIASES = {"max_seq_len": "context_window_size", "max-seq-len": "context_window_size"}
 
 
@@ -86,15 +90,26 @@ class MlcBackend:
         default_ctx = (model.config or {}).get("max_position_embeddings")
         ctx_suffix = "" if ctx == default_ctx else f"-ctx{ctx}"
         lib_opts = {k: opts[k] for k in ("context_window_size", "prefill_chunk_size")}
-        compiled = self._compile_node(cell, model, config, lib_opts, ctx_suffix, weights.unavailable)
-        lib_stem = f"{model.name}-{cell.quant}{ctx_suffix}-{cell.target}"
-        lib = NodeDef(
-            key=f"{model.name}.mlc.{cell.quant}.lib.{cell.target}", kind="mlc-lib", backend="mlc", image="mlc",
-            params={"quant": cell.quant, "target": cell.target, "model_name": model.name,
-                    "lib_stem": lib_stem, "options": lib_opts},
-            parents={"weights": wkey, "compiled": compiled.key, **reference}, publish="mlc/libs",
-            unavailable=weights.unavailable, outputs=(lib_file_name(lib_stem, cell.target),))
-        return [weights, compiled, lib]
+
+        def library(target: str, extra_parents: dict) -> list[NodeDef]:
+            compiled = self._compile_node(replace(cell, target=target), model, config, lib_opts, ctx_suffix,
+                                          weights.unavailable)
+            lib_stem = f"{model.name}-{cell.quant}{ctx_suffix}-{target}"
+            lib = NodeDef(
+                key=f"{model.name}.mlc.{cell.quant}.lib.{target}", kind="mlc-lib", backend="mlc", image="mlc",
+                params={"quant": cell.quant, "target": target, "model_name": model.name,
+                        "lib_stem": lib_stem, "options": lib_opts},
+                parents={"weights": wkey, "compiled": compiled.key, **reference, **extra_parents},
+                publish="mlc/libs", unavailable=weights.unavailable,
+                outputs=(lib_file_name(lib_stem, target),))
+            return [compiled, lib]
+
+        if cell.target == NUMERIC_TARGET:
+            return [weights, *library(cell.target, {})]
+        # a library that cannot run here is only as verified as its weights: it depends on the cpu
+        # library node, where the same weights are run numerically, and carries its figures
+        numeric = library(NUMERIC_TARGET, {})
+        return [weights, *numeric, *library(cell.target, {"verified_by": numeric[-1].key})]
 
     @staticmethod
     def _compile_node(cell: Cell, model: ModelRef, config: ModelConfig | None, lib_opts: dict, ctx_suffix: str,

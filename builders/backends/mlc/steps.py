@@ -2,7 +2,9 @@
 
 mlc-weights: convert_weight -> gen_config -> verify_quant -> verify_tokenizer
 mlc-compile: compile (from the architecture + config in the params; reads no model)
-mlc-lib:     library (the compiled library under the model's name) -> verify
+mlc-lib:     library (the compiled library under the model's name) -> verify (cpu: run against the
+             reference, figures also written next to the library; other targets: structural, plus the cpu
+             library's figures for the same weights)
 """
 
 from __future__ import annotations
@@ -204,10 +206,34 @@ def step_verify(ctx: NodeContext) -> None:
         facts, failures = inspect_lib.check_cuda_so(path)
     else:
         facts, failures = inspect_lib.check_tar(path, t.object_arch)
-    ctx.result["verification"] = {"passed": not failures, "checks": {"structural": facts},
-                                  "thresholds": {}, "failures": failures,
-                                  "not_run": f"{t.name} library needs its device; checked structurally"}
-    ctx.log(f"verify {t.name}: structural {'ok' if not failures else failures}")
+    weights = _weights_verification(ctx)
+    failures = failures + [f"weights ({weights['node']}): {f}" for f in weights["failures"]]
+    if weights["passed"] is not True and not weights["failures"]:
+        failures.append(f"weights ({weights['node']}): numeric check did not pass")
+    ctx.result["verification"] = {
+        "passed": not failures, "checks": {**weights["checks"], "structural": facts},
+        "thresholds": weights["thresholds"], "failures": failures, "verified_by": weights["node"],
+        "not_run": (f"library structural check only, weights verified numerically by {weights['node']} "
+                    f"({t.name} library needs its device)")}
+    ctx.log(f"verify {t.name}: structural {'ok' if not failures else failures}; weights verified by {weights['node']}")
+
+
+WEIGHTS_VERIFICATION = ".verification.json"  # next to the cpu library: its numeric figures, for other targets
+
+
+def _weights_verification(ctx: NodeContext) -> dict:
+    """The numeric check of this library's weights, from the cpu library node (parent `verified_by`)."""
+    parent = ctx.inputs.get("verified_by")
+    key = ((ctx.spec.get("parents") or {}).get("verified_by") or {}).get("key")
+    if parent is None or key is None:
+        raise NodeFailed("a non-cpu mlc library needs its weights' numeric check (parent 'verified_by': the cpu "
+                         "library node); this plan has none")
+    found = sorted(Path(parent).glob("*" + WEIGHTS_VERIFICATION))
+    if len(found) != 1:
+        raise NodeFailed(f"{key}: expected one *{WEIGHTS_VERIFICATION} in its output, found {len(found)}")
+    record = ctx.load_json(found[0])
+    return {"node": key, "passed": record.get("passed"), "checks": record.get("checks") or {},
+            "thresholds": record.get("thresholds") or {}, "failures": record.get("failures") or []}
 
 
 def _verify_cpu(ctx: NodeContext, path: Path) -> None:
@@ -227,7 +253,7 @@ def _verify_cpu(ctx: NodeContext, path: Path) -> None:
     figures["decode_steps"] = int(min(len(tk) - pl for tk, pl, _ in ref["prompts"]))
     first = ref["prompts"][0]
     figures["prefill_entry_max_abs"] = float(np.abs(sess.prefill_last(first[0][: first[1]]) - first[2][first[1] - 1]).max())
-    ver = verdict(figures, ctx.params.get("thresholds"))
+    ver = verdict(figures, ctx.params.get("thresholds"), where=f"mlc {q.code}")
     # (b) library correctness alone: same dequantized weights through transformers
     fwd = reference.forward_fn(ctx.model_dir, reference.hf_state(reference.dequantized_params(ctx.inputs["weights"], c, q), c))
     dq = np.concatenate([fwd(tokens) for tokens, _, _ in ref["prompts"]])
@@ -244,6 +270,11 @@ def _verify_cpu(ctx: NodeContext, path: Path) -> None:
         ver["failures"].append(f"only {figures['decode_steps']} decode steps compared (need >= 8)")
         ver["passed"] = False
     ctx.result["verification"] = ver
+    numeric = {k: v for k, v in ver["checks"].items() if isinstance(v, (int, float))}
+    record = {"node": ctx.spec["key"], "passed": ver["passed"], "checks": numeric, "thresholds": ver["thresholds"],
+              "failures": ver["failures"]}
+    (ctx.out / (ctx.params["lib_stem"] + WEIGHTS_VERIFICATION)).write_text(
+        json.dumps(record, indent=1, sort_keys=True) + "\n")
     ctx.log("verify cpu: " + ", ".join(f"{k}={v:.4g}" for k, v in ver["checks"].items() if isinstance(v, float)))
 
 

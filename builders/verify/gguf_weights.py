@@ -1,0 +1,91 @@
+"""A .gguf file's weights as the runtime sees them, back under the HF model's parameter names.
+
+Every tensor is dequantized with gguf-py (`gguf.quants.dequantize`) and renamed with gguf-py's own
+tensor map (HF name -> GGUF name, inverted). llama.cpp's converter permutes the rows of q/k
+projections for Llama-style rope ("llama" architecture: Llama, Mistral); that is undone here.
+Runs inside the gguf image (gguf-py); one tensor is dequantized at a time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+# GGUF architecture -> does the converter permute q/k rows (LlamaModel.permute)?
+ROPE_PERMUTED = {"llama": True, "qwen2": False}
+# GGUF tensors that are no HF parameter (computed from the config, e.g. llama3 rope frequencies)
+NOT_PARAMETERS = ("rope_freqs.weight",)
+
+
+class WeightsError(Exception):
+    """The file's tensors do not map one-to-one onto the HF model's parameters."""
+
+
+def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Inverse of the converter's permute(w, n_head): rows (head, 2, d/2) were stored as (head, d/2, 2)."""
+    return (w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
+            .swapaxes(1, 2)
+            .reshape(w.shape))
+
+
+def _field(reader, key: str):
+    f = reader.fields.get(key)
+    if f is None:
+        return None
+    value = f.parts[f.data[0]]
+    return bytes(value).decode() if f.types and f.types[0].name == "STRING" else value[0].item()
+
+
+def hf_names(reader, hf_params: Iterable[str]) -> dict[str, str]:
+    """GGUF tensor name -> HF parameter name, for every tensor of the file (WeightsError otherwise)."""
+    import gguf  # noqa: PLC0415
+
+    arch_name = _field(reader, "general.architecture")
+    arch = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}.get(arch_name)
+    if arch is None or arch_name not in ROPE_PERMUTED:
+        raise WeightsError(f"no dequantized-weights mapping for GGUF architecture '{arch_name}' "
+                           f"(known: {', '.join(ROPE_PERMUTED)})")
+    n_blocks = int(_field(reader, f"{arch_name}.block_count"))
+    tmap = gguf.get_tensor_name_map(arch, n_blocks)
+    to_hf = {}
+    for hf in hf_params:
+        name = tmap.get_name(hf, try_suffixes=(".weight", ".bias"))
+        if name is not None:
+            to_hf[name] = hf
+    mapping, unmapped = {}, []
+    for t in reader.tensors:
+        if t.name in to_hf:
+            mapping[t.name] = to_hf[t.name]
+        elif t.name not in NOT_PARAMETERS:
+            unmapped.append(t.name)
+    if unmapped:
+        raise WeightsError(f"GGUF tensors with no HF parameter: {', '.join(unmapped[:5])}")
+    return mapping
+
+
+def load_into(path: Path, hf_params: Iterable[str], put: Callable[[str, np.ndarray], None]) -> dict:
+    """Dequantize every tensor of `path`, undo the q/k permutation, and hand it to `put(hf_name, array)`
+    one at a time. Returns {hf_name: gguf type name} of what was loaded."""
+    from gguf import GGUFReader  # noqa: PLC0415
+    from gguf.quants import dequantize  # noqa: PLC0415
+
+    reader = GGUFReader(str(path))
+    arch_name = _field(reader, "general.architecture")
+    mapping = hf_names(reader, hf_params)
+    n_head = int(_field(reader, f"{arch_name}.attention.head_count"))
+    n_kv = int(_field(reader, f"{arch_name}.attention.head_count_kv") or n_head)
+    loaded = {}
+    for t in reader.tensors:
+        hf = mapping.get(t.name)
+        if hf is None:
+            continue
+        w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+        if ROPE_PERMUTED[arch_name] and hf.endswith(("q_proj.weight", "q_proj.bias")):
+            w = unpermute(w, n_head)
+        elif ROPE_PERMUTED[arch_name] and hf.endswith(("k_proj.weight", "k_proj.bias")):
+            w = unpermute(w, n_kv)
+        put(hf, w)
+        loaded[hf] = t.tensor_type.name
+    return loaded
