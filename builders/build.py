@@ -166,7 +166,7 @@ class Builder:
         to_run = [pn for pn in to_run if pn.key in needed]
         if to_run:
             self._ensure_images(to_run)
-            self.executor = get_executor(self.executor_name, echo=self.echo)
+            self.executor = get_executor(self.executor_name, echo=self.echo, limits=self.matrix.containers)
         for pn in order:
             if pn.key not in needed:
                 continue

@@ -9,13 +9,15 @@ from typing import Any
 
 from builders import backends
 from builders.backends.base import Cell
+from builders.container_limits import ContainerLimits, default_limits
+from builders.container_limits import parse as parse_limits
 from builders.errors import MatrixError
 from builders.models.source import ModelSource, parse_source
 from builders.targets import TARGETS
 from builders.yamlfile import LocatedYaml
 
 SCHEMA = 1
-TOP_KEYS = {"schema", "defaults", "models", "backends", "cells", "verify", "images"}
+TOP_KEYS = {"schema", "defaults", "models", "backends", "cells", "verify", "images", "containers"}
 
 
 @dataclass
@@ -28,6 +30,7 @@ class Matrix:
     thresholds: dict[str, dict[str, dict[str, float]]]
     images: dict[str, dict[str, Any]]
     yaml: LocatedYaml | None = field(default=None, repr=False)
+    containers: ContainerLimits = field(default_factory=default_limits)  # node container limits (not in digests)
 
     def thresholds_for(self, backend: str, quant: str) -> dict[str, float]:
         return dict(self.thresholds.get(backend, {}).get(quant, {}))
@@ -110,9 +113,15 @@ def load(path: Path | str) -> Matrix:
     _expect("base" in images, y, ("images",), "needs a `base:` image entry (suite, mirror, pip pins)")
 
     defaults = _mapping(y, ("defaults",))
-    m = Matrix(path, defaults, models, backend_options, cell_overrides, thresholds, images, y)
+    m = Matrix(path, defaults, models, backend_options, cell_overrides, thresholds, images, y,
+               containers=container_limits(y))
     _validate_defaults(m, y)
     return m
+
+
+def container_limits(y: LocatedYaml) -> ContainerLimits:
+    """The `containers:` key (memory/pids limits of node containers), validated; defaults from this machine."""
+    return parse_limits(y.data.get("containers"), y.where)
 
 
 def _validate_defaults(m: Matrix, y: LocatedYaml) -> None:

@@ -1,9 +1,13 @@
 """Run a node in its toolchain container through the docker SDK.
 
 The project's builders/ package is mounted read-only at /opt/buildmatrix/builders (PYTHONPATH=/opt/buildmatrix);
-inputs are mounted read-only, the network is off, HOME and caches live in the node's work dir, and the
-process runs as the host user so its files belong to whoever runs the build. Ctrl-C or SIGTERM kills and
-removes the container before the interrupt propagates: no container outlives its build.
+inputs are mounted read-only, the network is off, HOME and caches live in the node's work dir. The node
+never runs as root: it runs as the host user, or - when the build runs as root - as the unprivileged uid
+65532, which gets the node's staging dir for the run; afterwards the staging dir is handed back to the host
+user, so every file belongs to whoever runs the build. No capabilities, no-new-privileges, and the memory
+and pids limits of matrix.yaml `containers:` (builders/container_limits.py; no swap on top). A node the
+kernel killed for exceeding the memory limit fails with that one line. Ctrl-C or SIGTERM kills and removes
+the container before the interrupt propagates: no container outlives its build.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import socket
 import uuid
 from pathlib import Path
 
+from builders.container_limits import ContainerLimits, default_limits
 from builders.errors import ToolchainError
 from builders.executors import Mount, echo, node_dir, sigterm_raises, signals_deferred
 
@@ -32,6 +37,7 @@ CONTAINER_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
 }
+UNPRIVILEGED_ID = 65532  # uid:gid of nodes when the build runs as root ("nonroot" in distroless images)
 
 
 def _client():
@@ -51,6 +57,31 @@ def _remove(client, name: str) -> None:
         client.containers.get(name).remove(force=True)  # kills it if still running
     except docker.errors.NotFound:
         pass
+
+
+def container_user() -> tuple[int, int]:
+    """uid, gid a node container runs as: the host user's, never root."""
+    if os.getuid() == 0:
+        return UNPRIVILEGED_ID, UNPRIVILEGED_ID
+    return os.getuid(), os.getgid()
+
+
+def chown_tree(root: Path, uid: int, gid: int) -> None:
+    """Give root and everything below it (links themselves, not their targets) to uid:gid."""
+    os.lchown(root, uid, gid)
+    for parent, dirs, files in os.walk(root):
+        for name in dirs + files:
+            os.lchown(os.path.join(parent, name), uid, gid)
+
+
+def _write_oom_result(result_path: Path, reason: str) -> None:
+    """The node's result says it failed for the memory limit (whatever it wrote before it was killed)."""
+    try:
+        result = json.loads(result_path.read_text())
+    except (OSError, ValueError):
+        result = {}
+    result.update(status="failed", reason=reason)
+    result_path.write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -81,9 +112,10 @@ def cleanup_stale(client=None) -> list[str]:
 class DockerExecutor:
     name = "docker"
 
-    def __init__(self, echo: bool = False, client=None):
+    def __init__(self, echo: bool = False, client=None, limits: ContainerLimits | None = None):
         self.client = client or _client()
         self.echo = echo
+        self.limits = limits or default_limits()
 
     def run(self, spec: dict, mounts: list[Mount], image_ref: str | None, log_path: Path) -> int:
         import docker
@@ -102,12 +134,18 @@ class DockerExecutor:
         volumes[str(PROJECT / "builders")] = {"bind": "/opt/buildmatrix/builders", "mode": "ro"}
         labels = {LABEL: spec["key"], OWNER_LABELS[0]: str(os.getpid()), OWNER_LABELS[1]: socket.gethostname()}
         name = _name(spec["key"])
+        uid, gid = container_user()
+        handed_over = (uid, gid) != (os.getuid(), os.getgid())
         with sigterm_raises():
             try:
+                if handed_over:
+                    chown_tree(host_node, uid, gid)
                 container = self.client.containers.create(
                     image_ref, ["python", "-m", "builders.node", "run", "/node/spec.json"], name=name,
                     volumes=volumes, environment=CONTAINER_ENV, network_mode="none", labels=labels,
-                    user=f"{os.getuid()}:{os.getgid()}", working_dir="/node/work")
+                    user=f"{uid}:{gid}", working_dir="/node/work", cap_drop=["ALL"],
+                    security_opt=["no-new-privileges"], mem_limit=self.limits.memory,
+                    memswap_limit=self.limits.memory, pids_limit=self.limits.pids)
                 container.start()
                 with open(log_path, "ab") as log:
                     for chunk in container.logs(stream=True, follow=True):
@@ -115,7 +153,16 @@ class DockerExecutor:
                         log.flush()
                         if self.echo:
                             echo(chunk)
-                return int(container.wait().get("StatusCode", 1))
+                rc = int(container.wait().get("StatusCode", 1))
+                container.reload()
+                if container.attrs["State"].get("OOMKilled"):
+                    result_path = host_node / Path(spec["result"]).relative_to("/node")
+                    if rc != 0 or not result_path.is_file() or json.loads(result_path.read_text()).get("status") != "ok":
+                        _write_oom_result(result_path, self.limits.oom_reason())
+                        rc = rc or 1
+                return rc
             finally:
                 with signals_deferred():
                     _remove(self.client, name)
+                    if handed_over:
+                        chown_tree(host_node, os.getuid(), os.getgid())
