@@ -21,7 +21,7 @@ from builders.container_limits import ContainerLimits
 from builders.executors import Mount, get_executor
 from builders.executors.docker import LABEL, UNPRIVILEGED_ID, cleanup_stale, container_user
 from builders.executors.native import native_spec
-from builders.errors import MatrixError, ToolchainError
+from builders.errors import MatrixError, ModelError, ToolchainError
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE_MODULES = ("execbackend.py", "stepbackend.py")
@@ -281,3 +281,34 @@ def test_a_node_within_the_memory_limit_is_not_reported_as_oom(tmp_path, base_im
     result = json.loads((stage / "result.json").read_text())
     assert (rc, result["status"], result["reason"]) == (0, "ok", None), (stage / "log.txt").read_text()
     assert (stage / "out" / "allocated").read_text() == "32"
+
+
+def test_unreadable_by_others_finds_what_an_unprivileged_node_could_not_read(tmp_path):
+    from builders.executors.docker import unreadable_by_others
+
+    model = tmp_path / "model"
+    (model / "sub").mkdir(parents=True)
+    for f in ("config.json", "sub/model.safetensors"):
+        (model / f).write_text("{}")
+        (model / f).chmod(0o644)
+    model.chmod(0o755)
+    (model / "sub").chmod(0o755)
+    (model / "dangling").symlink_to(tmp_path / "nowhere")
+    assert unreadable_by_others(model) is None
+    (model / "sub" / "model.safetensors").chmod(0o600)
+    assert unreadable_by_others(model) == model / "sub" / "model.safetensors"
+    (model / "sub").chmod(0o750)
+    assert unreadable_by_others(model) == model / "sub"
+
+
+@pytest.mark.docker
+@pytest.mark.skipif(os.getuid() != 0, reason="as a non-root user the node runs as that user and reads its files")
+def test_an_input_the_unprivileged_node_cannot_read_is_a_one_line_error_before_any_container(
+        tmp_path, base_image, exec_site, docker_engine):
+    spec, mounts, stage = make_node(tmp_path, "probe")
+    (tmp_path / "model" / "config.json").chmod(0o600)
+    with pytest.raises(ModelError) as e:
+        get_executor("docker").run(spec, mounts + site_mounts(exec_site), base_image["ref"], stage / "log.txt")
+    assert str(e.value) == (f"{tmp_path / 'model' / 'config.json'}: not readable by the node's uid 65532 (node "
+                            f"containers never run as root); make it readable: chmod -R a+rX {tmp_path / 'model'}")
+    assert containers_of(docker_engine, spec["key"]) == [] and not (stage / "result.json").exists()

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 from builders.container_limits import ContainerLimits, default_limits
-from builders.errors import ToolchainError
+from builders.errors import ModelError, ToolchainError
 from builders.executors import Mount, echo, node_dir, sigterm_raises, signals_deferred
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -72,6 +72,21 @@ def chown_tree(root: Path, uid: int, gid: int) -> None:
     for parent, dirs, files in os.walk(root):
         for name in dirs + files:
             os.lchown(os.path.join(parent, name), uid, gid)
+
+
+def unreadable_by_others(root: Path) -> Path | None:
+    """The first file or directory under root (itself included) that a user other than its owner and group
+    cannot read (directories: read and enter), or None."""
+    root = Path(root)
+    for parent, dirs, files in os.walk(root):
+        for path, bits in [(Path(parent), 0o005)] + [(Path(parent) / f, 0o004) for f in files]:
+            try:
+                mode = os.stat(path).st_mode  # links: their target, as the container sees them
+            except OSError:  # a dangling link: the node reports what it misses
+                continue
+            if mode & bits != bits:
+                return path
+    return None
 
 
 def _write_oom_result(result_path: Path, reason: str) -> None:
@@ -136,6 +151,12 @@ class DockerExecutor:
         name = _name(spec["key"])
         uid, gid = container_user()
         handed_over = (uid, gid) != (os.getuid(), os.getgid())
+        if handed_over:
+            for host in [PROJECT / "builders"] + [Path(m.host) for m in mounts if m.read_only]:
+                bad = unreadable_by_others(host)
+                if bad:
+                    raise ModelError(f"{bad}: not readable by the node's uid {uid} (node containers never run as "
+                                     f"root); make it readable: chmod -R a+rX {host}")
         with sigterm_raises():
             try:
                 if handed_over:
