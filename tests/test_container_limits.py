@@ -71,3 +71,17 @@ def test_a_bad_limit_is_one_line_and_exit_2_from_the_cli(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "containers.memory: 16 is not a size" in proc.stderr
+
+
+@pytest.mark.docker
+def test_a_node_over_the_memory_limit_fails_its_cell_with_one_line_in_the_summary(tmp_path):
+    from helpers import invoke
+
+    text = (ROOT / "matrix.yaml").read_text() + "\ncontainers: {memory: 200m}\n"
+    (tmp_path / "matrix.yaml").write_text(text)
+    proc = invoke("build", "--matrix", str(tmp_path / "matrix.yaml"), "--out", str(tmp_path / "dist"), "--model",
+                  "tiny-mistral", "--backends", "coreml", "--quants", "fp16", "--targets", "ane")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    row = next(ln for ln in proc.stdout.splitlines() if "tiny-mistral.coreml.fp16.ane" in ln)
+    assert "failed" in row and "container exceeded memory limit 200m; raise containers.memory" in row, proc.stdout
+    assert not list((tmp_path / "dist").glob(".store/*/out/*.mlpackage")), "nothing of the killed node is promoted"
