@@ -19,7 +19,8 @@ import pytest
 
 from builders.container_limits import ContainerLimits
 from builders.executors import Mount, get_executor
-from builders.executors.docker import LABEL, UNPRIVILEGED_ID, cleanup_stale, container_user
+from builders.executors.docker import LABEL, cleanup_stale
+from builders.executors.node_user import UNPRIVILEGED_ID, container_user
 from builders.executors.native import native_spec
 from builders.errors import MatrixError, ModelError, ToolchainError
 
@@ -284,7 +285,7 @@ def test_a_node_within_the_memory_limit_is_not_reported_as_oom(tmp_path, base_im
 
 
 def test_unreadable_by_others_finds_what_an_unprivileged_node_could_not_read(tmp_path):
-    from builders.executors.docker import unreadable_by_others
+    from builders.executors.node_user import unreadable_by_others
 
     model = tmp_path / "model"
     (model / "sub").mkdir(parents=True)

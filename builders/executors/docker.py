@@ -20,8 +20,9 @@ import uuid
 from pathlib import Path
 
 from builders.container_limits import ContainerLimits, default_limits
-from builders.errors import ModelError, ToolchainError
+from builders.errors import ToolchainError
 from builders.executors import Mount, echo, node_dir, sigterm_raises, signals_deferred
+from builders.executors.node_user import chown_tree, container_user, require_readable
 
 PROJECT = Path(__file__).resolve().parents[2]
 LABEL = "buildmatrix.node"  # value: the node key
@@ -37,7 +38,6 @@ CONTAINER_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
 }
-UNPRIVILEGED_ID = 65532  # uid:gid of nodes when the build runs as root ("nonroot" in distroless images)
 
 
 def _client():
@@ -59,44 +59,18 @@ def _remove(client, name: str) -> None:
         pass
 
 
-def container_user() -> tuple[int, int]:
-    """uid, gid a node container runs as: the host user's, never root."""
-    if os.getuid() == 0:
-        return UNPRIVILEGED_ID, UNPRIVILEGED_ID
-    return os.getuid(), os.getgid()
-
-
-def chown_tree(root: Path, uid: int, gid: int) -> None:
-    """Give root and everything below it (links themselves, not their targets) to uid:gid."""
-    os.lchown(root, uid, gid)
-    for parent, dirs, files in os.walk(root):
-        for name in dirs + files:
-            os.lchown(os.path.join(parent, name), uid, gid)
-
-
-def unreadable_by_others(root: Path) -> Path | None:
-    """The first file or directory under root (itself included) that a user other than its owner and group
-    cannot read (directories: read and enter), or None."""
-    root = Path(root)
-    for parent, dirs, files in os.walk(root):
-        for path, bits in [(Path(parent), 0o005)] + [(Path(parent) / f, 0o004) for f in files]:
-            try:
-                mode = os.stat(path).st_mode  # links: their target, as the container sees them
-            except OSError:  # a dangling link: the node reports what it misses
-                continue
-            if mode & bits != bits:
-                return path
-    return None
-
-
-def _write_oom_result(result_path: Path, reason: str) -> None:
-    """The node's result says it failed for the memory limit (whatever it wrote before it was killed)."""
+def _fail_for_oom(result_path: Path, rc: int, reason: str) -> int:
+    """The kernel killed a process of the node for the memory limit: unless the node still finished ok (the
+    killed process was a child it recovered from), its result says it failed for that reason. Returns the rc."""
     try:
         result = json.loads(result_path.read_text())
     except (OSError, ValueError):
         result = {}
+    if rc == 0 and result.get("status") == "ok":
+        return rc
     result.update(status="failed", reason=reason)
     result_path.write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
+    return rc or 1
 
 
 def _pid_alive(pid: int) -> bool:
@@ -152,11 +126,7 @@ class DockerExecutor:
         uid, gid = container_user()
         handed_over = (uid, gid) != (os.getuid(), os.getgid())
         if handed_over:
-            for host in [PROJECT / "builders"] + [Path(m.host) for m in mounts if m.read_only]:
-                bad = unreadable_by_others(host)
-                if bad:
-                    raise ModelError(f"{bad}: not readable by the node's uid {uid} (node containers never run as "
-                                     f"root); make it readable: chmod -R a+rX {host}")
+            require_readable([PROJECT / "builders"] + [Path(m.host) for m in mounts if m.read_only], uid)
         with sigterm_raises():
             try:
                 if handed_over:
@@ -177,10 +147,8 @@ class DockerExecutor:
                 rc = int(container.wait().get("StatusCode", 1))
                 container.reload()
                 if container.attrs["State"].get("OOMKilled"):
-                    result_path = host_node / Path(spec["result"]).relative_to("/node")
-                    if rc != 0 or not result_path.is_file() or json.loads(result_path.read_text()).get("status") != "ok":
-                        _write_oom_result(result_path, self.limits.oom_reason())
-                        rc = rc or 1
+                    rc = _fail_for_oom(host_node / Path(spec["result"]).relative_to("/node"), rc,
+                                       self.limits.oom_reason())
                 return rc
             finally:
                 with signals_deferred():
