@@ -145,6 +145,21 @@ def build_args(environ: dict | None = None, config_files=PIP_CONFIG_FILES) -> di
     return {k: v for k, v in sorted(usable.items()) if v}
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost")  # the build server (_build_server) must never be reached through a proxy
+
+
+def local_bypass(proxies: dict[str, str]) -> dict[str, str]:
+    """Proxy build args plus NO_PROXY/no_proxy naming the local build server, when any proxy is set: a RUN
+    step fetches its pip.conf and wheels from 127.0.0.1, which a proxy cannot reach."""
+    if not any(k.lower() in ("http_proxy", "https_proxy") for k in proxies):
+        return proxies
+    out = dict(proxies)
+    for key in ("NO_PROXY", "no_proxy"):
+        have = [h.strip() for h in out.get(key, "").split(",") if h.strip()]
+        out[key] = ",".join(have + [h for h in LOCAL_HOSTS if h not in have])
+    return out
+
+
 def host_ca(environ: dict | None = None) -> Path | None:
     """The CA bundle this host's pip trusts (a corporate proxy's CA included), or None."""
     environ = os.environ if environ is None else environ
@@ -267,7 +282,7 @@ def _build(c, name: str, pins: dict, ref: str, log) -> None:
     log(f"building image {ref} (log: {log_file})")
     error = None
     host = build_args()
-    proxies = {k: v for k, v in host.items() if k in PROXY_ENV}  # docker's own ARGs: kept out of history
+    proxies = local_bypass({k: v for k, v in host.items() if k in PROXY_ENV})  # docker's own ARGs: not in history
     pip_settings = {k: v for k, v in host.items() if k not in PROXY_ENV}
     with tempfile.TemporaryDirectory(prefix=f"buildmatrix-{name}-") as tmp, open(log_file, "w") as fh, \
             _build_server(host_wheels(name, pins), pip_settings) as (wheels_url, conf_url):

@@ -17,13 +17,15 @@ from typing import Any
 
 from builders import backends
 from builders.backends.base import Cell
+from builders.container_limits import ContainerLimits, default_limits
+from builders.container_limits import parse as parse_limits
 from builders.errors import MatrixError, ModelError
 from builders.models.source import ModelSource, parse_source
 from builders.targets import TARGETS
 from builders.yamlfile import LocatedYaml
 
 SCHEMA = 1
-TOP_KEYS = ("schema", "defaults", "models", "backends", "cells", "verify", "images")
+TOP_KEYS = ("schema", "defaults", "models", "backends", "cells", "verify", "images", "containers")
 DEFAULT_KEYS = ("models", "backends", "targets", "quants")
 ROOT_IMAGE = "base"  # bootstrapped from Debian (builders/rootfs.py); every other image comes from it
 
@@ -38,6 +40,7 @@ class Matrix:
     thresholds: dict[str, dict[str, dict[str, float]]]
     images: dict[str, dict[str, Any]]
     yaml: LocatedYaml | None = field(default=None, repr=False)
+    containers: ContainerLimits = field(default_factory=default_limits)  # node container limits (not in digests)
 
     def thresholds_for(self, backend: str, quant: str) -> dict[str, float]:
         return dict(self.thresholds.get(backend, {}).get(quant, {}))
@@ -138,7 +141,13 @@ def load(path: Path | str) -> Matrix:
     thresholds = _load_thresholds(y)
     images = _load_images(y)
     defaults = _load_defaults(y, models)
-    return Matrix(path, defaults, models, backend_options, cell_overrides, thresholds, images, y)
+    return Matrix(path, defaults, models, backend_options, cell_overrides, thresholds, images, y,
+                  containers=container_limits(y))
+
+
+def container_limits(y: LocatedYaml) -> ContainerLimits:
+    """The `containers:` key (memory/pids limits of node containers), validated; defaults from this machine."""
+    return parse_limits(y.data.get("containers"), y.where)
 
 
 def _load_models(y: LocatedYaml, path: Path) -> dict[str, ModelSource]:

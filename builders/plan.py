@@ -189,6 +189,10 @@ class Planner:
                                  f"{cell.backend} backend (supported: {', '.join(backend.archs)})")
             where = f"{self.matrix.path.name}: backends.{cell.backend}.options / cells (for {cell.id})"
             cell = replace(cell, options=backend.normalize_options(cell.options, where))
+            reason = backend.unsupported(cell, model)
+            if reason:
+                cells.append(PlanCell(cell, [], "unsupported", reason))
+                continue
             reason = backend.unavailable(cell)
             if reason:
                 cells.append(PlanCell(cell, [], "unavailable", reason))

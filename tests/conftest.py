@@ -63,22 +63,46 @@ def base_image(docker_engine, pins) -> dict:
     return images.ensure(["base"], pins)["base"]
 
 
-SEED_ARCHS = ("llama", "qwen2", "mistral")
+SEED_GGUF_ARCHS = ("llama", "qwen2")  # seeded with their F16 GGUF through the real CLI
+SEED_MODEL_ONLY_ARCHS = ("mistral",)  # no GGUF (its sliding window is unsupported): model + reference only
+
+
+def seed_model_nodes(out: Path, arch: str) -> None:
+    """Build only the tiny:<arch> model node and its reference node into `out`, through the real planner,
+    builder and docker executor: the plan of a cell that needs them (mlc q0f32 cpu), cut to the reference."""
+    from dataclasses import replace
+
+    from builders import matrix as matrix_mod
+    from builders.build import Builder
+    from builders.plan import make_plan
+    from builders.store import Store
+
+    m = matrix_mod.load(ROOT / "matrix.yaml")
+    sel = matrix_mod.select(m, model=f"tiny:{arch}", backends_="mlc", quants="q0f32", targets="cpu")
+    store = Store(out, cache_from=[])
+    plan = make_plan(m, sel, store)
+    ref = next(k for k, pn in plan.nodes.items() if pn.node.kind == "reference")
+    plan.cells = [replace(plan.cells[0], nodes=[ref])]
+    report = Builder(plan, store, m).run()
+    if [c.status for c in report.cells] not in (["built"], ["cached"]):
+        pytest.fail(f"seed build of tiny:{arch}'s model and reference failed: {report.cells} {report.nodes}")
 
 
 @pytest.fixture(scope="session")
 def seed_store(docker_engine, tmp_path_factory) -> Path:
-    """One output root holding the tiny models, their reference logits and their F16 GGUF, built once per
-    session through the real CLI; other docker tests import those nodes by digest from it
+    """One output root holding the tiny models and their reference logits (and the F16 GGUF of those GGUF
+    supports), built once per session; other docker tests import those nodes by digest from it
     (BUILDMATRIX_CACHE_FROM) instead of retraining the same tiny model in every output dir."""
     import sys
 
     out = tmp_path_factory.mktemp("seed")
-    for arch in SEED_ARCHS:
+    for arch in SEED_GGUF_ARCHS:
         proc = subprocess.run([sys.executable, "-m", "invoke", "build", "--out", str(out), "--model", f"tiny:{arch}",
                                "--backends", "gguf", "--quants", "F16"], cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
             pytest.fail(f"seed build of tiny:{arch} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    for arch in SEED_MODEL_ONLY_ARCHS:
+        seed_model_nodes(out, arch)
     return out
 
 

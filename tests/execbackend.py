@@ -35,13 +35,34 @@ def inputs(ctx):
     ctx.result["probe"] = {"model_write": _try_write(ctx.model_dir), "model_dir": str(ctx.model_dir)}
 
 
+def _status(field: str) -> str | None:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def _cgroup(*paths: str) -> str | None:
+    """The first readable cgroup file of `paths` (v1 or v2 layout), stripped."""
+    for path in paths:
+        try:
+            return Path(path).read_text().strip()
+        except OSError:
+            continue
+    return None
+
+
 def environment(ctx):
     code_dir = Path(__import__("builders").__file__).parent
     interfaces = [line.split(":")[0].strip() for line in Path("/proc/net/dev").read_text().splitlines()[2:]]
     ctx.result["probe"].update({
         "uid": os.getuid(), "gid": os.getgid(), "home": os.environ.get("HOME"), "cwd": os.getcwd(),
         "code_write": _try_write(code_dir) if ctx.params.get("try_code_write") else None, "network": _try_connect(), "interfaces": interfaces,
-        "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH"), "out": str(ctx.out)})
+        "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH"), "out": str(ctx.out),
+        "cap_eff": _status("CapEff"), "cap_prm": _status("CapPrm"), "no_new_privs": _status("NoNewPrivs"),
+        "memory_limit": _cgroup("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+        "pids_limit": _cgroup("/sys/fs/cgroup/pids.max", "/sys/fs/cgroup/pids/pids.max"),
+        "work_writable": os.access(ctx.work, os.W_OK)})
     (ctx.out / "owner.txt").write_text(f"{os.getuid()}:{os.getgid()}")
 
 
@@ -51,7 +72,16 @@ def sleep(ctx):
     time.sleep(float(ctx.params.get("seconds", 120)))
 
 
-STEPS = {"probe": [("inputs", inputs), ("environment", environment)], "sleep": [("sleep", sleep)]}
+def hog(ctx):
+    """Touch params["mb"] MiB of memory (zero pages would not count against a limit)."""
+    (ctx.out / "started").write_text("1")
+    ctx.log(f"allocating {ctx.params['mb']} MiB")
+    blocks = [b"\x01" * (1 << 20) for _ in range(int(ctx.params["mb"]))]
+    (ctx.out / "allocated").write_text(str(len(blocks)))
+
+
+STEPS = {"probe": [("inputs", inputs), ("environment", environment)], "sleep": [("sleep", sleep)],
+         "hog": [("hog", hog)]}
 
 
 class ExecTestBackend(StepBackend):

@@ -27,6 +27,9 @@ class StepBackend:
     def normalize_options(self, options, where):
         return dict(options)
 
+    def unsupported(self, cell, model):
+        return None
+
     def unavailable(self, cell):
         return None
 

@@ -1,5 +1,6 @@
 """Executors run real nodes through `python -m builders.node run`: in the base toolchain container (mounts,
-read-only inputs, no network, host user) and natively; Ctrl-C / SIGTERM leave no container or child behind.
+read-only inputs, no network, never root, no capabilities, memory/pids limits) and natively; Ctrl-C /
+SIGTERM leave no container or child behind.
 
 The nodes belong to tests/execbackend.py, a test-only backend registered at runtime through a sitecustomize
 module put on the node process's PYTHONPATH (mounted into the container, or via PYTHONPATH natively)."""
@@ -7,6 +8,7 @@ module put on the node process's PYTHONPATH (mounted into the container, or via 
 import json
 import os
 import signal
+import threading
 import subprocess
 import sys
 import time
@@ -15,14 +17,17 @@ from pathlib import Path
 
 import pytest
 
+from builders.container_limits import ContainerLimits
 from builders.executors import Mount, get_executor
 from builders.executors.docker import LABEL, cleanup_stale
+from builders.executors.node_user import UNPRIVILEGED_ID, container_user
 from builders.executors.native import native_spec
-from builders.errors import MatrixError, ToolchainError
+from builders.errors import MatrixError, ModelError, ToolchainError
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE_MODULES = ("execbackend.py", "stepbackend.py")
 SITECUSTOMIZE = "from builders import backends\nbackends.REGISTRY['exectest'] = 'execbackend'\n"
+pytestmark = pytest.mark.fresh_store  # these nodes use no store: the seed store is not needed
 
 
 @pytest.fixture(scope="session")
@@ -70,8 +75,8 @@ def test_native_spec_maps_container_paths_to_mount_hosts(tmp_path):
 
 
 @pytest.mark.docker
-def test_docker_executor_runs_a_node_read_only_inputs_no_network_host_user(tmp_path, base_image, exec_site,
-                                                                           docker_engine, capfd):
+def test_docker_executor_runs_a_node_read_only_inputs_no_network_unprivileged(tmp_path, base_image, exec_site,
+                                                                              docker_engine, capfd):
     spec, mounts, stage = make_node(tmp_path, "probe", try_code_write=True)
     log = stage / "log.txt"
     rc = get_executor("docker", echo=True).run(spec, mounts + site_mounts(exec_site), base_image["ref"], log)
@@ -83,10 +88,19 @@ def test_docker_executor_runs_a_node_read_only_inputs_no_network_host_user(tmp_p
     assert probe["model_write"] == "EROFS", "the model input is mounted read-only"
     assert probe["code_write"] == "EROFS", "the project's builders/ package is mounted read-only"
     assert probe["network"] == "ENETUNREACH" and probe["interfaces"] == ["lo"], "no network in the container"
-    assert (probe["uid"], probe["gid"]) == (os.getuid(), os.getgid())
+    assert (probe["uid"], probe["gid"]) == container_user() and probe["uid"] != 0, "never root in the container"
+    if os.getuid() == 0:
+        assert (probe["uid"], probe["gid"]) == (UNPRIVILEGED_ID, UNPRIVILEGED_ID)
+    else:
+        assert (probe["uid"], probe["gid"]) == (os.getuid(), os.getgid()), "the host user, when it is not root"
+    assert probe["work_writable"], "the node may write its staging dir"
+    assert probe["cap_eff"] == probe["cap_prm"] == "0000000000000000", "no capabilities"
+    assert probe["no_new_privs"] == "1", "no-new-privileges"
     assert probe["home"].startswith("/node/work/") and probe["source_date_epoch"] == "315532800"
     assert json.loads((stage / "out" / "copied.json").read_text())["hidden_size"] == 8
-    assert (stage / "out" / "owner.txt").stat().st_uid == os.getuid()
+    assert (stage / "out" / "owner.txt").read_text() == f"{probe['uid']}:{probe['gid']}"
+    owners = {(p.lstat().st_uid, p.lstat().st_gid) for p in [stage, *stage.rglob("*")]}
+    assert owners == {(os.getuid(), os.getgid())}, "afterwards every staged file belongs to the host user again"
     assert not (tmp_path / "model" / "written-by-node").exists()
     text = log.read_text()
     assert f"[{spec['key']}] step 1/2 inputs" in text and f"[{spec['key']}] ok" in text
@@ -201,3 +215,102 @@ def test_cleanup_stale_removes_orphans_and_leaves_live_builds(base_image, docker
                 c.remove(force=True)
             except Exception:  # already removed by cleanup_stale
                 pass
+
+
+def _run_in_thread(executor, spec, mounts, image, log) -> tuple[threading.Thread, dict]:
+    done: dict = {}
+
+    def target():
+        try:
+            done["rc"] = executor.run(spec, mounts, image, log)
+        except BaseException as e:  # reported by the test
+            done["error"] = e
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, done
+
+
+@pytest.mark.docker
+def test_node_container_has_the_limits_of_matrix_yaml_in_its_host_config(tmp_path, base_image, exec_site,
+                                                                        docker_engine):
+    limits = ContainerLimits(memory=768 << 20, pids=321)
+    spec, mounts, stage = make_node(tmp_path, "sleep", seconds=60)
+    executor = get_executor("docker", limits=limits)
+    thread, done = _run_in_thread(executor, spec, mounts + site_mounts(exec_site), base_image["ref"],
+                                  stage / "log.txt")
+    try:
+        deadline = time.monotonic() + 120
+        while not (stage / "out" / "pid").exists():
+            assert thread.is_alive(), done
+            assert time.monotonic() < deadline, "the node never started sleeping"
+            time.sleep(0.2)
+        (container,) = containers_of(docker_engine, spec["key"])
+        host = container.attrs["HostConfig"]
+        assert (host["Memory"], host["MemorySwap"], host["PidsLimit"]) == (768 << 20, 768 << 20, 321), \
+            "memory limit with no swap on top, and the pids limit"
+        assert host["CapDrop"] == ["ALL"] and not host["CapAdd"] and not host["Privileged"]
+        assert host["SecurityOpt"] == ["no-new-privileges"] and host["NetworkMode"] == "none"
+        assert container.attrs["Config"]["User"] == "{}:{}".format(*container_user())
+    finally:
+        container = containers_of(docker_engine, spec["key"])
+        for c in container:
+            c.kill()  # the node ends (exit 137, no result); the executor removes the container
+        thread.join(timeout=60)
+    assert containers_of(docker_engine, spec["key"]) == []
+
+
+@pytest.mark.docker
+def test_node_killed_by_the_memory_limit_fails_with_one_line_naming_it(tmp_path, base_image, exec_site,
+                                                                     docker_engine):
+    limits = ContainerLimits(memory=256 << 20, pids=4096)
+    spec, mounts, stage = make_node(tmp_path, "hog", mb=1024)
+    rc = get_executor("docker", limits=limits).run(spec, mounts + site_mounts(exec_site), base_image["ref"],
+                                                   stage / "log.txt")
+    result = json.loads((stage / "result.json").read_text())
+    assert (stage / "out" / "started").exists() and not (stage / "out" / "allocated").exists(), \
+        "the node ran and was killed while allocating"
+    assert rc != 0 and result["status"] == "failed"
+    assert result["reason"] == "container exceeded memory limit 256m; raise containers.memory"
+    assert containers_of(docker_engine, spec["key"]) == []
+
+
+@pytest.mark.docker
+def test_a_node_within_the_memory_limit_is_not_reported_as_oom(tmp_path, base_image, exec_site):
+    spec, mounts, stage = make_node(tmp_path, "hog", mb=32)
+    rc = get_executor("docker", limits=ContainerLimits(memory=512 << 20, pids=4096)).run(
+        spec, mounts + site_mounts(exec_site), base_image["ref"], stage / "log.txt")
+    result = json.loads((stage / "result.json").read_text())
+    assert (rc, result["status"], result["reason"]) == (0, "ok", None), (stage / "log.txt").read_text()
+    assert (stage / "out" / "allocated").read_text() == "32"
+
+
+def test_unreadable_by_others_finds_what_an_unprivileged_node_could_not_read(tmp_path):
+    from builders.executors.node_user import unreadable_by_others
+
+    model = tmp_path / "model"
+    (model / "sub").mkdir(parents=True)
+    for f in ("config.json", "sub/model.safetensors"):
+        (model / f).write_text("{}")
+        (model / f).chmod(0o644)
+    model.chmod(0o755)
+    (model / "sub").chmod(0o755)
+    (model / "dangling").symlink_to(tmp_path / "nowhere")
+    assert unreadable_by_others(model) is None
+    (model / "sub" / "model.safetensors").chmod(0o600)
+    assert unreadable_by_others(model) == model / "sub" / "model.safetensors"
+    (model / "sub").chmod(0o750)
+    assert unreadable_by_others(model) == model / "sub"
+
+
+@pytest.mark.docker
+@pytest.mark.skipif(os.getuid() != 0, reason="as a non-root user the node runs as that user and reads its files")
+def test_an_input_the_unprivileged_node_cannot_read_is_a_one_line_error_before_any_container(
+        tmp_path, base_image, exec_site, docker_engine):
+    spec, mounts, stage = make_node(tmp_path, "probe")
+    (tmp_path / "model" / "config.json").chmod(0o600)
+    with pytest.raises(ModelError) as e:
+        get_executor("docker").run(spec, mounts + site_mounts(exec_site), base_image["ref"], stage / "log.txt")
+    assert str(e.value) == (f"{tmp_path / 'model' / 'config.json'}: not readable by the node's uid 65532 (node "
+                            f"containers never run as root); make it readable: chmod -R a+rX {tmp_path / 'model'}")
+    assert containers_of(docker_engine, spec["key"]) == [] and not (stage / "result.json").exists()

@@ -2,6 +2,8 @@
 
 import copy
 
+import pytest
+
 from builders import matrix
 from builders.plan import make_plan
 from builders.store import Store
@@ -51,3 +53,50 @@ def test_digests_change_only_with_inputs(tmp_path):
     changed = {n["key"]: n["digest"] for n in plan(tmp_path, m3)["nodes"]}
     assert {k for k in base if base[k] != changed[k]} == {
         "tiny-llama.gguf.F16", "tiny-llama.gguf.Q8_0", "tiny-llama.gguf.Q4_K_M"}
+
+
+def test_mistral_sliding_window_makes_gguf_cells_unsupported_not_failed(tmp_path):
+    p = plan(tmp_path, model="tiny-mistral", backends_="gguf,mlc", quants="F16,Q4_K_M,q0f32", targets="cpu,cuda")
+    gguf = [c for c in p["cells"] if c["backend"] == "gguf"]
+    assert len(gguf) == 4 and {c["status"] for c in gguf} == {"unsupported"}
+    assert all(c["nodes"] == [] for c in gguf), "nothing is planned for an unsupported cell"
+    assert gguf[0]["reason"] == ("llama.cpp's converter drops the sliding window (sliding_window 1024 < "
+                                 "max_position_embeddings 4096): outputs differ beyond 1024 tokens")
+    assert not any(n["backend"] == "gguf" for n in p["nodes"])
+    mlc = [c for c in p["cells"] if c["backend"] == "mlc"]
+    assert {c["status"] for c in mlc} == {"planned"}, "MLC attends within the window: still built"
+
+
+@pytest.mark.parametrize("config, unsupported", [
+    ({"sliding_window": 1024, "max_position_embeddings": 4096}, True),
+    ({"sliding_window": 1024}, True),  # no context length given: the window may matter, refuse
+    ({"sliding_window": 4096, "max_position_embeddings": 4096}, False),  # the window covers every position
+    ({"sliding_window": 1024, "max_position_embeddings": 4096, "use_sliding_window": False}, False),  # Qwen2
+    ({"sliding_window": None, "max_position_embeddings": 32768}, False),  # Mistral v0.2+
+    ({"max_position_embeddings": 4096}, False),  # Llama
+])
+def test_gguf_sliding_window_rule(config, unsupported):
+    from builders.backends.gguf import sliding_window_reason
+
+    assert (sliding_window_reason(config) is not None) == unsupported
+
+
+def test_container_limits_do_not_change_digests(tmp_path):
+    from dataclasses import replace
+
+    from builders.container_limits import ContainerLimits
+
+    m = matrix.load(ROOT / "matrix.yaml")
+    base = {n["key"]: n["digest"] for n in plan(tmp_path, m)["nodes"]}
+    limited = replace(m, containers=ContainerLimits(memory=512 << 20, pids=128))
+    assert {n["key"]: n["digest"] for n in plan(tmp_path, limited)["nodes"]} == base
+
+
+def test_building_only_unsupported_mistral_gguf_cells_reports_them_and_exits_0(tmp_path):
+    from helpers import invoke
+
+    proc = invoke("build", "--out", str(tmp_path), "--model", "tiny-mistral", "--backends", "gguf",
+                  "--quants", "F16,Q8_0", check=0)
+    rows = [ln for ln in proc.stdout.splitlines() if "tiny-mistral.gguf." in ln]
+    assert len(rows) == 2 and all("unsupported" in r and "drops the sliding window" in r for r in rows), proc.stdout
+    assert not list(tmp_path.glob(".store/*")), "nothing was built"

@@ -5,7 +5,8 @@ A backend is a module (or package) in builders/backends/ that exposes a module-l
 backend: they only call these members.
 
 Two halves:
-- plan side (host):   `quants`, `targets`, `image`, `unavailable()`, `normalize_options()`, `expand()`
+- plan side (host):   `quants`, `targets`, `image`, `unsupported()`, `unavailable()`, `normalize_options()`,
+                      `expand()`
 - run side (inside the toolchain container, or natively):  `steps(kind)` returns the ordered named
   steps of a node kind; each step is `fn(ctx: NodeContext) -> None` and writes into `ctx.out`.
 """
@@ -79,6 +80,10 @@ class Backend(Protocol):
 
     def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
         """Validate/complete backend options from matrix.yaml/CLI; raise MatrixError naming `where`."""
+
+    def unsupported(self, cell: Cell, model: "ModelRef") -> str | None:
+        """One-line reason this backend builds no faithful artifact of this model for this cell (a feature of
+        the model its format or converter drops), else None. The cell is listed `unsupported`, never failed."""
 
     def unavailable(self, cell: Cell) -> str | None:
         """One-line reason this cell can't be built with the toolchains we have, else None."""

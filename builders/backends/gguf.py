@@ -51,6 +51,18 @@ OPTIONS = {"n_threads": 2, "n_ctx": 512}
 OPTION_MAX = {"n_threads": 256, "n_ctx": 131072}
 
 
+def sliding_window_reason(config: Mapping[str, Any]) -> str | None:
+    """Why a model whose attention is windowed has no faithful GGUF, else None. llama.cpp's converter writes
+    no sliding window for Llama/Mistral/Qwen2: the GGUF attends to every earlier token and its logits
+    differ from the original's once a text is longer than the window."""
+    window = config.get("sliding_window")
+    context = config.get("max_position_embeddings")
+    if not window or config.get("use_sliding_window") is False or (context and window >= context):
+        return None
+    return (f"llama.cpp's converter drops the sliding window (sliding_window {window} < max_position_embeddings "
+            f"{context}): outputs differ beyond {window} tokens")
+
+
 class GgufBackend:
     name = "gguf"
     image = "gguf"
@@ -70,6 +82,9 @@ class GgufBackend:
                 raise MatrixError(f"{where}: gguf option {k}={v!r} must be a positive integer at most {OPTION_MAX[k]}")
             out[k] = v
         return out
+
+    def unsupported(self, cell: Cell, model: ModelRef) -> str | None:
+        return sliding_window_reason(model.config)
 
     def unavailable(self, cell: Cell) -> str | None:
         return None

@@ -91,9 +91,10 @@ def echo(chunk: bytes) -> None:
         sys.stderr.write(chunk.decode("utf-8", "replace"))
 
 
-def get_executor(name: str, echo: bool = False) -> Executor:
-    """The executor called `name`; echo=True also streams node output to the terminal (stderr)."""
+def get_executor(name: str, echo: bool = False, limits=None) -> Executor:
+    """The executor called `name`; echo=True also streams node output to the terminal (stderr); limits
+    (builders.container_limits.ContainerLimits, default: from this machine) bound node containers."""
     if name not in EXECUTORS:
         raise MatrixError(f"--executor {name}: unknown executor; choose {' or '.join(EXECUTORS)}")
     module, _, cls = EXECUTORS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)(echo=echo)
+    return getattr(importlib.import_module(module), cls)(echo=echo, limits=limits)

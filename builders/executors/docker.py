@@ -1,9 +1,13 @@
 """Run a node in its toolchain container through the docker SDK.
 
 The project's builders/ package is mounted read-only at /opt/buildmatrix/builders (PYTHONPATH=/opt/buildmatrix);
-inputs are mounted read-only, the network is off, HOME and caches live in the node's work dir, and the
-process runs as the host user so its files belong to whoever runs the build. Ctrl-C or SIGTERM kills and
-removes the container before the interrupt propagates: no container outlives its build.
+inputs are mounted read-only, the network is off, HOME and caches live in the node's work dir. The node
+never runs as root: it runs as the host user, or - when the build runs as root - as the unprivileged uid
+65532, which gets the node's staging dir for the run; afterwards the staging dir is handed back to the host
+user, so every file belongs to whoever runs the build. No capabilities, no-new-privileges, and the memory
+and pids limits of matrix.yaml `containers:` (builders/container_limits.py; no swap on top). A node the
+kernel killed for exceeding the memory limit fails with that one line. Ctrl-C or SIGTERM kills and removes
+the container before the interrupt propagates: no container outlives its build.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import socket
 import uuid
 from pathlib import Path
 
+from builders.container_limits import ContainerLimits, default_limits
 from builders.errors import ToolchainError
 from builders.executors import Mount, echo, node_dir, sigterm_raises, signals_deferred
+from builders.executors.node_user import chown_tree, container_user, require_readable
 
 PROJECT = Path(__file__).resolve().parents[2]
 LABEL = "buildmatrix.node"  # value: the node key
@@ -54,6 +60,20 @@ def _remove(client, name: str) -> None:
         client.containers.get(name).remove(force=True)  # kills it if still running
     except docker.errors.NotFound:
         pass
+
+
+def _fail_for_oom(result_path: Path, rc: int, reason: str) -> int:
+    """The kernel killed a process of the node for the memory limit: unless the node still finished ok (the
+    killed process was a child it recovered from), its result says it failed for that reason. Returns the rc."""
+    try:
+        result = json.loads(result_path.read_text())
+    except (OSError, ValueError):
+        result = {}
+    if rc == 0 and result.get("status") == "ok":
+        return rc
+    result.update(status="failed", reason=reason)
+    result_path.write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
+    return rc or 1
 
 
 def _pid_alive(pid: int) -> bool:
@@ -124,9 +144,10 @@ def stop_orphans(root: Path, client=None) -> list[Path]:
 class DockerExecutor:
     name = "docker"
 
-    def __init__(self, echo: bool = False, client=None):
+    def __init__(self, echo: bool = False, client=None, limits: ContainerLimits | None = None):
         self.client = client or _client()
         self.echo = echo
+        self.limits = limits or default_limits()
 
     def run(self, spec: dict, mounts: list[Mount], image_ref: str | None, log_path: Path) -> int:
         import docker
@@ -146,14 +167,22 @@ class DockerExecutor:
         labels = {LABEL: spec["key"], OWNER_LABELS[0]: str(os.getpid()), OWNER_LABELS[1]: socket.gethostname(),
                   ROOT_LABEL: _root_of(host_node), STAGING_LABEL: str(host_node)}
         name = _name(spec["key"])
+        uid, gid = container_user()
+        handed_over = (uid, gid) != (os.getuid(), os.getgid())
+        if handed_over:
+            require_readable([PROJECT / "builders"] + [Path(m.host) for m in mounts if m.read_only], uid)
         marker = host_node / MARKER
         with sigterm_raises():
             try:
                 marker.write_text(json.dumps({"name": name, "pid": os.getpid()}))
+                if handed_over:
+                    chown_tree(host_node, uid, gid)
                 container = self.client.containers.create(
                     image_ref, ["python", "-m", "builders.node", "run", "/node/spec.json"], name=name,
                     volumes=volumes, environment=CONTAINER_ENV, network_mode="none", labels=labels,
-                    user=f"{os.getuid()}:{os.getgid()}", working_dir="/node/work")
+                    user=f"{uid}:{gid}", working_dir="/node/work", cap_drop=["ALL"],
+                    security_opt=["no-new-privileges"], mem_limit=self.limits.memory,
+                    memswap_limit=self.limits.memory, pids_limit=self.limits.pids)
                 container.start()
                 with open(log_path, "ab") as log:
                     for chunk in container.logs(stream=True, follow=True):
@@ -161,8 +190,15 @@ class DockerExecutor:
                         log.flush()
                         if self.echo:
                             echo(chunk)
-                return int(container.wait().get("StatusCode", 1))
+                rc = int(container.wait().get("StatusCode", 1))
+                container.reload()
+                if container.attrs["State"].get("OOMKilled"):
+                    rc = _fail_for_oom(host_node / Path(spec["result"]).relative_to("/node"), rc,
+                                       self.limits.oom_reason())
+                return rc
             finally:
                 with signals_deferred():
                     _remove(self.client, name)
+                    if handed_over:
+                        chown_tree(host_node, os.getuid(), os.getgid())
                     marker.unlink(missing_ok=True)

@@ -49,8 +49,8 @@ def _stop(proc: subprocess.Popen) -> None:
 class NativeExecutor:
     name = "native"
 
-    def __init__(self, echo: bool = False):
-        self.echo = echo
+    def __init__(self, echo: bool = False, limits=None):
+        self.echo = echo  # limits bound containers only: a native node runs with this host's own limits
 
     def run(self, spec: dict, mounts: list[Mount], image_ref: str | None, log_path: Path) -> int:
         spec_path = node_dir(mounts) / "spec.native.json"

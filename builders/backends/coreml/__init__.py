@@ -31,6 +31,9 @@ class CoremlBackend:
     def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
         return opt.normalize(options, where)
 
+    def unsupported(self, cell: Cell, model: ModelRef) -> str | None:
+        return None
+
     def unavailable(self, cell: Cell) -> str | None:
         if cell.quant not in opt.QUANTS:
             return f"unknown coreml quant '{cell.quant}': use one of {', '.join(opt.QUANTS)}"

@@ -67,6 +67,9 @@ class MlcBackend:
             out["prefill_chunk_size"] = out["context_window_size"]
         return out
 
+    def unsupported(self, cell: Cell, model: ModelRef) -> str | None:
+        return None
+
     def unavailable(self, cell: Cell) -> str | None:
         if cell.quant in REFUSED_LEGACY:
             return (f"{cell.quant} is a legacy MLC code with no equivalent in MLC's current flow: "
