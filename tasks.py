@@ -85,3 +85,19 @@ def docs(c):
     from builders.docs import update_readme
 
     print("README.md updated" if update_readme(Path("README.md")) else "README.md already up to date")
+
+
+@task(help={"out": "the store to release from (default dist/)",
+            "dest": "release directory to write (default release/); replaced atomically",
+            "only": "comma-separated cell id globs (default: every cell of the last build in <out>/index.json)",
+            "matrix": "the matrix the store was built from, recorded in the provenance (default matrix.yaml)",
+            "max_asset_bytes": "split larger assets into numbered parts (default 2147483647: GitHub's 2 GiB limit)",
+            "check": "rebuild every cell of the release at --dest from nothing and compare byte for byte",
+            "check_out": "with --check: the fresh output root for the rebuild (default: a new temporary dir)",
+            "executor": "with --check: docker (default) or native"})
+def release(c, out=OUT, dest="release", only=None, matrix=MATRIX, max_asset_bytes=None, check=False, check_out=None,
+            executor="docker"):
+    """Collect the verified cells of a store into a release: assets, SHA256SUMS, provenance, manifests."""
+    from builders.release import commands
+
+    commands.release(out, dest, only, matrix, max_asset_bytes, check, check_out, executor)
