@@ -101,3 +101,19 @@ def release(c, out=OUT, dest="release", only=None, matrix=MATRIX, max_asset_byte
     from builders.release import commands
 
     commands.release(out, dest, only, matrix, max_asset_bytes, check, check_out, executor)
+
+
+@task(help={"repo": "Hub repository ORG/NAME (created if missing)",
+            "release": "the release directory made by `invoke release` (default release/)",
+            "dry_run": "write the exact commit (files/, operations.json, card-metadata.json) to this new directory "
+                       "and make no network call",
+            "token": "Hugging Face token (default: $HF_TOKEN; never written anywhere); needed unless --dry-run",
+            "quantized_by": "the model card's quantized_by (default buildmatrix)",
+            "collection": "also add the repository to this collection (its slug)",
+            "private": "create the repository as private"})
+def publish(c, repo=None, release="release", dry_run=None, token=None, quantized_by="buildmatrix", collection=None,
+            private=False):
+    """Publish a release to the Hugging Face Hub with a model card generated from its manifests."""
+    from builders.publish import commands
+
+    commands.publish(repo, release, dry_run, token, quantized_by, collection, private)

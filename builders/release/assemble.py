@@ -19,11 +19,10 @@ from builders.release.assets import write_assets
 from builders.release.collect import Collected, ancestry, collect
 from builders.release.manifests import split
 from builders.release.parts import GITHUB_ASSET_LIMIT, reassembly
+from builders.release.read import MANIFESTS, RELEASE_JSON
 
-RELEASE_JSON = "release.json"
 PROVENANCE = "provenance.intoto.json"
 RUN_RECORD = "run-record.json"
-MANIFESTS = "manifests"
 RESERVED = {RELEASE_JSON, PROVENANCE, RUN_RECORD, MANIFESTS, checksums.NAME}
 SCHEMA = 1
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builders.release import ReleaseError
-from builders.release.assemble import MANIFESTS, RELEASE_JSON
 from builders.release.collect import COMPANION_ROLES
 from builders.release.manifests import split
+from builders.release.read import load_release
 
 DIFFOSCOPE_TIMEOUT_S = 600
 
@@ -73,22 +73,6 @@ class CheckResult:
         out.append(f"{same}/{total} nodes and {sum(self.assets.values())}/{len(self.assets)} assets bit-identical; "
                    f"rebuild in {self.check_out}")
         return out
-
-
-def _load_release(dest: Path) -> tuple[dict, dict[str, dict]]:
-    path = dest / RELEASE_JSON
-    if not path.is_file():
-        raise ReleaseError(f"--dest {dest}: no {RELEASE_JSON}; make the release first with `invoke release`")
-    rel = json.loads(path.read_text())
-    manifests = {}
-    for p in sorted((dest / MANIFESTS).glob("*.json")):
-        m = json.loads(p.read_text())
-        manifests[m["node"]["key"]] = m
-    for c in rel["cells"]:
-        if c["node"] not in manifests:
-            raise ReleaseError(f"{dest / MANIFESTS}: no manifest for {c['node']} (cell {c['id']}); "
-                               "the release is incomplete - make it again")
-    return rel, manifests
 
 
 def _fresh(check_out: Path | None) -> Path:
@@ -229,7 +213,7 @@ def recheck(dest: Path, matrix_path: Path, check_out: Path | None, executor: str
             original_out: Path | None = None) -> CheckResult:
     from builders.release.assemble import build_release
 
-    rel, manifests = _load_release(dest)
+    rel, manifests = load_release(dest)
     out = _fresh(check_out)
     _rebuild(rel, manifests, matrix_path, out, executor, log)
     result = compare(dest, rel, manifests, out, original_out)
