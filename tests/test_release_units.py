@@ -6,6 +6,7 @@ so every error path runs fast; tests/test_release_build.py does the same on a re
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -222,3 +223,39 @@ def test_missing_index_and_foreign_dest_are_refused(tmp_path):
     proc = invoke("release", "--out", str(out), "--dest", str(tmp_path / "mine"))
     assert proc.returncode == 2 and "not empty and not a buildmatrix release" in proc.stderr
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_check_comparison_names_the_differing_file_and_cell(tmp_path):
+    """The comparison half of `release --check` (the rebuild half runs in test_release_build.py)."""
+    from builders.release.read import load_release
+    from builders.release.recheck import compare
+
+    out = _store(tmp_path / "dist", CELLS)
+    build_release(out, tmp_path / "rel", None, MATRIX)
+    rebuilt = _store(tmp_path / "rebuilt", CELLS)
+    q8 = rebuilt / ".store" / _sha(b"m.gguf.Q8_0")
+    (q8 / "out" / "m-Q8_0.gguf").write_bytes(b"GGUF" + b"\2" * 699 + b"\5")
+    m = json.loads((q8 / "manifest.json").read_text())
+    m["outputs"][0]["sha256"] = _sha((q8 / "out" / "m-Q8_0.gguf").read_bytes())
+    m["timings"] = {"seconds": 99.0}  # run-to-run fields never count as a difference
+    m["image"]["id"] = "sha256:" + "cd" * 32
+    (q8 / "manifest.json").write_text(json.dumps(m))
+    rel, manifests = load_release(tmp_path / "rel")
+    result = compare(tmp_path / "rel", rel, manifests, rebuilt, out)
+    assert not result.identical
+    assert {c: result.cell_identical(c) for c in CELLS} == {
+        "m.gguf.F16.cpu": True, "m.gguf.F16.cuda": True, "m.gguf.Q8_0.cpu": False, "m.mlc.q.cpu": True}
+    assert result.nodes["m.gguf.Q8_0"].differing == ["m-Q8_0.gguf"]
+    lines = result.lines()
+    assert "DIFFERS        m.gguf.Q8_0.cpu" in lines and "  differs: m.gguf.Q8_0: m-Q8_0.gguf" in lines
+    if shutil.which("diffoscope"):
+        (report,) = result.reports
+        assert "m-Q8_0.gguf" in report.name and report.read_text().strip()
+    # a file that only the rebuild has, and a changed verification figure, are differences too
+    (q8 / "out" / "extra.bin").write_bytes(b"x")
+    m["outputs"].append({"path": "extra.bin", "size": 1, "sha256": _sha(b"x")})
+    m["verification"]["checks"]["top1"] = 0.5
+    (q8 / "manifest.json").write_text(json.dumps(m))
+    result = compare(tmp_path / "rel", rel, manifests, rebuilt, out)
+    assert result.nodes["m.gguf.Q8_0"].differing == ["extra.bin (only in the rebuild)", "m-Q8_0.gguf",
+                                                     "manifest:verification.checks.top1"]

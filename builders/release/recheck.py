@@ -221,6 +221,9 @@ def recheck(dest: Path, matrix_path: Path, check_out: Path | None, executor: str
                           _limit_of(rel))
     new_assets = {a["name"]: a["sha256"] for a in again.assets}
     result.assets = {a["name"]: new_assets.get(a["name"]) == a["sha256"] for a in rel["assets"]}
+    if check_out is None and result.identical:  # a temporary rebuild with nothing to look at
+        shutil.rmtree(out, ignore_errors=True)
+        result.check_out = Path(f"{out} (removed: nothing differed)")
     return result
 
 
