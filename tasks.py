@@ -138,3 +138,35 @@ def docs(c):
     from builders.docs import update_readme
 
     print("README.md updated" if update_readme(Path("README.md")) else "README.md already up to date")
+
+
+@task(help={"out": "the store to release from (default dist/)",
+            "dest": "release directory to write (default release/); replaced atomically",
+            "only": "comma-separated cell id globs (default: every cell of the last build in <out>/index.json)",
+            "matrix": "the matrix the store was built from, recorded in the provenance (default matrix.yaml)",
+            "max_asset_bytes": "split larger assets into numbered parts (default 2147483647: GitHub's 2 GiB limit)",
+            "check": "rebuild every cell of the release at --dest from nothing and compare byte for byte",
+            "check_out": "with --check: the fresh output root for the rebuild (default: a new temporary dir)",
+            "executor": "with --check: docker (default) or native"})
+def release(c, out=OUT, dest="release", only=None, matrix=MATRIX, max_asset_bytes=None, check=False, check_out=None,
+            executor="docker"):
+    """Collect the verified cells of a store into a release: assets, SHA256SUMS, provenance, manifests."""
+    from builders.release import commands
+
+    commands.release(out, dest, only, matrix, max_asset_bytes, check, check_out, executor)
+
+
+@task(help={"repo": "Hub repository ORG/NAME (created if missing)",
+            "release": "the release directory made by `invoke release` (default release/)",
+            "dry_run": "write the exact commit (files/, operations.json, card-metadata.json) to this new directory "
+                       "and make no network call",
+            "token": "Hugging Face token (default: $HF_TOKEN; never written anywhere); needed unless --dry-run",
+            "quantized_by": "the model card's quantized_by (default buildmatrix)",
+            "collection": "also add the repository to this collection (its slug)",
+            "private": "create the repository as private"})
+def publish(c, repo=None, release="release", dry_run=None, token=None, quantized_by="buildmatrix", collection=None,
+            private=False):
+    """Publish a release to the Hugging Face Hub with a model card generated from its manifests."""
+    from builders.publish import commands
+
+    commands.publish(repo, release, dry_run, token, quantized_by, collection, private)

@@ -1,0 +1,33 @@
+"""A node manifest split in two: what a rebuild from the same inputs reproduces, and the run record.
+
+The run record holds the fields that differ from one build to the next even when every artifact is
+bit-identical: the wall-clock timings and the toolchain image id (docker's image id hashes the image
+config, which carries its build time; the image's content tag - the hash of its rendered Dockerfile and
+context - stays in the reproducible part).
+"""
+
+from __future__ import annotations
+
+import copy
+
+# (path of keys) of each run-specific field of a manifest
+RUN_FIELDS = (("timings",), ("image", "id"))
+
+
+def _pop(d: dict, path: tuple[str, ...]):
+    for k in path[:-1]:
+        d = d.get(k)
+        if not isinstance(d, dict):
+            return None
+    return d.pop(path[-1], None) if isinstance(d, dict) else None
+
+
+def split(manifest: dict) -> tuple[dict, dict]:
+    """(reproducible part, run record) of one manifest; the input is not changed."""
+    repro = copy.deepcopy(manifest)
+    record = {"node": manifest["node"]["key"], "digest": manifest["node"]["digest"]}
+    for path in RUN_FIELDS:
+        value = _pop(repro, path)
+        if value is not None:
+            record[".".join(path)] = value
+    return repro, record
