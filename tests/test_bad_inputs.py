@@ -217,7 +217,8 @@ def test_bad_threshold_entries_name_their_line(tmp_path, limits, fragment):
 
 
 def test_a_selected_quant_without_thresholds_is_refused(tmp_path, capsys):
-    p = project_matrix(tmp_path, "      Q4_0: {top1_min: 0.6}\n", "")
+    q4_0 = next(ln for ln in (ROOT / "matrix.yaml").read_text().splitlines(True) if ln.startswith("      Q4_0: "))
+    p = project_matrix(tmp_path, q4_0, "")
     out = out_with_index(tmp_path)
     code, line = run_build(capsys, p, out, quants="F16,Q4_0")
     text = p.read_text().splitlines()
