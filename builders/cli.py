@@ -113,7 +113,11 @@ def _plan(matrix_path, out, model, backends, quants, targets, only, executor, hf
     elif Path(out).exists() and not Path(out).is_dir():
         raise BuildmatrixError(f"--out {out}: is a file, not a directory; pass a directory (created if missing)")
     _writing_under.append(f"writing under {out}")
-    store = Store(Path(out), [Path(p) for p in cache_from.split(",")] if cache_from else None)
+    roots = [Path(p.strip()) for p in cache_from.split(",") if p.strip()] if cache_from else None
+    for r in roots or []:
+        if not r.is_dir():
+            raise BuildmatrixError(f"--cache-from {r}: no such directory; pass output roots of earlier builds")
+    store = Store(Path(out), roots)
     return m, store, make_plan(m, sel, store, hf_token=hf_token, offline=offline, executor=executor)
 
 

@@ -64,7 +64,8 @@ def parent_of(name: str, pins: dict) -> str:
     chain = [name]
     while chain[-1] != "base":
         if chain[-1] not in pins:
-            raise MatrixError(f"matrix.yaml images.{chain[-2]}.from: no image '{chain[-1]}' under `images:`; "
+            field = f"images.{chain[-2]}.from" if len(chain) > 1 else "images"
+            raise MatrixError(f"matrix.yaml {field}: no image '{chain[-1]}' under `images:`; "
                               "write `from: base` or add that image")
         nxt = (pins[chain[-1]] or {}).get("from", "base")
         if not isinstance(nxt, str):

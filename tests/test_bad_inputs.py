@@ -474,3 +474,12 @@ def test_os_error_without_a_file_name_names_what_was_being_written(capsys):
     assert e.value.code == 2 and one_line(capsys.readouterr().err) == (
         "error: writing under /some/out: No space left on device; free space on that filesystem or write to "
         "another one (--out)")
+
+
+def test_cache_from_a_missing_directory(tmp_path, capsys):
+    out = out_with_index(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        cli.build(str(ROOT / "matrix.yaml"), str(out), None, None, None, None, None, "docker", None, None,
+                  cache_from=str(tmp_path / "typo"))
+    line = one_line(capsys.readouterr().err)
+    assert e.value.code == 2 and f"--cache-from {tmp_path / 'typo'}: no such directory" in line and index_untouched(out)
