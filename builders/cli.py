@@ -26,6 +26,11 @@ STATUS_STYLE = {"built": "green", "cached": "cyan", "failed": "red", "unavailabl
 # what a command is writing ("writing under OUT", "writing PATH"): an OSError without a file name names it
 _writing_under: list[str] = []
 
+
+def writing(what: str) -> None:
+    """Say what the command writes next, so a full disk or a read-only path is reported with it."""
+    _writing_under.append(what)
+
 OS_ADVICE = {
     errno.ENOSPC: "free space on that filesystem or write to another one (--out)",
     errno.EDQUOT: "free space on that filesystem or write to another one (--out)",
@@ -100,14 +105,20 @@ def writable_dir(path: str | Path, option: str = "--out") -> Path:
     return p
 
 
-def _plan(matrix_path, out, model, backends, quants, targets, only, executor, hf_token=None, offline=False,
-          cache_from=None, write=False):
+def _selection(matrix_path, model, backends, quants, targets, only):
+    """The validated matrix and the selected cells (reads the matrix file only; writes nothing)."""
     from builders import matrix as matrix_mod
+
+    m = matrix_mod.load(Path(matrix_path))
+    return m, matrix_mod.select(m, model=model, backends_=backends, quants=quants, targets=targets, only=only)
+
+
+def _plan(matrix_path, out, model, backends, quants, targets, only, executor, hf_token=None, offline=False,
+          cache_from=None, write=False, selected=None):
     from builders.plan import make_plan
     from builders.store import Store
 
-    m = matrix_mod.load(Path(matrix_path))
-    sel = matrix_mod.select(m, model=model, backends_=backends, quants=quants, targets=targets, only=only)
+    m, sel = selected or _selection(matrix_path, model, backends, quants, targets, only)
     if write:
         writable_dir(out)
     elif Path(out).exists() and not Path(out).is_dir():
@@ -144,10 +155,10 @@ def build(matrix_path, out, model, backends, quants, targets, only, executor, on
     from builders import step_selection
     from builders.build import Builder, exclusive
 
-    writable_dir(out)
+    selected = _selection(matrix_path, model, backends, quants, targets, only)  # bad input: nothing written
     with exclusive(Path(out)):  # one build per output root; a second one exits 2 naming this one
         m, store, p = _plan(matrix_path, out, model, backends, quants, targets, only, executor, hf_token, offline,
-                            cache_from, write=True)
+                            cache_from, write=True, selected=selected)
         step_selection.check(p, only_step, restart_step)
         builder = Builder(p, store, m, executor=executor, steps={"only": only_step, "restart": restart_step},
                           echo=echo, log=console.print)
@@ -182,19 +193,3 @@ def ensure_images(matrix_path, names: str | None) -> None:
     info = images.ensure(wanted, m.images, log=console.print)
     for n in wanted:
         console.print(f"{n:8s} {info[n]['ref']}  {info[n].get('id', '')[:19]}")
-
-
-@guarded
-def ci(matrix_path, out, model, backends, quants, targets, only, path) -> None:
-    from builders import ci as ci_mod, matrix as matrix_mod
-
-    m = matrix_mod.load(Path(matrix_path))
-    sel = matrix_mod.select(m, model=model, backends_=backends, quants=quants, targets=targets, only=only)
-    text = ci_mod.render(matrix_path, [c.id for c in sel.cells],
-                         {"model": model, "backends": backends, "quants": quants, "targets": targets})
-    _writing_under.append(f"writing {path}")
-    if Path(path).is_dir():
-        raise BuildmatrixError(f"--path {path}: is a directory; pass the workflow file to write")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text)
-    console.print(f"wrote {path}: {len(sel.cells)} cells")

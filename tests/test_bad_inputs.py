@@ -8,6 +8,7 @@ import errno
 import json
 import math
 import os
+import time
 import subprocess
 import textwrap
 from pathlib import Path
@@ -266,13 +267,17 @@ def test_only_glob_matching_nothing_is_named(tmp_path, capsys):
     assert code == 2 and "--only *.Q5_K_M.*: matches no cell" in line and index_untouched(out)
 
 
-@pytest.mark.parametrize("flag, value", [("only_step", "bogus"), ("restart_step", "3"), ("only_step", "0")])
+@pytest.mark.parametrize("flag, value", [("only_step", "bogus"), ("restart_step", "9"), ("only_step", "0")])
 def test_step_selection_is_checked_before_anything_runs(tmp_path, capsys, flag, value):
     out = out_with_index(tmp_path)
     code, line = run_build(capsys, ROOT / "matrix.yaml", out, **{flag: value})
     option = "--" + flag.replace("_", "-")
     assert code == 2 and index_untouched(out)
-    assert f"{option} {value}: no such step in tiny-llama.gguf.F16.cpu (gguf-convert: 1=convert, 2=verify)" in line
+    from builders import step_selection
+
+    names = step_selection.step_names("gguf", "gguf-convert")
+    numbered = ", ".join(f"{i + 1}={n}" for i, n in enumerate(names))
+    assert f"{option} {value}: no such step in tiny-llama.gguf.F16.cpu (gguf-convert: {numbered})" in line
     assert not (out / ".staging").exists() and not (out / ".store").exists()
 
 
@@ -361,6 +366,7 @@ def test_out_is_a_file(tmp_path, capsys):
 
 def test_a_file_where_a_directory_belongs_under_out(tmp_path, capsys):
     d = model_dir(tmp_path / "src")
+    time.sleep(2.1)  # settled files: the hash cache keeps no hash of a file changed in the last 2 s (racy rule)
     out = out_with_index(tmp_path)
     (out / ".cache").write_text("a file")  # the plan keeps its hash cache in <out>/.cache/
     code, line = run_build(capsys, ROOT / "matrix.yaml", out, model=str(d))
@@ -426,6 +432,7 @@ def test_out_on_a_full_disk(tmpfs, capsys):
 def test_plan_hash_cache_write_on_a_full_disk(tmpfs, tmp_path, capsys):
     """The plan of a local model writes its sha256 cache under --out: ENOSPC there is one line too."""
     d = model_dir(tmp_path / "src")
+    time.sleep(2.1)  # settled files: the hash cache keeps no hash of a file changed in the last 2 s (racy rule)
     fs = tmpfs("64k")
     out = out_with_index(fs)
     fill(fs)

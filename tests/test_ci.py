@@ -185,7 +185,9 @@ def test_shared_nodes_build_once(tmp_path, big_matrix):
         "tiny-llama.model", "tiny-qwen2.model", "tiny-mistral.model"}
     assert "tiny-llama.gguf.F16+Q4_K_M" in lay.groups and "tiny-llama.gguf.Q8_0" in lay.groups
     gguf = [k for k in keys if ".gguf." in k]
-    assert len(gguf) == 9  # 3 models x 3 quants, one node each, whatever the number of targets
+    # 2 models x 3 quants, one node each, whatever the number of targets (tiny-mistral's sliding window
+    # makes its gguf cells unsupported)
+    assert len(gguf) == 6 and not any(k.startswith("tiny-mistral.gguf") for k in gguf)
 
 
 def test_matrix_and_filters_reach_every_job(tmp_path, big_matrix):

@@ -30,7 +30,8 @@ def test_every_node_of_every_backend_declares_its_outputs(backend, quant, target
 def test_declarations_name_the_files_the_steps_write():
     mlc = backends.get("mlc")
     cell = Cell("tiny-llama", "mlc", "q4f16_1", "android", mlc.normalize_options({}, "t"))
-    weights, compiled, lib = mlc.expand(cell, model())
+    nodes = mlc.expand(cell, model())  # weights, the cpu library that runs them, the android library
+    weights, (compiled, lib) = nodes[0], nodes[-2:]
     assert weights.outputs == ("tensor-cache.json", "params_shard_*.bin", "mlc-chat-config.json")
     assert compiled.outputs == (f"{compiled.params['lib_stem']}.tar", "library.json")
     assert lib.outputs == ("tiny-llama-q4f16_1-ctx512-android.tar",)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from builders.cli import _plan, console, guarded
+from builders.cli import _plan, console, guarded, writing
 from builders.errors import BuildmatrixError
 
 
@@ -35,6 +35,9 @@ def generate(path: str, out: str, push_images: bool = False, **selection) -> Non
         raise BuildmatrixError("ci: no cell of this selection can be built (all unsupported/unavailable); "
                                "run `invoke plan` to see why")
     text = workflow.render(lay, filters, m.images, push_images)
+    writing(f"writing {path}")
+    if Path(path).is_dir():
+        raise BuildmatrixError(f"--path {path}: is a directory; pass the workflow file to write")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(text)
     built = sum(len(g.cells) for g in lay.groups.values())
