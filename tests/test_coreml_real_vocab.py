@@ -22,10 +22,11 @@ TOKENIZER_VOCAB = 512  # the tiny models' SentencePiece tokenizer (ids 0..511)
 NAME = "qwen2-151936"
 KEY = f"{NAME}.coreml.lut6.ane"
 OPTIONS = {"context": 64, "batch": 64, "chunk": 1, "lut2": "6,8", "lut3": "4,32"}
-# Random weights give near-flat logits: a 4-bit head flips close top-1 calls (measured here: top1 0.55,
-# KL 0.072 with a 4-bit FFN). A split assembled in the wrong order, or padding reaching the logits,
-# gives top1 near 0 and KL far above 1, so these still catch what this test is about.
-THRESHOLDS = {"top1_min": 0.4, "kl_max": 0.15}
+# Random weights give near-flat logits, and a 4-bit head flips close top-1 calls: measured here top1 0.814,
+# KL 0.0139 (0.55 / 0.072 with a 4-bit FFN), so the lut6 preset's top1_min 0.9 is replaced for this cell.
+# A split assembled in the wrong order, or padding reaching the logits, gives top1 near 0 and a KL far
+# above these limits.
+THRESHOLDS = {"top1_min": 0.7, "kl_max": 0.05}
 
 
 def make_model(out: Path) -> Path:
