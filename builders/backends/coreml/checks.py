@@ -71,7 +71,8 @@ def unpalettized(pkg: milrun.Package, op_types: tuple[str, ...]) -> list[str]:
             (arg,) = op.inputs[WEIGHT_INPUT[op.type]].arguments
             src = producers.get(arg.name) if arg.name else None
             if src is None or src.type != "constexpr_lut_to_dense":
-                shape = "x".join(str(d.constant.size) for d in (src.outputs[0].type.tensorType.dimensions if src else []))
+                dims = src.outputs[0].type.tensorType.dimensions if src else []
+                shape = "x".join(str(d.constant.size) for d in dims)
                 out.append(f"{fname}:{op.type} {op.outputs[0].name} weight {arg.name or '(immediate)'}"
                            + (f" [{shape}]" if shape else ""))
     return out
@@ -110,8 +111,8 @@ def spec_check(path: Path, want: dict) -> tuple[dict, list[str]]:
         left = unpalettized(pkg, want.get("op_types", ("conv",)))
         facts["unpalettized"] = left
         if luts and left:
-            failures.append(f"{path.name}: LUT {lut.code} asked but {len(left)} weight(s) stayed fp16: {'; '.join(left[:4])}"
-                            + (" ..." if len(left) > 4 else ""))
+            failures.append(f"{path.name}: LUT {lut.code} asked but {len(left)} weight(s) stayed fp16: "
+                            f"{'; '.join(left[:4])}" + (" ..." if len(left) > 4 else ""))
         for name, (indices, table) in luts.items():
             bits, group = lut_geometry(indices, table)
             if (bits, group) != (lut.bits, min(lut.group_size, indices.shape[0])):

@@ -89,6 +89,7 @@ def meta(layout: Layout, name: str, version: str) -> dict:
             "num_chunks": layout.chunks,
             "model_prefix": layout.prefix,
             "lm_head_splits": layout.splits,
+            "lm_head_split_sizes": list(layout.split_sizes),  # rows per output (not all equal): argmax_idx offsets
             "argmax_in_model": layout.argmax,
             "embeddings": compiled["embeddings"],
             "lm_head": compiled["lm_head"],

@@ -241,7 +241,8 @@ def lm_head_split_sizes(vocab: int, lut: Lut | None, where: str = "coreml lut3")
     cap = LM_HEAD_SPLIT_MAX // g * g
     if cap == 0:
         raise MatrixError(f"{where}={lut.code}: a LUT group of {lut.group_size} rows does not fit in one LM head "
-                          f"part ({LM_HEAD_SPLIT_MAX} rows); use a group size of at most {LM_HEAD_SPLIT_MAX // ANE_ROW_ALIGN}")
+                          f"part ({LM_HEAD_SPLIT_MAX} rows); use a group size of at most "
+                          f"{LM_HEAD_SPLIT_MAX // ANE_ROW_ALIGN}")
     n = max(1, math.ceil(vocab / cap))
     units = math.ceil(vocab / g)
     base, extra = divmod(units, n)

@@ -90,7 +90,8 @@ def check_palettized(path: Path, code: str, op_types: tuple[str, ...]) -> None:
     left = unpalettized(milrun.Package(path), op_types)
     if left:
         raise NodeFailed(f"palettizing {path.name} to LUT {code}: coremltools left {len(left)} weight(s) in fp16 "
-                         f"(rows not a multiple of the group size?): {'; '.join(left[:4])}" + (" ..." if len(left) > 4 else ""))
+                         f"(rows not a multiple of the group size?): {'; '.join(left[:4])}"
+                         + (" ..." if len(left) > 4 else ""))
 
 
 if __name__ == "__main__":

@@ -67,7 +67,8 @@ def step_embeddings(ctx: NodeContext) -> None:
 def step_lm_head(ctx: NodeContext) -> None:
     layout = _layout(ctx)
     src = _source(ctx, layout)
-    ctx.log(f"lm_head: {layout.splits} part(s) of {', '.join(map(str, sorted(set(layout.split_sizes), reverse=True)))} rows")
+    sizes = ", ".join(map(str, sorted(set(layout.split_sizes), reverse=True)))
+    ctx.log(f"lm_head: {layout.splits} part(s) of {sizes} rows")
     convert.save_part(convert.lm_head(src, layout.split_sizes, layout.argmax, layout.lut("lut3")),
                       ctx.out / layout.names["lm_head"], layout.lut("lut3"), ctx.work)
 
