@@ -79,3 +79,15 @@ def test_copy_hashed_copies_and_hashes_in_one_read(tmp_path):
     digest, size = hashcache.copy_hashed(src, tmp_path / "dst")
     assert (digest, size) == (sha(src.read_bytes()), src.stat().st_size)
     assert (tmp_path / "dst").read_bytes() == src.read_bytes()
+
+
+def test_entries_of_deleted_files_are_dropped_on_save(tmp_path, monkeypatch):
+    monkeypatch.setattr(hashcache, "RACY_NS", 0)
+    keep, gone = tmp_path / "keep", tmp_path / "gone"
+    settled(keep, b"k")
+    settled(gone, b"g")
+    c = HashCache(tmp_path / "cache.json")
+    c.sha256(keep), c.sha256(gone)
+    gone.unlink()
+    c.save()
+    assert set(HashCache(tmp_path / "cache.json").data) == {os.path.abspath(keep)}
