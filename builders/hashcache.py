@@ -81,8 +81,10 @@ class HashCache:
         self.dirty = True
 
     def save(self) -> None:
+        """Write the cache if it changed, dropping entries of files that no longer exist."""
         if not self.dirty:
             return
+        self.data = {k: v for k, v in self.data.items() if os.path.lexists(k)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.data, sort_keys=True))

@@ -79,3 +79,38 @@ def test_copy_hashed_copies_and_hashes_in_one_read(tmp_path):
     digest, size = hashcache.copy_hashed(src, tmp_path / "dst")
     assert (digest, size) == (sha(src.read_bytes()), src.stat().st_size)
     assert (tmp_path / "dst").read_bytes() == src.read_bytes()
+
+
+def test_entries_of_deleted_files_are_dropped_on_save(tmp_path, monkeypatch):
+    monkeypatch.setattr(hashcache, "RACY_NS", 0)
+    keep, gone = tmp_path / "keep", tmp_path / "gone"
+    settled(keep, b"k")
+    settled(gone, b"g")
+    c = HashCache(tmp_path / "cache.json")
+    c.sha256(keep), c.sha256(gone)
+    gone.unlink()
+    c.save()
+    assert set(HashCache(tmp_path / "cache.json").data) == {os.path.abspath(keep)}
+
+
+def test_a_model_file_edited_after_its_hash_was_cached_gets_a_new_digest(tmp_path, monkeypatch):
+    """The user-found case: same size, mtime put back; the snapshot digest (and manifests) must change."""
+    from builders.models.resolve import resolve_local
+    from builders.models.source import parse_source
+
+    monkeypatch.setattr(hashcache, "RACY_NS", 0)
+    d = tmp_path / "my-llama"
+    d.mkdir()
+    (d / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    settled(d / "model.safetensors", b"weights-v1")
+    cache_file = tmp_path / ".cache" / "file-sha256.json"
+    cache = HashCache(cache_file)
+    ref1, _, files1 = resolve_local(parse_source(str(d)), cache)
+    cache.save()
+    st = (d / "model.safetensors").stat()
+    time.sleep(0.01)
+    (d / "model.safetensors").write_bytes(b"weights-v2")
+    os.utime(d / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns))
+    ref2, _, files2 = resolve_local(parse_source(str(d)), HashCache(cache_file))
+    assert files2["model.safetensors"] == sha(b"weights-v2") != files1["model.safetensors"]
+    assert ref2.digest != ref1.digest

@@ -168,9 +168,12 @@ def test_replaced_file_in_a_cache_from_root_is_refused_and_rebuilt(built_root, s
     assert_root_consistent(mine)
     assert sha256(published(mine, q8(mine))) == m["outputs"][0]["sha256"]
     assert payload not in published(mine, q8(mine)).read_bytes()
-    other_f16 = manifests(other)["tiny-llama.gguf.F16"]
-    assert gguf_of(mine, other_f16).stat().st_ino != gguf_of(seed_store, other_f16).stat().st_ino, \
-        "imports are copies, never links into another root"
+    model = manifests(mine)["tiny-llama.model"]  # imported (from `other`, the first --cache-from root)
+    assert_outputs_match_manifest(other, model)
+    for o in model["outputs"]:
+        inodes = {(r / ".store" / model["node"]["digest"] / "out" / o["path"]).stat().st_ino
+                  for r in (mine, other, seed_store)}
+        assert len(inodes) == 3, "imports are copies, never links into another root"
 
 
 def test_two_builds_on_one_out_one_exits_2(tmp_path):
