@@ -8,7 +8,8 @@ from builders.verify.metrics import verdict
 from helpers import invoke, manifests
 from scaled_model import make_scaled_model
 
-pytestmark = pytest.mark.docker
+# fresh_store: needs no tiny model of the seed store (its model is made here, on the host)
+pytestmark = [pytest.mark.docker, pytest.mark.fresh_store]
 
 OLD_F16 = {"max_abs_logit": 1.0e-2, "top1_min": 1.0}  # the absolute threshold this project used to ship
 
