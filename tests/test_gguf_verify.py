@@ -8,7 +8,8 @@ from builders.verify.metrics import verdict
 from helpers import invoke, manifests
 from scaled_model import make_scaled_model
 
-pytestmark = pytest.mark.docker
+# fresh_store: needs no tiny model of the seed store (its model is made here, on the host)
+pytestmark = [pytest.mark.docker, pytest.mark.fresh_store]
 
 OLD_F16 = {"max_abs_logit": 1.0e-2, "top1_min": 1.0}  # the absolute threshold this project used to ship
 
@@ -41,7 +42,9 @@ def test_runtime_is_checked_against_the_files_own_dequantized_weights(scaled):
         checks = v["checks"]
         assert v["runtime_check"]["tensors"] == 2 + 9 * 2 + 1, v["runtime_check"]  # embd, output, norm + 9/layer
         assert checks["runtime_rel_l2"] <= v["thresholds"]["runtime_rel_l2_max"]
-        assert checks["runtime_top1"] == 1.0 and checks["runtime_kl"] < checks["kl"] + 1e-3
+        # llama.cpp vs its own weights in fp32: only its f16 KV cache / quantized activations differ (a q/k
+        # row permutation left in place measured rel_l2 0.56, KL 5.4 on this model's F16 file)
+        assert checks["runtime_top1"] >= 0.95 and checks["runtime_kl"] < 1e-2, checks
 
 
 def test_q6_k_whose_rows_are_not_multiples_of_256_is_flagged_as_fallback(scaled):

@@ -53,5 +53,4 @@ def fallback(quant: str, tensors: Iterable[tuple[str, str, int]]) -> dict | None
 
 def warning(fb: dict) -> str:
     got = ", ".join(f"{t} x{n}" for t, n in fb["got"].items())
-    return (f"quant fallback: asked {fb['asked']}, {len(fb['tensors'])} matrices got {got} "
-            f"(rows not a multiple of the block size)")
+    return f"quant fallback: asked {fb['asked']}, matrices got {got}"

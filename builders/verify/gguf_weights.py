@@ -81,7 +81,7 @@ def load_into(path: Path, hf_params: Iterable[str], put: Callable[[str, np.ndarr
         hf = mapping.get(t.name)
         if hf is None:
             continue
-        w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+        w = np.array(dequantize(t.data, t.tensor_type), dtype=np.float32)  # a writable copy of the memmap
         if ROPE_PERMUTED[arch_name] and hf.endswith(("q_proj.weight", "q_proj.bias")):
             w = unpermute(w, n_head)
         elif ROPE_PERMUTED[arch_name] and hf.endswith(("k_proj.weight", "k_proj.bias")):
