@@ -107,7 +107,9 @@ def test_peaked_weights_give_peaked_logits(qwen2_vocab):
     with np.load(ref / "reference.npz") as z:
         logits = z["logits_0"][:, :151646]
     top2 = np.sort(logits, axis=-1)[:, -2:]
-    assert logits.std() > 2 and float(np.median(top2[:, 1] - top2[:, 0])) > 0.3
+    gaps = top2[:, 1] - top2[:, 0]
+    # one clear winner per position, logits small enough for float16 rounding to stay under 0.01
+    assert float(np.median(gaps)) > 1.5 and float(gaps.min()) > 0.5 and float(np.abs(logits).max()) < 8
 
 
 def _mlc_weights_dir(model: Path, out: Path, conv_bos=None) -> Path:
