@@ -259,3 +259,29 @@ def test_check_comparison_names_the_differing_file_and_cell(tmp_path):
     result = compare(tmp_path / "rel", rel, manifests, rebuilt, out)
     assert result.nodes["m.gguf.Q8_0"].differing == ["extra.bin (only in the rebuild)", "m-Q8_0.gguf",
                                                      "manifest:verification.checks.top1"]
+
+
+def test_check_refuses_a_missing_release_and_a_used_check_dir(tmp_path):
+    proc = invoke("release", "--check", "--dest", str(tmp_path / "none"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "none: no release.json" in proc.stderr
+    out = _store(tmp_path / "dist", CELLS)
+    build_release(out, tmp_path / "rel", None, MATRIX)
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "keep").write_text("x")
+    proc = invoke("release", "--check", "--dest", str(tmp_path / "rel"), "--check-out", str(tmp_path / "used"))
+    assert proc.returncode == 2 and "--check-out" in proc.stderr and "not empty" in proc.stderr, proc.stderr
+    assert (tmp_path / "used" / "keep").read_text() == "x"
+
+
+def test_durations_anywhere_in_a_manifest_go_to_the_run_record():
+    from builders.release.manifests import split
+
+    m = {"node": {"key": "k", "digest": "d"}, "timings": {"seconds": 3.0}, "image": {"name": "mlc", "id": "sha256:x"},
+         "extra": {"library": {"file": "a.so", "build_seconds": 12.5, "total_seconds": 20.0},
+                   "training": {"train_seconds": 61.2, "threads": 1}, "list": [{"seconds": 1}]}}
+    repro, record = split(m)
+    assert repro["extra"] == {"library": {"file": "a.so"}, "training": {"threads": 1}, "list": [{}]}
+    assert record == {"node": "k", "digest": "d", "timings": {"seconds": 3.0}, "image.id": "sha256:x",
+                      "extra.library.build_seconds": 12.5, "extra.library.total_seconds": 20.0,
+                      "extra.training.train_seconds": 61.2, "extra.list.0.seconds": 1}
+    assert m["extra"]["library"]["build_seconds"] == 12.5  # the input is untouched

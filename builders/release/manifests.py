@@ -1,7 +1,8 @@
 """A node manifest split in two: what a rebuild from the same inputs reproduces, and the run record.
 
 The run record holds the fields that differ from one build to the next even when every artifact is
-bit-identical: the wall-clock timings and the toolchain image id (docker's image id hashes the image
+bit-identical: the wall-clock timings (the manifest's `timings` and any `*_seconds` a node reports) and
+the toolchain image id (docker's image id hashes the image
 config, which carries its build time; the image's content tag - the hash of its rendered Dockerfile and
 context - stays in the reproducible part).
 """
@@ -12,6 +13,24 @@ import copy
 
 # (path of keys) of each run-specific field of a manifest
 RUN_FIELDS = (("timings",), ("image", "id"))
+
+
+def is_duration(key: str) -> bool:
+    """Durations a node reports among its own facts (e.g. extra.library.build_seconds of an MLC compile,
+    extra.*.train_seconds of a tiny model) are timings too, wherever they are."""
+    return key == "seconds" or key.endswith("_seconds")
+
+
+def _pop_durations(d, path: tuple[str, ...], found: dict) -> None:
+    if isinstance(d, dict):
+        for k in sorted(d):
+            if is_duration(k):
+                found[".".join(path + (k,))] = d.pop(k)
+            else:
+                _pop_durations(d[k], path + (k,), found)
+    elif isinstance(d, list):
+        for i, v in enumerate(d):
+            _pop_durations(v, path + (str(i),), found)
 
 
 def _pop(d: dict, path: tuple[str, ...]):
@@ -30,4 +49,5 @@ def split(manifest: dict) -> tuple[dict, dict]:
         value = _pop(repro, path)
         if value is not None:
             record[".".join(path)] = value
+    _pop_durations(repro, (), record)
     return repro, record
