@@ -224,7 +224,7 @@ class Builder:
         self._stop_orphans(bool(to_run) and self.executor_name == "docker")
         if to_run:
             self._ensure_images(to_run)
-            self.executor = get_executor(self.executor_name, echo=self.echo, limits=self.matrix.containers)
+            self.executor = get_executor(self.executor_name, echo=self.echo, limits=getattr(self.matrix, "containers", None))
         for pn in order:
             if pn.key not in needed:
                 continue

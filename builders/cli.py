@@ -156,6 +156,7 @@ def build(matrix_path, out, model, backends, quants, targets, only, executor, on
     from builders.build import Builder, exclusive
 
     selected = _selection(matrix_path, model, backends, quants, targets, only)  # bad input: nothing written
+    writable_dir(out)  # a file, a read-only dir or a full disk is named before the lock is taken
     with exclusive(Path(out)):  # one build per output root; a second one exits 2 naming this one
         m, store, p = _plan(matrix_path, out, model, backends, quants, targets, only, executor, hf_token, offline,
                             cache_from, write=True, selected=selected)

@@ -102,6 +102,7 @@ def test_a_model_file_edited_after_its_hash_was_cached_gets_a_new_digest(tmp_pat
     d = tmp_path / "my-llama"
     d.mkdir()
     (d / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    (d / "tokenizer.json").write_text("{}")
     settled(d / "model.safetensors", b"weights-v1")
     cache_file = tmp_path / ".cache" / "file-sha256.json"
     cache = HashCache(cache_file)
