@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 
-from helpers import assert_outputs_match_manifest, invoke, manifests, plan_json
+from helpers import ROOT, assert_outputs_match_manifest, invoke, manifests, plan_json
 
 pytestmark = pytest.mark.docker
 
@@ -97,6 +97,23 @@ def test_gpu_and_phone_libraries_hold_compiled_code_for_their_arch(llama_out):
     for name, data in members(ms["tiny-llama.mlc.q4f16_1.lib.webgpu"]).items():
         assert data[:4] == b"\x00asm", f"{name}: wasm object"
     assert ms["tiny-llama.mlc.q4f16_1.lib.webgpu"]["deferred"]
+
+
+def test_weights_failing_numerically_fail_the_libraries_of_every_target(llama_out, tmp_path):
+    """The cpu library is where the weights run; a library for a device we lack is skipped with it."""
+    out, _ = llama_out
+    text = (ROOT / "matrix.yaml").read_text()
+    failing = text.replace("q0f32: {rel_l2_max: 1.0e-4, kl_max: 1.0e-6, top1_min: 1.0}",
+                           "q0f32: {rel_l2_max: 1.0e-4, kl_max: 1.0e-6, top1_min: 1.01}")
+    assert failing != text
+    (tmp_path / "matrix.yaml").write_text(failing)
+    proc = invoke("build", "--matrix", str(tmp_path / "matrix.yaml"), "--model", "tiny:llama", "--backends", "mlc",
+                  "--quants", "q0f32", "--targets", "cpu,android", "--out", str(out))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    for cell in ("tiny-llama.mlc.q0f32.cpu", "tiny-llama.mlc.q0f32.android"):
+        row = next(ln for ln in proc.stdout.splitlines() if cell in ln)
+        assert " failed " in row, proc.stdout
+    assert "top1=1 not >= 1.01" in proc.stdout
 
 
 def test_vulkan_fails_fast_and_the_rest_builds(llama_out):

@@ -20,7 +20,8 @@ class HfModel:
         self.config = AutoConfig.from_pretrained(str(model_dir))
         self.model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32, attn_implementation="eager")
         self.model.eval()
-        self.params = dict(self.model.named_parameters())
+        # with tied embeddings lm_head.weight is listed too (the same tensor): a file may carry either name
+        self.params = dict(self.model.named_parameters(remove_duplicate=False))
         self.filled: set[str] = set()
 
     def put(self, name: str, array: np.ndarray) -> None:
