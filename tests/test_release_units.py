@@ -278,10 +278,10 @@ def test_durations_anywhere_in_a_manifest_go_to_the_run_record():
 
     m = {"node": {"key": "k", "digest": "d"}, "timings": {"seconds": 3.0}, "image": {"name": "mlc", "id": "sha256:x"},
          "extra": {"library": {"file": "a.so", "build_seconds": 12.5, "total_seconds": 20.0},
-                   "training": {"train_seconds": 61.2, "threads": 1}, "list": [{"seconds": 1}]}}
+                   "training": {"train_seconds": 61.2, "threads": 1}, "list": [{"seconds": 1}], "peak_rss_mb": 812}}
     repro, record = split(m)
     assert repro["extra"] == {"library": {"file": "a.so"}, "training": {"threads": 1}, "list": [{}]}
     assert record == {"node": "k", "digest": "d", "timings": {"seconds": 3.0}, "image.id": "sha256:x",
                       "extra.library.build_seconds": 12.5, "extra.library.total_seconds": 20.0,
-                      "extra.training.train_seconds": 61.2, "extra.list.0.seconds": 1}
+                      "extra.training.train_seconds": 61.2, "extra.list.0.seconds": 1, "extra.peak_rss_mb": 812}
     assert m["extra"]["library"]["build_seconds"] == 12.5  # the input is untouched

@@ -116,8 +116,9 @@ def render(release: dict, manifests: dict[str, dict], repo: str, quantized_by: s
             "## Files and verification", "", *_table(release, manifests), "",
             "Figures: top-1 agreement with the original model's next token, the largest absolute logit difference, "
             "KL divergence, normalized MSE of the logits, and the perplexity difference on a fixed text. "
-            "Directories in this repository were released as deterministic tar files; "
-            "`buildmatrix/release.json` maps cells to files and `buildmatrix/SHA256SUMS` lists the released bytes.",
+            + ("Directories here were released as deterministic tar files (the sha256 is the tar's). "
+               if any(a["kind"] == "tar" for a in release["assets"]) else "")
+            + "`buildmatrix/release.json` maps cells to files and `buildmatrix/SHA256SUMS` lists the released bytes.",
             ""]
     if deferred:
         body += ["## Steps left to another host", "", *deferred, ""]

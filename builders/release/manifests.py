@@ -1,10 +1,10 @@
 """A node manifest split in two: what a rebuild from the same inputs reproduces, and the run record.
 
 The run record holds the fields that differ from one build to the next even when every artifact is
-bit-identical: the wall-clock timings (the manifest's `timings` and any `*_seconds` a node reports) and
-the toolchain image id (docker's image id hashes the image
-config, which carries its build time; the image's content tag - the hash of its rendered Dockerfile and
-context - stays in the reproducible part).
+bit-identical: the wall-clock timings (the manifest's `timings`, any `*_seconds` a node reports), peak
+memory (`peak_rss*`) and the toolchain image id (docker's image id hashes the image config, which carries
+its build time; the image's content tag - the hash of its rendered Dockerfile and context - stays in the
+reproducible part).
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ import copy
 RUN_FIELDS = (("timings",), ("image", "id"))
 
 
-def is_duration(key: str) -> bool:
-    """Durations a node reports among its own facts (e.g. extra.library.build_seconds of an MLC compile,
-    extra.*.train_seconds of a tiny model) are timings too, wherever they are."""
-    return key == "seconds" or key.endswith("_seconds")
+def is_run_measurement(key: str) -> bool:
+    """What a node measures of its own run - durations (extra.library.build_seconds of an MLC compile,
+    extra.*.train_seconds of a tiny model) and peak memory (extra.peak_rss_mb) - wherever it is."""
+    return key == "seconds" or key.endswith("_seconds") or key.startswith("peak_rss")
 
 
 def _pop_durations(d, path: tuple[str, ...], found: dict) -> None:
     if isinstance(d, dict):
         for k in sorted(d):
-            if is_duration(k):
+            if is_run_measurement(k):
                 found[".".join(path + (k,))] = d.pop(k)
             else:
                 _pop_durations(d[k], path + (k,), found)
