@@ -223,7 +223,8 @@ def test_a_selected_quant_without_thresholds_is_refused(tmp_path, capsys):
     out = out_with_index(tmp_path)
     code, line = run_build(capsys, p, out, quants="F16,Q4_0")
     text = p.read_text().splitlines()
-    gguf_line = next(i + 1 for i, t in enumerate(text) if t.strip() == "gguf:" and "thresholds" in text[i - 1])
+    start = next(i for i, t in enumerate(text) if t.strip() == "thresholds:")
+    gguf_line = next(i + 1 for i, t in enumerate(text) if i > start and t.strip() == "gguf:")
     assert code == 2 and index_untouched(out)
     assert line.startswith(f"error: matrix.yaml:{gguf_line}: verify.thresholds.gguf has no entry for quant Q4_0 "
                            "(cell tiny-llama.gguf.Q4_0.cpu)"), line
