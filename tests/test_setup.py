@@ -25,6 +25,7 @@ def test_setup_rerun_is_a_quiet_no_op(tmp_path):
         return
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    assert [line.split()[1] for line in lines] == ["apt", "docker", "python", "done"], proc.stdout
-    assert "already installed" in lines[0] and "engine answers" in lines[1]
+    phases = [line.split()[1] for line in lines]
+    assert phases == ["engine", "apt", "docker", "python", "lint", "actionlint", "done"], proc.stdout
+    assert "already installed" in lines[1] and "engine answers" in lines[2]  # an existing engine is left alone
     assert proc.stderr == ""
