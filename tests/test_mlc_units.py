@@ -151,7 +151,14 @@ def hf_dir(tmp_path_factory):
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
     model.save_pretrained(d, safe_serialization=True)
     (d / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True}))
-    (d / "tokenizer.json").write_text(json.dumps({"decoder": {"type": "Sequence", "decoders": [{"type": "ByteFallback"}]}}))
+    # a loadable SentencePiece-style tokenizer.json (byte fallback) whose post-processor adds <s> (id 1)
+    from tokenizers import Tokenizer, decoders, models, processors
+
+    tok = Tokenizer(models.BPE(vocab={"<unk>": 0, "<s>": 1, "</s>": 2, "a": 3}, merges=[], unk_token="<unk>",
+                               byte_fallback=True))
+    tok.decoder = decoders.Sequence([decoders.ByteFallback()])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(str(d / "tokenizer.json"))
     return d
 
 
