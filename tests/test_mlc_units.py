@@ -165,20 +165,16 @@ def hf_dir(tmp_path_factory):
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
     model.save_pretrained(d, safe_serialization=True)
     (d / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True}))
-    write_bos_tokenizer(d / "tokenizer.json")
+    # a loadable SentencePiece-style tokenizer.json (byte fallback) whose post-processor adds <s> (id 1)
+    from tokenizers import Tokenizer, decoders, models, processors
+
+    tok = Tokenizer(models.BPE(vocab={"<unk>": 0, "<s>": 1, "</s>": 2, "a": 3}, merges=[], unk_token="<unk>",
+                               byte_fallback=True))
+    tok.decoder = decoders.Sequence([decoders.ByteFallback()])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(str(d / "tokenizer.json"))
     return d
 
-
-def write_bos_tokenizer(path):
-    """A real (tiny, word-level) tokenizer.json that starts every encoding with <s> and decodes with byte
-    fallback, like Llama 2's: gen_config reads add-BOS from its behaviour."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-
-    tok = Tokenizer(models.WordLevel({"<unk>": 0, "<s>": 1, "</s>": 2, "a": 3, "b": 4}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tok.decoder = decoders.Sequence([decoders.ByteFallback()])
-    tok.save(str(path))
 
 
 @pytest.mark.parametrize("code", ["q0f32", "q4f16_1", "q3f16_0"])

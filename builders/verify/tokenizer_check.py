@@ -20,6 +20,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from builders.errors import NodeFailed
+
 SHOWN_IDS = 12  # ids shown per side for a mismatching text
 
 
@@ -27,7 +29,7 @@ def expected(ref_dir: Path) -> tuple[list[tuple[str, list[int]]], dict]:
     """[(text, ids)] of the reference (prompts, then the perplexity text) and its tokenizer_specials."""
     info = json.loads((Path(ref_dir) / "reference.json").read_text())
     if "tokenizer_specials" not in info:
-        raise ValueError(f"{ref_dir}/reference.json has no tokenizer_specials (made by an older builder); "
+        raise NodeFailed(f"{ref_dir}/reference.json has no tokenizer_specials (made by an older builder); "
                          "rebuild the reference node")
     with np.load(Path(ref_dir) / "reference.npz") as z:
         texts = [(p["text"], [int(t) for t in z[f"tokens_{i}"][: int(z[f"prompt_len_{i}"])]])
@@ -96,4 +98,4 @@ def hf_files_encoder(model_dir: Path, prefix_ids: list[int], add_special_tokens:
 
         sp = spm.SentencePieceProcessor(model_file=str(model_dir / "tokenizer.model"))
         return lambda text: list(prefix_ids) + list(sp.encode(text))
-    raise FileNotFoundError(f"{model_dir} ships neither tokenizer.json nor tokenizer.model")
+    raise NodeFailed(f"{model_dir} ships neither tokenizer.json nor tokenizer.model: nothing to tokenize with")

@@ -9,6 +9,7 @@ from pathlib import Path
 from builders.backends.mlc.conv_templates import template
 from builders.backends.mlc.models import ARCHS, ModelConfig
 from builders.backends.mlc.quant import MlcQuant
+from builders.errors import NodeFailed
 
 CHAT_CONFIG_VERSION = "0.1.0"
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json",
@@ -46,7 +47,12 @@ def tokenizer_adds_bos(model_dir: Path, bos: int | None) -> bool:
     if (model_dir / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
 
-        ids = Tokenizer.from_file(str(model_dir / "tokenizer.json")).encode("a", add_special_tokens=True).ids
+        try:
+            tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        except Exception as e:  # tokenizers raises a bare Exception for a malformed file
+            raise NodeFailed(f"{model_dir.name}/tokenizer.json cannot be loaded ({e}); "
+                             "ship a valid tokenizer.json (or only tokenizer.model)") from None
+        ids = tok.encode("a", add_special_tokens=True).ids
         return ids[:1] == [int(bos)]
     return bool(_load(model_dir / "tokenizer_config.json").get("add_bos_token", True))
 
