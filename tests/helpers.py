@@ -45,3 +45,17 @@ def assert_outputs_match_manifest(out: Path, manifest: dict) -> None:
     for rel, o in listed.items():
         assert sha256(d / rel) == o["sha256"], f"{rel}: sha256 differs from manifest"
         assert (d / rel).stat().st_size == o["size"]
+
+
+def readable_by_nodes(path: Path) -> Path:
+    """As root, node containers run as an unprivileged uid and refuse an input it cannot read (one line,
+    builders/executors/node_user.py). pytest makes its temp dirs 0700: open `path` (recursively) and the
+    directories above it for reading, as a user's model directory would be. Returns path."""
+    path = Path(path).resolve()
+    for d in [path, *path.parents]:
+        if d == Path("/"):
+            break
+        d.chmod(d.stat().st_mode | 0o055)
+    for p in path.rglob("*"):
+        p.chmod(p.stat().st_mode | (0o055 if p.is_dir() else 0o044))
+    return path

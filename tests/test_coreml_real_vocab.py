@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ROOT, assert_outputs_match_manifest, invoke
+from helpers import ROOT, assert_outputs_match_manifest, invoke, readable_by_nodes
 
 pytestmark = [pytest.mark.docker, pytest.mark.fresh_store]  # its own model: nothing to import from the seed store
 
@@ -61,7 +61,7 @@ def make_model(out: Path) -> Path:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     work = tmp_path_factory.mktemp("real-vocab")
-    model_dir = make_model(work)
+    model_dir = readable_by_nodes(make_model(work))
     matrix = yaml.safe_load((ROOT / "matrix.yaml").read_text())
     matrix["models"] = {NAME: {"source": str(model_dir)}}
     matrix["defaults"]["models"] = [NAME]

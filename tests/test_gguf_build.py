@@ -113,12 +113,13 @@ def test_failing_cell_leaves_others_built_and_exits_1(tmp_path, llama_out):
 def test_interrupt_leaves_nothing_partial_and_no_container(tmp_path):
     out = tmp_path / "dist"
     client = docker.from_env()
+    mine = f"buildmatrix.root={out.resolve()}"  # this build's containers (other builds may share the engine)
     proc = subprocess.Popen([sys.executable, "-m", "invoke", "build", "--out", str(out), "--model", "tiny:qwen2",
                              "--quants", "F16"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     deadline = time.time() + 1200
     while time.time() < deadline:
-        running = client.containers.list(filters={"label": "buildmatrix.node"})
+        running = client.containers.list(filters={"label": mine})
         if running:
             break
         assert proc.poll() is None, proc.stdout.read()
@@ -130,7 +131,7 @@ def test_interrupt_leaves_nothing_partial_and_no_container(tmp_path):
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, output
-    assert client.containers.list(all=True, filters={"label": "buildmatrix.node"}) == []
+    assert client.containers.list(all=True, filters={"label": mine}) == []
     assert key not in manifests(out), "an interrupted node is not in the store"
     rerun = invoke("build", "--out", str(out), "--model", "tiny:qwen2", "--quants", "F16", check=0)
     assert key in manifests(out)

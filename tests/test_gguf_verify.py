@@ -5,7 +5,7 @@ scale-free thresholds, the check against the file's own dequantized weights, and
 import pytest
 
 from builders.verify.metrics import verdict
-from helpers import invoke, manifests
+from helpers import invoke, manifests, readable_by_nodes
 from scaled_model import make_scaled_model
 
 # fresh_store: needs no tiny model of the seed store (its model is made here, on the host)
@@ -17,7 +17,7 @@ OLD_F16 = {"max_abs_logit": 1.0e-2, "top1_min": 1.0}  # the absolute threshold t
 @pytest.fixture(scope="module")
 def scaled(tmp_path_factory, docker_engine):
     """A random Llama with hidden 320 and logits reaching about +-40, built as F16 and Q6_K."""
-    model = make_scaled_model(tmp_path_factory.mktemp("models") / "scaled-320")
+    model = readable_by_nodes(make_scaled_model(tmp_path_factory.mktemp("models") / "scaled-320"))
     out = tmp_path_factory.mktemp("dist-scaled")
     proc = invoke("build", "--model", str(model), "--backends", "gguf", "--quants", "F16,Q6_K", "--out", str(out))
     return out, proc, manifests(out)

@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 
-from helpers import ROOT, assert_outputs_match_manifest, invoke, manifests, plan_json
+from helpers import ROOT, assert_outputs_match_manifest, invoke, manifests, plan_json, readable_by_nodes
 
 pytestmark = pytest.mark.docker
 
@@ -151,6 +151,7 @@ def test_weights_only_variant_reuses_the_library(llama_out, tmp_path):
     name = next(k for k in sorted(tensors) if "mlp.down_proj" in k)
     tensors[name] = (tensors[name] * np.float32(1.05)).astype(tensors[name].dtype)
     save_file(tensors, variant / "model.safetensors", metadata={"format": "pt"})
+    readable_by_nodes(variant)
     args = ("--model", str(variant), "--backends", "mlc", "--quants", "q0f32", "--targets", "cpu", "--out", str(out))
     plan = plan_json(out, *args[:-2])
     to_run = sorted(n["key"] for n in plan["nodes"] if not n["cached"])

@@ -29,7 +29,8 @@ def tiny_node(arch: str, train_steps: int = tiny.TRAIN_STEPS) -> NodeDef:
     if arch in tiny.VOCAB_ARCHS:
         return NodeDef(key=f"tiny-{arch}.model", kind="tiny-vocab-model", backend="model", image=VOCAB_IMAGE,
                        params={"arch": arch, "vocab": tiny.VOCAB_ARCHS[arch].vocab}, publish=None,
-                       uses_model=False)
+                       uses_model=False, outputs=("config.json", "*.safetensors", "tokenizer.json",
+                                                  "tokenizer_config.json"))
     return NodeDef(key=f"tiny-{arch}.model", kind="tiny-model", backend="model", image=IMAGE,
                    params={"arch": arch, "train_steps": train_steps}, publish=None, uses_model=False,
                    outputs=("config.json", "*.safetensors", "tokenizer.model", "tokenizer.json"))
