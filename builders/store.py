@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from builders.atomic import swap_dir
 from builders.errors import StoreError
 from builders.hashcache import HashCache, copy_hashed
 from builders.outputs import files_of, list_outputs  # noqa: F401  (list_outputs is part of the store API)
@@ -269,14 +270,7 @@ class Store:
                 shutil.copyfile(stage / "log.txt", tmp / "log.txt")
             write_json_atomic(tmp / "manifest.json", manifest)
             self._seal(tmp)
-            if final.exists():  # re-promotion after `--only/--restart`: swap
-                old = self.root / ".store" / f".old-{digest}"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
+            swap_dir(tmp, final, self.root / ".store" / f".old-{digest}")  # a re-promotion (--only/--restart) swaps
             (stage / "out").mkdir(exist_ok=True)
             self._remember_entry(digest)
         return final

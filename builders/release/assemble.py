@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builders import VERSION
+from builders.atomic import swap_dir
 from builders.release import ReleaseError, checksums, provenance
 from builders.release.assets import write_assets
 from builders.release.collect import Collected, ancestry, collect
@@ -112,11 +113,4 @@ def build_release(out: Path, dest: Path, only: list[str] | None, matrix_path: Pa
 
 
 def _swap(tmp: Path, dest: Path) -> None:
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dest)
+    swap_dir(tmp, dest, dest.parent / f".{dest.name}.old-{os.getpid()}")
