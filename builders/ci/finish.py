@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -79,6 +80,25 @@ FINISHERS: dict[tuple[str, str], Callable[[NodeContext], dict]] = {
 }
 
 
+def _available(store, pn) -> bool:
+    try:
+        _present(store, pn)
+        return True
+    except NodeFailed:
+        return False
+
+
+def _present(store, pn):
+    """The plan node, its entry in this store: imported from the handed-off stores when it is not here yet
+    (re-hashed against their manifest), else NodeFailed."""
+    if not store.has(pn.digest):
+        source, refused = store.import_node(pn.digest)
+        if source is None:
+            why = f" ({refused[0]})" if refused else ""
+            raise NodeFailed(f"node {pn.key} ({pn.digest[:12]}) was not handed off by the Linux jobs{why}")
+    return pn
+
+
 def finish_cell(store, p, cell_id: str, out: Path) -> dict:
     """Run the deferred steps of one cell's artifact node; returns its record (status ok|failed)."""
     pc = next((c for c in p.cells if c.cell.id == cell_id), None)
@@ -88,18 +108,27 @@ def finish_cell(store, p, cell_id: str, out: Path) -> dict:
             raise NodeFailed("not a buildable cell of this plan")
         pn = p.nodes[pc.nodes[-1]]
         record.update(node=pn.key, digest=pn.digest)
-        if not store.has(pn.digest):
-            raise NodeFailed(f"node {pn.key} ({pn.digest[:12]}) was not handed off by the Linux jobs")
+        _present(store, pn)
         manifest = store.manifest(pn.digest)
         deferred = manifest.get("deferred", [])
         record["deferred"] = deferred
         dest = out / "finished" / cell_id
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(store.out_dir(pn.digest), dest)
-        inputs = {role: store.out_dir(p.nodes[key].digest) for role, key in pn.node.parents.items()}
+        for f in [dest, *dest.rglob("*")]:  # store files are read-only; the finisher writes next to them
+            f.chmod(f.stat().st_mode | stat.S_IWUSR)
+        # what a deferred step may read: the node's parents and model, imported when they were handed off
+        # (a step that needs one that was not fails below with its name)
+        inputs = {}
+        for role, key in pn.node.parents.items():
+            if _available(store, p.nodes[key]):
+                inputs[role] = store.out_dir(p.nodes[key].digest)
         model = p.models[pn.model]
         if pn.node.uses_model:
-            inputs["model"] = (store.out_dir(p.nodes[model.node].digest) if model.node else p.model_dirs[pn.model])
+            if not model.node:
+                inputs["model"] = p.model_dirs[pn.model]
+            elif _available(store, p.nodes[model.node]):
+                inputs["model"] = store.out_dir(p.nodes[model.node].digest)
         spec = {"key": pn.key, "kind": pn.node.kind, "backend": pn.node.backend, "digest": pn.digest,
                 "params": pn.node.params}
         with tempfile.TemporaryDirectory() as work:
@@ -110,7 +139,11 @@ def finish_cell(store, p, cell_id: str, out: Path) -> dict:
                 if fn is None:
                     raise NodeFailed(f"deferred step '{d.get('step')}' of the {pn.node.backend} backend has no "
                                      "macOS finisher")
-                record["checks"][d["step"]] = fn(ctx)
+                try:
+                    record["checks"][d["step"]] = fn(ctx)
+                except KeyError as e:
+                    raise NodeFailed(f"deferred step '{d['step']}' needs input {e} that the Linux jobs did not "
+                                     "hand off") from None
                 record["ran"].append(d["step"])
         record["outputs"] = list_outputs(dest)
         record["status"] = "ok"
