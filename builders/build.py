@@ -6,7 +6,7 @@ running node (the executor removes its container) and leaves nothing partial in 
 Nothing is served unchecked: a store entry that failed its check in the plan is moved aside and its node
 rebuilt; an import from a `--cache-from` root is re-hashed as it is copied, and a refused one is rebuilt;
 a node whose run wrote no outputs, or misses one its kind declares (NodeDef.outputs), fails unpromoted.
-A build holds its output root's lock (`exclusive`) and first stops containers a killed build left
+A build holds its output root's lock (builders/lock.py) and first stops containers a killed build left
 writing into the root's staging dirs, resetting those dirs.
 """
 
@@ -14,24 +14,16 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builders import images, lock
+from builders import images
 from builders.errors import ToolchainError
 from builders.executors import Mount, get_executor
 from builders.manifest import make_manifest, rev_short
 from builders.outputs import check_declared
 from builders.plan import SOURCE_DATE_EPOCH, Plan, PlanNode
 from builders.store import Store, list_outputs
-
-
-@contextmanager
-def exclusive(out: Path):
-    """Hold the output root for one build (builders/lock.py); a second build on it fails with exit 2."""
-    with lock.hold(out) as holder:
-        yield holder
 
 SPEC_SCHEMA = 1
 

@@ -153,11 +153,12 @@ def plan(matrix_path, out, model, backends, quants, targets, only, executor, as_
 def build(matrix_path, out, model, backends, quants, targets, only, executor, only_step, restart_step,
           hf_token=None, offline=False, echo=False, cache_from=None) -> int:
     from builders import step_selection
-    from builders.build import Builder, exclusive
+    from builders import lock
+    from builders.build import Builder
 
     selected = _selection(matrix_path, model, backends, quants, targets, only)  # bad input: nothing written
     writable_dir(out)  # a file, a read-only dir or a full disk is named before the lock is taken
-    with exclusive(Path(out)):  # one build per output root; a second one exits 2 naming this one
+    with lock.hold(Path(out)):  # one build per output root; a second one exits 2 naming this one
         m, store, p = _plan(matrix_path, out, model, backends, quants, targets, only, executor, hf_token, offline,
                             cache_from, write=True, selected=selected)
         step_selection.check(p, only_step, restart_step)
