@@ -84,12 +84,17 @@ def guarded(fn):
     return wrapper
 
 
-def writable_dir(path: str | Path, option: str = "--out") -> Path:
-    """The output directory, created if missing and probed with a real write (root ignores file modes, so
-    only a write tells a read-only mount or a full disk apart)."""
+def _not_a_file(path: str | Path, option: str = "--out") -> Path:
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise BuildmatrixError(f"{option} {p}: is a file, not a directory; pass a directory (created if missing)")
+    return p
+
+
+def writable_dir(path: str | Path, option: str = "--out") -> Path:
+    """The output directory, created if missing and probed with a real write (root ignores file modes, so
+    only a write tells a read-only mount or a full disk apart)."""
+    p = _not_a_file(path, option)
     _writing_under.append(f"writing under {p}")
     p.mkdir(parents=True, exist_ok=True)
     try:
@@ -114,15 +119,12 @@ def _selection(matrix_path, model, backends, quants, targets, only):
 
 
 def _plan(matrix_path, out, model, backends, quants, targets, only, executor, hf_token=None, offline=False,
-          cache_from=None, write=False, selected=None):
+          cache_from=None, selected=None):
     from builders.plan import make_plan
     from builders.store import Store
 
     m, sel = selected or _selection(matrix_path, model, backends, quants, targets, only)
-    if write:
-        writable_dir(out)
-    elif Path(out).exists() and not Path(out).is_dir():
-        raise BuildmatrixError(f"--out {out}: is a file, not a directory; pass a directory (created if missing)")
+    _not_a_file(out)  # `build` has probed it with a write already (writable_dir)
     _writing_under.append(f"writing under {out}")
     roots = [Path(p.strip()) for p in cache_from.split(",") if p.strip()] if cache_from else None
     for r in roots or []:
@@ -152,15 +154,14 @@ def plan(matrix_path, out, model, backends, quants, targets, only, executor, as_
 @guarded
 def build(matrix_path, out, model, backends, quants, targets, only, executor, only_step, restart_step,
           hf_token=None, offline=False, echo=False, cache_from=None) -> int:
-    from builders import step_selection
-    from builders import lock
+    from builders import lock, step_selection
     from builders.build import Builder
 
     selected = _selection(matrix_path, model, backends, quants, targets, only)  # bad input: nothing written
     writable_dir(out)  # a file, a read-only dir or a full disk is named before the lock is taken
     with lock.hold(Path(out)):  # one build per output root; a second one exits 2 naming this one
         m, store, p = _plan(matrix_path, out, model, backends, quants, targets, only, executor, hf_token, offline,
-                            cache_from, write=True, selected=selected)
+                            cache_from, selected=selected)
         step_selection.check(p, only_step, restart_step)
         builder = Builder(p, store, m, executor=executor, steps={"only": only_step, "restart": restart_step},
                           echo=echo, log=console.print)
