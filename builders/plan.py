@@ -16,7 +16,7 @@ import platform
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from builders import VERSION, backends, images
+from builders import VERSION, archs, backends, images
 from builders.backends.base import Cell, ModelRef, NodeDef
 from builders.errors import MatrixError, ModelError
 from builders.matrix import Matrix, Selection
@@ -28,7 +28,7 @@ from builders.targets import TARGETS
 
 PKG = Path(__file__).resolve().parent
 SOURCE_DATE_EPOCH = int(os.environ.get("SOURCE_DATE_EPOCH", "315532800"))  # 1980-01-01: valid for zip too
-COMMON_CODE = ("node.py", "backends/base.py", "backends/__init__.py", "verify/metrics.py", "errors.py")
+COMMON_CODE = ("archs.py", "node.py", "backends/base.py", "backends/__init__.py", "verify/metrics.py", "errors.py")
 
 
 @dataclass
@@ -184,9 +184,9 @@ class Planner:
                 cells.append(PlanCell(cell, [], "unsupported",
                                       f"{cell.backend} builds no artifact for {cell.target} (its targets: {supported})"))
                 continue
-            if model.arch not in backend.archs:
-                raise ModelError(f"model '{model.source}': architecture {model.arch} is not supported by the "
-                                 f"{cell.backend} backend (supported: {', '.join(backend.archs)})")
+            reason = archs.unsupported_reason(cell.backend, model.arch)
+            if reason:
+                raise ModelError(f"model '{model.source}': {reason}")
             where = f"{self.matrix.path.name}: backends.{cell.backend}.options / cells (for {cell.id})"
             cell = replace(cell, options=backend.normalize_options(cell.options, where))
             reason = backend.unsupported(cell, model)

@@ -76,9 +76,12 @@ def test_mistral_sliding_window_makes_gguf_cells_unsupported_not_failed(tmp_path
     ({"max_position_embeddings": 4096}, False),  # Llama
 ])
 def test_gguf_sliding_window_rule(config, unsupported):
+    from builders.archs import DecoderConfig
     from builders.backends.gguf import sliding_window_reason
+    from builders.models.tiny import tiny_config
 
-    assert (sliding_window_reason(config) is not None) == unsupported
+    base = {k: v for k, v in tiny_config("mistral").items() if k not in ("sliding_window", "max_position_embeddings")}
+    assert (sliding_window_reason(DecoderConfig.from_hf({**base, **config})) is not None) == unsupported
 
 
 def test_container_limits_do_not_change_digests(tmp_path):

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
+from builders.archs import DecoderConfig
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -75,7 +77,7 @@ class Backend(Protocol):
     image: str  # default toolchain image of this backend's nodes
     quants: Mapping[str, Any]  # quant code -> description/table row (the README's table is generated from it)
     targets: tuple[str, ...]  # targets this backend can produce artifacts for
-    archs: tuple[str, ...]  # HF `architectures` values supported, e.g. ("LlamaForCausalLM",)
+    archs: tuple[str, ...]  # HF `architectures` values supported: archs.supported(name) (builders/archs.py)
     code: tuple[str, ...]  # source paths (relative to builders/) whose content is part of every node digest
 
     def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -106,6 +108,11 @@ class ModelRef:
     config: Mapping[str, Any]  # the model's config.json (empty if not yet generated for tiny: ones)
     arch: str  # config["architectures"][0]
     node: str | None = None  # key of the node generating it (tiny: models), else None
+
+    @property
+    def decoder(self) -> DecoderConfig:
+        """The normalized config (builders/archs.py); raises ModelError for an unknown architecture."""
+        return DecoderConfig.from_hf(self.config, f"model '{self.source}' config.json")
 
 
 class NodeContext:

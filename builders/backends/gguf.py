@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from builders.archs import DecoderConfig, supported
 from builders.backends.base import Cell, ModelRef, NodeContext, NodeDef
 from builders.errors import MatrixError, NodeFailed
 from builders.verify import gguf_types
@@ -51,16 +52,14 @@ OPTIONS = {"n_threads": 2, "n_ctx": 512}
 OPTION_MAX = {"n_threads": 256, "n_ctx": 131072}
 
 
-def sliding_window_reason(config: Mapping[str, Any]) -> str | None:
+def sliding_window_reason(c: DecoderConfig) -> str | None:
     """Why a model whose attention is windowed has no faithful GGUF, else None. llama.cpp's converter writes
     no sliding window for Llama/Mistral/Qwen2: the GGUF attends to every earlier token and its logits
     differ from the original's once a text is longer than the window."""
-    window = config.get("sliding_window")
-    context = config.get("max_position_embeddings")
-    if not window or config.get("use_sliding_window") is False or (context and window >= context):
+    if not c.window_below(None):
         return None
-    return (f"llama.cpp's converter drops the sliding window (sliding_window {window} < max_position_embeddings "
-            f"{context}): outputs differ beyond {window} tokens")
+    return (f"llama.cpp's converter drops the sliding window (sliding_window {c.sliding_window} < "
+            f"max_position_embeddings {c.max_positions}): outputs differ beyond {c.sliding_window} tokens")
 
 
 class GgufBackend:
@@ -69,7 +68,7 @@ class GgufBackend:
     quants = QUANTS
     # llama.cpp runs the same file on all of these; webgpu and the ANE are not llama.cpp targets
     targets = ("cpu", "cuda", "vulkan", "vulkan-windows", "android", "iphone", "metal", "metal_x86_64")
-    archs = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+    archs = supported("gguf")
     code = ("backends/gguf.py", "verify/tokenizer_check.py", "verify/gguf_types.py", "verify/gguf_weights.py",
             "verify/hf_forward.py")
 
@@ -84,7 +83,7 @@ class GgufBackend:
         return out
 
     def unsupported(self, cell: Cell, model: ModelRef) -> str | None:
-        return sliding_window_reason(model.config)
+        return sliding_window_reason(model.decoder)
 
     def unavailable(self, cell: Cell) -> str | None:
         return None

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builders.archs import FAMILIES
 from builders.errors import ModelError, NodeFailed
 from builders.models import corpus as corpus_mod
 
@@ -79,15 +80,18 @@ COMMON: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class TinyArch:
-    hf_arch: str  # config["architectures"][0]
-    model_type: str
+    hf_arch: str  # config["architectures"][0]: a row of builders/archs.py FAMILIES
     fields: dict[str, Any] = field(default_factory=dict)  # on top of COMMON
     features: tuple[str, ...] = ()  # what this arch exercises (docs/tests)
+
+    @property
+    def model_type(self) -> str:
+        return FAMILIES[self.hf_arch].model_type
 
 
 TINY_ARCHS: dict[str, TinyArch] = {
     "llama": TinyArch(
-        "LlamaForCausalLM", "llama",
+        "LlamaForCausalLM",
         {
             "max_position_embeddings": 4096,
             "rope_theta": 500000.0,
@@ -102,7 +106,7 @@ TINY_ARCHS: dict[str, TinyArch] = {
         ("gqa", "rope_scaling:llama3"),
     ),
     "qwen2": TinyArch(
-        "Qwen2ForCausalLM", "qwen2",
+        "Qwen2ForCausalLM",
         {
             "max_position_embeddings": 4096,
             "rope_theta": 1000000.0,
@@ -114,7 +118,7 @@ TINY_ARCHS: dict[str, TinyArch] = {
         ("gqa", "qkv_bias", "tied_embeddings"),
     ),
     "mistral": TinyArch(
-        "MistralForCausalLM", "mistral",
+        "MistralForCausalLM",
         {
             "max_position_embeddings": 4096,
             "rope_theta": 10000.0,

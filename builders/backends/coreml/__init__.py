@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from builders.archs import supported
 from builders.backends.base import Cell, ModelRef, NodeDef
 from builders.backends.coreml import options as opt
 from builders.errors import NodeFailed
 
-ARCHS = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+ARCHS = supported("coreml")
 
 
 class CoremlBackend:
@@ -48,9 +49,9 @@ class CoremlBackend:
         if config:  # LUTs that cannot palettize every weight fail here, not after the conversion
             opt.check_ffn_lut(config, luts["lut2"], where)
             opt.lm_head_split_sizes(config["vocab_size"], opt.lut_of(luts["lut3"]), f"{where}: coreml lut3")
-        window = config.get("sliding_window")
         reason = None
-        if window and config.get("use_sliding_window", True) and window < options["context"]:
+        if config and model.decoder.window_below(options["context"]):
+            window = model.decoder.sliding_window
             reason = (f"{model.name}: sliding_window={window} is shorter than context={options['context']}; "
                       f"the Core ML parts attend to the whole context: set context <= {window}")
         params = {"quant": cell.quant, "target": cell.target, "model_name": model.name, "luts": luts,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from builders.archs import DecoderConfig
 from builders.backends.coreml import parts
 from builders.backends.coreml.options import Lut, lut_padding
 from builders.backends.coreml.weights import Weights
@@ -29,12 +30,11 @@ class Source:
     def __init__(self, model_dir: Path, context: int):
         from transformers import AutoConfig
 
-        c = AutoConfig.from_pretrained(model_dir)
+        c = AutoConfig.from_pretrained(model_dir)  # the architecture's rotary embedding module is built from it
         self.config = c
-        self.cfg = {"heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads or c.num_attention_heads,
-                    "head_dim": getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
-                    "eps": c.rms_norm_eps, "context": context, "hidden": c.hidden_size, "vocab": c.vocab_size,
-                    "layers": c.num_hidden_layers}
+        d = DecoderConfig.read(model_dir)
+        self.cfg = {"heads": d.heads, "kv_heads": d.kv_heads, "head_dim": d.head_dim, "eps": d.norm_eps,
+                    "context": context, "hidden": d.hidden, "vocab": d.vocab, "layers": d.layers}
         self.state = Weights(model_dir)
         self.rope = rope_tables(c, context)
 

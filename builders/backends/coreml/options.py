@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from builders.archs import DecoderConfig
 from builders.errors import MatrixError
 
 LUT_BITS = (1, 2, 3, 4, 6, 8)  # what coremltools' kmeans palettizer (constexpr_lut_to_dense) supports
@@ -165,10 +166,8 @@ def lut_of(code: str | None) -> Lut | None:
 
 def layer_shapes(config: Mapping[str, Any]) -> list[tuple[int, int]]:
     """(out, in) of every weight matrix of one decoder layer."""
-    h, inter = config["hidden_size"], config["intermediate_size"]
-    heads = config["num_attention_heads"]
-    kv = config.get("num_key_value_heads") or heads
-    hd = config.get("head_dim") or h // heads
+    c = DecoderConfig.from_hf(config)
+    h, inter, heads, kv, hd = c.hidden, c.intermediate, c.heads, c.kv_heads, c.head_dim
     return [(heads * hd, h), (kv * hd, h), (kv * hd, h), (h, heads * hd), (inter, h), (inter, h), (h, inter)]
 
 
@@ -192,8 +191,7 @@ def chunk_layers(n_layers: int, n_chunks: int) -> list[range]:
 
 def rope_bytes(config: Mapping[str, Any], context: int) -> int:
     """cos and sin tables [context, head_dim] in fp16, stored in every chunk."""
-    hd = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    return 2 * context * hd * 2
+    return 2 * context * DecoderConfig.from_hf(config).head_dim * 2
 
 
 def chunk_mb(config: Mapping[str, Any], lut: Lut | None, n_chunks: int, context: int = 0) -> float:

@@ -22,6 +22,7 @@ import json
 from dataclasses import replace
 from typing import Any, Mapping
 
+from builders.archs import supported
 from builders.backends.base import Cell, ModelRef, NodeDef
 from builders.backends.mlc.models import ARCHS, ModelConfig
 from builders.backends.mlc.quant import QUANTS, REFUSED_LEGACY, describe
@@ -50,7 +51,7 @@ class MlcBackend:
     image = "mlc"
     quants = {code: describe(code) for code in QUANTS}
     targets = ("cpu", "cuda", "vulkan", "vulkan-windows", "android", "iphone", "metal", "metal_x86_64", "webgpu")
-    archs = tuple(ARCHS)
+    archs = supported("mlc")  # each has a model definition in ARCHS (mlc/models/)
     code = ("backends/mlc", "verify/tokenizer_check.py")
 
     def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:

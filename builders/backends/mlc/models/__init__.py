@@ -11,6 +11,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from builders.archs import DecoderConfig
+
 
 @dataclass(frozen=True)
 class Arch:
@@ -18,12 +20,11 @@ class Arch:
     model_type: str  # MLC's model_type
     module: str  # module under builders.backends.mlc.models exposing the nn.Module class `CausalLM`
     conv_template: str  # MLC conversation template name used by default
-    qkv_bias: bool = False
 
 
 ARCHS: dict[str, Arch] = {a.hf_arch: a for a in [
     Arch("LlamaForCausalLM", "llama", "llama", "llama-3"),
-    Arch("Qwen2ForCausalLM", "qwen2", "qwen2", "qwen2", qkv_bias=True),
+    Arch("Qwen2ForCausalLM", "qwen2", "qwen2", "qwen2"),
     Arch("MistralForCausalLM", "mistral", "mistral", "mistral_default"),
 ]}
 
@@ -41,9 +42,6 @@ def hf_sources(name: str) -> tuple[str, ...]:
         if m:
             return tuple(s.format(*m.groups()) for s in sources)
     return (name,)
-
-
-ROPE_SCALING_KEYS = ("rope_type", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
 @dataclass
@@ -70,30 +68,22 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, hf: dict, options: dict) -> "ModelConfig":
-        arch = ARCHS[hf["architectures"][0]]
-        heads = hf["num_attention_heads"]
-        ctx = int(options.get("context_window_size") or hf.get("max_position_embeddings") or 2048)
-        # transformers >= 5 writes rope_theta into rope_scaling / rope_parameters as well: keep only
-        # the scaling fields, so equal models give equal configs however they were saved
-        rope_in = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
-        if "rope_type" not in rope_in and "type" in rope_in:
-            rope_in["rope_type"] = rope_in["type"]
-        rope = {k: v for k, v in rope_in.items() if k in ROPE_SCALING_KEYS}
-        window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
+        d = DecoderConfig.from_hf(hf)  # the family's own field names and defaults: builders/archs.py
+        ctx = int(options.get("context_window_size") or d.max_positions or 2048)
         return cls(
-            hidden_size=hf["hidden_size"],
-            intermediate_size=hf["intermediate_size"],
-            num_hidden_layers=hf["num_hidden_layers"],
-            num_attention_heads=heads,
-            num_key_value_heads=hf.get("num_key_value_heads") or heads,
-            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-            vocab_size=hf["vocab_size"],
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            position_embedding_base=float(hf.get("rope_theta") or rope_in.get("rope_theta") or 10000.0),
-            rope_scaling=rope if rope.get("rope_type") not in (None, "default") else {},
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            qkv_bias=arch.qkv_bias or bool(hf.get("attention_bias", False)),
-            sliding_window_size=int(window) if window else -1,
+            hidden_size=d.hidden,
+            intermediate_size=d.intermediate,
+            num_hidden_layers=d.layers,
+            num_attention_heads=d.heads,
+            num_key_value_heads=d.kv_heads,
+            head_dim=d.head_dim,
+            vocab_size=d.vocab,
+            rms_norm_eps=d.norm_eps,
+            position_embedding_base=d.rope_theta,
+            rope_scaling=dict(d.rope_scaling),
+            tie_word_embeddings=d.tied_embeddings,
+            qkv_bias=d.qkv_bias,
+            sliding_window_size=d.sliding_window or -1,
             context_window_size=ctx,
             prefill_chunk_size=min(int(options.get("prefill_chunk_size") or ctx), ctx),
         )
