@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builders import images
-from builders.errors import ToolchainError
+from builders.errors import EXIT_FAILED, EXIT_OK, NoDockerEngine, ToolchainError
 from builders.executors import Mount, get_executor
 from builders.manifest import make_manifest, rev_short
 from builders.outputs import check_declared
@@ -53,7 +53,7 @@ class BuildReport:
 
     @property
     def exit_code(self) -> int:
-        return 1 if any(c.status in ("failed", "unavailable") for c in self.cells) else 0
+        return EXIT_FAILED if any(c.status in ("failed", "unavailable") for c in self.cells) else EXIT_OK
 
 
 class Builder:
@@ -92,9 +92,9 @@ class Builder:
         for name in names:  # one at a time so one broken image fails only its own nodes
             try:
                 self.image_info.update(images.ensure([name], self.matrix.images, log=self.log))
+            except NoDockerEngine:
+                raise
             except ToolchainError as e:
-                if "Docker engine" in str(e):
-                    raise
                 self.image_errors[name] = str(e)
 
     # -- one node ---------------------------------------------------------------------------------

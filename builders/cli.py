@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from builders.errors import BuildmatrixError
+from builders.errors import EXIT_INTERRUPTED, EXIT_USAGE, BuildmatrixError
 
 console = Console(stderr=True, highlight=False)
 STATUS_STYLE = {"built": "green", "cached": "cyan", "failed": "red", "unavailable": "red",
@@ -74,10 +74,10 @@ def guarded(fn):
             sys.exit(e.exit_code)
         except OSError as e:
             print(f"error: {os_error_line(e)}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(EXIT_USAGE)
         except KeyboardInterrupt:
             print("interrupted: nothing partial was promoted; rerun to finish the remaining nodes", file=sys.stderr)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         finally:
             _writing_under.clear()
 

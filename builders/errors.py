@@ -1,13 +1,21 @@
-"""User-facing errors: each message is one line that names what is wrong and how to fix it.
+"""Every error kind and exit code of the project, in one place.
 
-The CLI turns a BuildmatrixError into that line on stderr and exit code 2; anything else is a bug.
+User-facing errors (`BuildmatrixError` and subclasses): each message is one line that names what is
+wrong and how to fix it; the CLI turns it into that line on stderr and the class's `exit_code`.
+A node that fails raises `NodeFailed` inside its step; a build with a failed cell exits `EXIT_FAILED`.
+Code decides what to do by the class of an error, never by its message text.
 """
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # a cell failed (its node's one-line reason is in the report)
+EXIT_USAGE = 2  # bad input: a BuildmatrixError
+EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
 class BuildmatrixError(Exception):
     """Bad input from the user (matrix file, CLI option, model directory)."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class MatrixError(BuildmatrixError):
@@ -20,6 +28,10 @@ class ModelError(BuildmatrixError):
 
 class ToolchainError(BuildmatrixError):
     """A toolchain image cannot be built or no Docker engine is reachable."""
+
+
+class NoDockerEngine(ToolchainError):
+    """No Docker engine answers: no image can be built or run, so the whole build stops (not one image)."""
 
 
 class NodeFailed(Exception):

@@ -34,7 +34,7 @@ from pathlib import Path
 import jinja2
 
 from builders import rootfs
-from builders.errors import MatrixError, ToolchainError
+from builders.errors import MatrixError, NoDockerEngine, ToolchainError
 
 DOCKER_DIR = Path(__file__).resolve().parents[1] / "docker"
 COMMON_CONTEXT = ("write-tools.py", "host-pip.sh")  # copied into every build context (part of the tag)
@@ -238,7 +238,7 @@ def client():
         c.ping()
         return c
     except Exception as e:  # docker raises several unrelated types for "no engine"
-        raise ToolchainError(f"no Docker engine reachable ({type(e).__name__}); run `bash scripts/setup.sh` "
+        raise NoDockerEngine(f"no Docker engine reachable ({type(e).__name__}); run `bash scripts/setup.sh` "
                              "(starts dockerd) or use --executor native") from None
 
 

@@ -170,7 +170,7 @@ class Planner:
         return pn
 
     def _reference(self, model: ModelRef) -> PlanNode:
-        nd = model_nodes.reference_node(model.name, model.node)
+        nd = model_nodes.reference_node(model.name)
         return self._add(nd, model.name, model.digest)
 
     def plan(self, sel: Selection) -> Plan:

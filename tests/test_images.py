@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from builders import images, rootfs
-from builders.errors import MatrixError, ToolchainError
+from builders.errors import EXIT_USAGE, MatrixError, NoDockerEngine, ToolchainError
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG = re.compile(r"^buildmatrix/[a-z0-9_-]+:[0-9a-f]{12}$")
@@ -158,6 +158,8 @@ def test_no_engine_is_a_one_line_toolchain_error(monkeypatch, pins):
         images.ensure(["base"], pins)
     assert "no Docker engine reachable" in str(e.value) and "scripts/setup.sh" in str(e.value)
     assert "\n" not in str(e.value)
+    # its own class (the build stops on it instead of failing one image's nodes), exit code 2
+    assert isinstance(e.value, NoDockerEngine) and e.value.exit_code == EXIT_USAGE == 2
 
 
 # -- real builds ---------------------------------------------------------------------------------------

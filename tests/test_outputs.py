@@ -41,7 +41,7 @@ def test_declarations_name_the_files_the_steps_write():
                             "llama_FFN_PF_chunk_01of01.mlpackage/Manifest.json", "meta.yaml")
     assert model_nodes.tiny_node("llama").outputs == ("config.json", "*.safetensors", "tokenizer.model",
                                                       "tokenizer.json")
-    assert model_nodes.reference_node("m", None).outputs == ("reference.npz", "reference.json")
+    assert model_nodes.reference_node("m").outputs == ("reference.npz", "reference.json")
 
 
 def listing(*paths):

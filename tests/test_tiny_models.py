@@ -93,6 +93,8 @@ def test_perplexity_text_is_held_out():
     train = set(corpus.corpus())
     assert 400 <= len(prompts.PERPLEXITY_TEXT) <= 640
     assert prompts.PERPLEXITY_TEXT.endswith(".")
+    held = " ".join(corpus.heldout(640))  # the literal in verify/prompts.py is still the corpus's held-out text
+    assert prompts.PERPLEXITY_TEXT == held[: held.rfind(".", 0, 640) + 1]
     assert not any(prompts.PERPLEXITY_TEXT[:120] in p for p in train)
     assert prompts.DECODE_STEPS == 8 and len(prompts.PROMPTS) == 6
 
@@ -116,7 +118,7 @@ def test_node_defs_and_backend():
     nd = nodes.tiny_node("qwen2")
     assert (nd.key, nd.kind, nd.image, nd.publish, nd.params["arch"]) == (
         "tiny-qwen2.model", "tiny-model", "base", None, "qwen2")
-    rd = nodes.reference_node("tiny-qwen2", nd.key)
+    rd = nodes.reference_node("tiny-qwen2")
     assert (rd.key, rd.kind, rd.image, rd.parents) == ("tiny-qwen2.reference", "reference", "base", {})
     backend = get_backend("model")
     assert backend.name == "model" and backend.quants == {} and backend.targets == ()
@@ -242,7 +244,7 @@ def test_nodes_run_through_the_node_entry_point(tmp_path):
     assert res["training"]["steps"] == FEW_STEPS and "transformers" in res["tool_versions"]
     model_out = tmp_path / "model" / "out"
     assert set(p.name for p in model_out.iterdir()) == MODEL_FILES
-    rd = nodes.reference_node("tiny-mistral", nd.key)
+    rd = nodes.reference_node("tiny-mistral")
     res = spec(rd.key, rd.kind, rd.params, {"model": str(model_out)}, "ref")
     assert res["status"] == "ok" and res["tool_versions"]["transformers"] == "5.23.0"
     assert {p.name for p in (tmp_path / "ref" / "out").iterdir()} == {"reference.npz", "reference.json"}

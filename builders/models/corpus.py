@@ -44,7 +44,6 @@ FACTS = {
     "sky": "blue", "grass": "green", "snow": "white", "sun": "yellow", "night": "black",
     "blood": "red", "sea": "blue", "leaf": "green", "coal": "black", "milk": "white",
 }
-COLORS = sorted(set(FACTS.values()) | {"orange", "purple", "brown", "pink"})
 
 
 class Words:

@@ -36,9 +36,9 @@ def tiny_node(arch: str, train_steps: int = tiny.TRAIN_STEPS) -> NodeDef:
                    outputs=("config.json", "*.safetensors", "tokenizer.model", "tokenizer.json"))
 
 
-def reference_node(model_name: str, model_node_key: str | None) -> NodeDef:
+def reference_node(model_name: str) -> NodeDef:
     """The reference-logits node of a model; the planner adds the "model" role (the snapshot or the
-    generating node `model_node_key`) itself."""
+    generating node) itself."""
     return NodeDef(key=f"{model_name}.reference", kind="reference", backend="model", image=IMAGE,
                    params={}, parents={}, publish=None, outputs=("reference.npz", "reference.json"))
 

@@ -1,14 +1,10 @@
 """Conversion of the parts: torch trace -> ct.convert (mlprogram, fp16, iOS18) -> save, then optional
 k-means LUT palettization in its own process (palettize.py); FFN + prefill combined with
-save_multifunction. Saved packages are made byte-deterministic (see `normalize_package`)."""
+save_multifunction. Saved packages are made byte-deterministic (package.py `normalize_package`)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +12,7 @@ import numpy as np
 from builders.archs import DecoderConfig
 from builders.backends.coreml import parts
 from builders.backends.coreml.options import Lut, lut_padding
+from builders.backends.coreml.package import normalize_package, save
 from builders.backends.coreml.weights import Weights
 
 DEPLOYMENT_TARGET = "iOS18"
@@ -141,13 +138,6 @@ def fp16_path(work: Path, name: str) -> Path:
     return work / "fp16" / name
 
 
-def save(mlmodel, path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path)
-    mlmodel.save(str(path))
-    normalize_package(path)
-
-
 def combine(infer_pkg: Path, prefill_pkg: Path, out: Path) -> None:
     """One multifunction package (`infer` default, `prefill`); identical weights are stored once."""
     import coremltools as ct
@@ -160,50 +150,3 @@ def combine(infer_pkg: Path, prefill_pkg: Path, out: Path) -> None:
         shutil.rmtree(out)
     ct.utils.save_multifunction(desc, str(out))
     normalize_package(out)
-
-
-def _det_uuid(text: str) -> str:
-    return str(uuid.UUID(bytes=hashlib.sha256(text.encode()).digest()[:16])).upper()
-
-
-CONVERSION_DATE_KEY = "com.github.apple.coremltools.conversion_date"
-VERSION_KEY = "com.github.apple.coremltools.version"
-
-
-def _build_date() -> str:
-    import time
-
-    return time.strftime("%Y-%m-%d", time.gmtime(int(os.environ.get("SOURCE_DATE_EPOCH", "0"))))
-
-
-def normalize_package(path: Path) -> None:
-    """Make a saved .mlpackage byte-deterministic:
-    - Manifest.json: coremltools names its items with fresh random UUIDs; each is replaced by a UUID
-      derived from the item's path (same format), keys sorted;
-    - model.mlmodel: the conversion date in the metadata is set to SOURCE_DATE_EPOCH's date, and the
-      spec is re-serialized deterministically (sorted map keys)."""
-    from coremltools.proto import Model_pb2
-
-    model_file = path / "Data" / "com.apple.CoreML" / "model.mlmodel"
-    spec = Model_pb2.Model()
-    spec.ParseFromString(model_file.read_bytes())
-    meta = spec.description.metadata.userDefined
-    kept = {k: v for k, v in meta.items() if k and k != CONVERSION_DATE_KEY}
-    meta.clear()
-    meta.update(kept)
-    import coremltools as ct
-
-    meta[VERSION_KEY] = ct.__version__
-    meta[CONVERSION_DATE_KEY] = _build_date()
-    model_file.write_bytes(spec.SerializeToString(deterministic=True))
-
-    manifest = path / "Manifest.json"
-    data = json.loads(manifest.read_text())
-    renamed = {}
-    for old, entry in data.get("itemInfoEntries", {}).items():
-        new = _det_uuid(entry.get("path", old))
-        renamed[new] = entry
-        if data.get("rootModelIdentifier") == old:
-            data["rootModelIdentifier"] = new
-    data["itemInfoEntries"] = renamed
-    manifest.write_text(json.dumps(data, indent=4, sort_keys=True) + "\n")

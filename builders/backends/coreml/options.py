@@ -17,7 +17,6 @@ MAX_CONTEXT = 32768  # tokens: ANEMLL's largest context; `context` and `batch` (
 MAX_CHUNK_MB = 65536  # MiB: far above any Core ML weight file an ANE can map (ANEMLL keeps chunks near 1 GiB)
 CHUNK_OVERHEAD = 1.10  # the estimate adds 10% to the raw weight bytes (headers, norms, rope tables)
 PARTS = ("lut1", "lut2", "lut3")  # embeddings, FFN/prefill, LM head (ANEMLL's --lut1/--lut2/--lut3)
-PART_NAMES = {"lut1": "embeddings", "lut2": "FFN/prefill", "lut3": "LM head"}
 LM_HEAD_SPLIT_MAX = 16384  # vocab rows per LM head output (ANE tensor dimension limit)
 # fp16 elements in 64 bytes. The Neural Engine keeps the last axis of a buffer contiguous and aligned to
 # 64 bytes (Apple, "Deploying Transformers on the Apple Neural Engine", 2022, principle 1); each LM head

@@ -61,7 +61,7 @@ def run(src: Path, dst: Path, bits: int, group_size: int, workers: int, op_types
 
     if cache is not None:
         _cache_lut_results(cache)
-    from builders.backends.coreml.convert import save
+    from builders.backends.coreml.package import save
 
     model = ct.models.MLModel(str(src), skip_model_load=True)
     op = cto.OpPalettizerConfig(mode="kmeans", nbits=bits, granularity="per_grouped_channel",

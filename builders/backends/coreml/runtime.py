@@ -6,7 +6,7 @@ a part is any callable `fn(inputs: dict, state) -> outputs: dict`, with `new_sta
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -114,7 +114,3 @@ def generate(parts: Parts, prompt, steps: int, split_sizes: list[int]) -> list[i
         out.append(tok)
         h = s.decode(tok)
     return out
-
-
-def describe(parts: Parts) -> dict[str, Any]:
-    return {"chunks": len(parts.infer), "context": parts.context, "batch": parts.batch}

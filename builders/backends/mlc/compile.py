@@ -147,10 +147,6 @@ def deterministic_tar(output: str, files: list[str], **_kwargs) -> None:
 deterministic_tar.output_format = "tar"
 
 
-def lib_name(model: str, q: MlcQuant, target: str, suffix: str, ctx_suffix: str = "") -> str:
-    return f"{model}-{q.code}{ctx_suffix}-{target}.{suffix}"
-
-
 def compile_lib(hf_config: dict, c: ModelConfig, q: MlcQuant, t: MlcTarget, out_file: Path, log=print,
                 system_lib_prefix: str | None = None) -> dict:
     """Build the library into out_file; return timings and facts for the manifest."""
