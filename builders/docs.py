@@ -24,6 +24,9 @@ def support_matrix() -> str:
     for b in names:
         be = backends.get(b)
         rows.append(f"| {b} | {' '.join(f'`{q}`' for q in be.quants)} | {', '.join(be.archs)} |")
+    rows += ["", "| backend | option | default | valid values | what it does |", "|---|---|---|---|---|"]
+    for b in names:
+        rows += backends.get(b).options.table()
     return "\n".join(rows)
 
 

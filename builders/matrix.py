@@ -56,6 +56,16 @@ class Matrix:
         """`matrix.yaml:<line>` of the deepest existing node along keys (file name only without YAML)."""
         return self.yaml.where(*keys) if self.yaml is not None else f"{self.path.name}:1"
 
+    def options_where(self, cell_id: str, backend: str) -> str:
+        """`matrix.yaml:<line>: <keys> (for <cell>)` of where a cell's options come from: the last cells glob
+        matching it, else backends.<backend>.options."""
+        last = None
+        for pattern in self.cell_overrides:
+            if fnmatch.fnmatchcase(cell_id, pattern):
+                last = pattern
+        keys = ("cells", last) if last else ("backends", backend, "options")
+        return f"{self.where(*keys)}: {_dotted(keys)} (for {cell_id})"
+
 
 # ---- small typed readers: every one names the line, the field and what to write --------------------
 
@@ -411,14 +421,11 @@ def _check_cell_options(m: Matrix, cells: list[Cell]) -> None:
     """The overrides of each selected cell, checked by its backend with the line of the glob they come from."""
     for c in cells:
         b = backends.get(c.backend)
-        last = None
         for pattern, override in m.cell_overrides.items():
             if fnmatch.fnmatchcase(c.id, pattern):
-                last = pattern
                 for k, v in override.items():
                     b.normalize_options({k: v}, f"{m.where('cells', pattern, k)}: cells.{pattern} (for {c.id})")
-        keys = ("cells", last) if last else ("backends", c.backend, "options")
-        b.normalize_options(c.options, f"{m.where(*keys)}: {_dotted(keys)} (for {c.id})")
+        b.normalize_options(c.options, m.options_where(c.id, c.backend))
 
 
 def _check_thresholds(m: Matrix, cells: list[Cell]) -> None:

@@ -187,8 +187,8 @@ class Planner:
             reason = archs.unsupported_reason(cell.backend, model.arch)
             if reason:
                 raise ModelError(f"model '{model.source}': {reason}")
-            where = f"{self.matrix.path.name}: backends.{cell.backend}.options / cells (for {cell.id})"
-            cell = replace(cell, options=backend.normalize_options(cell.options, where))
+            where = self.matrix.options_where(cell.id, cell.backend)
+            cell = replace(cell, options=backend.normalize_options(cell.options, where), options_where=where)
             reason = backend.unsupported(cell, model)
             if reason:
                 cells.append(PlanCell(cell, [], "unsupported", reason))

@@ -149,6 +149,9 @@ def test_wrong_types_name_the_line(tmp_path, old, new, fragment):
     ("coreml: {options: {max_chunk_mb: .nan}}", "max_chunk_mb=nan: must be a number of MiB"),
     ("coreml: {options: {max_chunk_mb: .inf}}", "max_chunk_mb=inf: must be a number of MiB"),
     ("coreml: {options: {context: 64, batch: 128}}", "batch=128 is larger than context=64"),
+    # checked against the templates gen_config writes, on the host at plan time, not inside the container
+    ("mlc: {options: {conv_template: llama3}}", "mlc option conv_template='llama3' must be one of llama-3, "),
+    ("coreml: {options: {lut2: 5}}", "coreml option lut2=5: LUT bits must be one of 1, 2, 3, 4, 6, 8"),
 ])
 def test_backend_options_bool_is_not_an_int_and_sizes_are_bounded(tmp_path, options, fragment):
     p = write(tmp_path, BASE + f"backends:\n  {options}\n")

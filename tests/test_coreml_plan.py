@@ -108,3 +108,21 @@ def test_unavailable_and_unsupported():
 def test_steps_are_numbered_like_the_issue():
     assert [n for n, _ in BACKEND.steps("coreml")] == [
         "embeddings", "lm_head", "ffn", "prefill", "combine", "compile", "meta", "test"]
+
+
+def test_plan_time_error_found_with_the_model_names_the_matrix_line(tmp_path):
+    """`chunk: auto` can only be resolved with the model's shapes (in expand); its error still names the line."""
+    from builders import matrix
+    from builders.plan import make_plan
+    from builders.store import Store
+
+    p = tmp_path / "matrix.yaml"
+    p.write_text("schema: 1\nmodels:\n  m: {source: \"tiny:llama\"}\n"
+                 "defaults: {models: [m], backends: [coreml], quants: {coreml: [fp16]}, targets: [ane]}\n"
+                 "verify:\n  thresholds:\n    coreml:\n      fp16: {top1_min: 0.9}\nimages: {base: {}}\n"
+                 "cells:\n  'm.coreml.*': {chunk: auto, max_chunk_mb: 0.01}\n")
+    m = matrix.load(p)
+    with pytest.raises(MatrixError) as e:
+        make_plan(m, matrix.select(m), Store(tmp_path / "out"), executor="native")  # no image pins needed
+    assert str(e.value).startswith("matrix.yaml:11: cells.m.coreml.* (for m.coreml.fp16.ane)"), str(e.value)
+    assert "one decoder layer alone needs" in str(e.value)

@@ -5,8 +5,8 @@ A backend is a module (or package) in builders/backends/ that exposes a module-l
 backend: they only call these members.
 
 Two halves:
-- plan side (host):   `quants`, `targets`, `image`, `unsupported()`, `unavailable()`, `normalize_options()`,
-                      `expand()`
+- plan side (host):   `quants`, `targets`, `archs`, `options`, `image`, `unsupported()`, `unavailable()`,
+                      `normalize_options()` (the matrix checks each option with its matrix.yaml line), `expand()`
 - run side (inside the toolchain container, or natively):  `steps(kind)` returns the ordered named
   steps of a node kind; each step is `fn(ctx: NodeContext) -> None` and writes into `ctx.out`.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
 from builders.archs import DecoderConfig
+from builders.options import OptionSet
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class Cell:
     quant: str
     target: str
     options: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # `matrix.yaml:<line>: <keys> (for <id>)` the options come from (the planner sets it): plan-time errors
+    # a backend finds only with the model at hand (Core ML chunk sizes) name that line too
+    options_where: str = field(default="", compare=False, hash=False)
 
     @property
     def id(self) -> str:
@@ -78,6 +82,7 @@ class Backend(Protocol):
     quants: Mapping[str, Any]  # quant code -> description/table row (the README's table is generated from it)
     targets: tuple[str, ...]  # targets this backend can produce artifacts for
     archs: tuple[str, ...]  # HF `architectures` values supported: archs.supported(name) (builders/archs.py)
+    options: OptionSet  # the options matrix.yaml may set (builders/options.py); README table from it
     code: tuple[str, ...]  # source paths (relative to builders/) whose content is part of every node digest
 
     def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from typing import Any, Mapping
 
 from builders.archs import DecoderConfig, supported
 from builders.backends.base import Cell, ModelRef, NodeContext, NodeDef
-from builders.errors import MatrixError, NodeFailed
+from builders.errors import NodeFailed
+from builders.options import Option, OptionSet
 from builders.verify import gguf_types
 
 CONVERTER = Path("/opt/llama.cpp/convert_hf_to_gguf.py")  # in the gguf image (docker/gguf.Dockerfile.j2)
@@ -46,10 +47,14 @@ QUANTS: dict[str, GgufQuant] = {q.code: q for q in [
     GgufQuant("Q4_K_M-QAT", "quantize", "LLAMA_FTYPE_MOSTLY_Q4_K_M", 4.89, qat=True),
 ]}
 SOURCE_QUANT = "F16"  # every quantization starts from this conversion
-OPTIONS = {"n_threads": 2, "n_ctx": 512}
 # upper bounds: n_ctx sizes llama.cpp's KV cache for verification (128k tokens is the largest context of the
 # supported families); more threads than this only oversubscribes a build host
-OPTION_MAX = {"n_threads": 256, "n_ctx": 131072}
+OPTIONS = OptionSet("gguf", [
+    Option("n_threads", int, 2, "threads llama.cpp verifies with", what="a positive integer at most 256",
+           check=lambda v: 0 < v <= 256),
+    Option("n_ctx", int, 512, "llama.cpp context (KV cache tokens) for verification",
+           what="a positive integer at most 131072", check=lambda v: 0 < v <= 131072),
+])
 
 
 def sliding_window_reason(c: DecoderConfig) -> str | None:
@@ -69,18 +74,12 @@ class GgufBackend:
     # llama.cpp runs the same file on all of these; webgpu and the ANE are not llama.cpp targets
     targets = ("cpu", "cuda", "vulkan", "vulkan-windows", "android", "iphone", "metal", "metal_x86_64")
     archs = supported("gguf")
+    options = OPTIONS
     code = ("backends/gguf.py", "verify/tokenizer_check.py", "verify/gguf_types.py", "verify/gguf_weights.py",
             "verify/hf_forward.py")
 
     def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
-        out = dict(OPTIONS)
-        for k, v in options.items():
-            if k not in OPTIONS:
-                raise MatrixError(f"{where}: unknown gguf option '{k}'; known: {', '.join(OPTIONS)}")
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= OPTION_MAX[k]:
-                raise MatrixError(f"{where}: gguf option {k}={v!r} must be a positive integer at most {OPTION_MAX[k]}")
-            out[k] = v
-        return out
+        return OPTIONS.normalize(options, where)
 
     def unsupported(self, cell: Cell, model: ModelRef) -> str | None:
         return sliding_window_reason(model.decoder)

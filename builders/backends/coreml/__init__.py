@@ -16,6 +16,7 @@ from builders.archs import supported
 from builders.backends.base import Cell, ModelRef, NodeDef
 from builders.backends.coreml import options as opt
 from builders.errors import NodeFailed
+from builders.options import OptionSet
 
 ARCHS = supported("coreml")
 
@@ -27,6 +28,7 @@ class CoremlBackend:
               for code, p in opt.QUANTS.items()}
     targets = ("ane",)
     archs = ARCHS
+    options = OptionSet("coreml", [*opt.OPTIONS.options.values(), *opt.LUT_OPTIONS.options.values()])
     code = ("backends/coreml", "verify/metrics.py", "verify/tokenizer_check.py")
 
     def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -43,7 +45,7 @@ class CoremlBackend:
     def expand(self, cell: Cell, model: ModelRef) -> list[NodeDef]:
         options = dict(cell.options)
         luts = opt.luts_for(cell.quant, options)
-        where = f"matrix.yaml backends.coreml.options / cells (for {cell.id})"
+        where = cell.options_where or f"matrix.yaml: backends.coreml.options / cells (for {cell.id})"
         config = dict(model.config or {})
         chunks = opt.resolve_chunks(config, options, luts["lut2"], where) if config else options["chunk"]
         if config:  # LUTs that cannot palettize every weight fail here, not after the conversion

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from builders.archs import DecoderConfig
 from builders.errors import MatrixError
+from builders.options import Option, OptionSet
 
 LUT_BITS = (1, 2, 3, 4, 6, 8)  # what coremltools' kmeans palettizer (constexpr_lut_to_dense) supports
 DEFAULT_GROUP = 8  # output channels sharing one LUT when only `bits` is given (ANEMLL's default)
@@ -57,11 +58,6 @@ QUANTS: dict[str, Preset] = {
     "lut6_4": Preset(None, "6,4", "6,4", "FFN and LM head 6-bit, one LUT per 4 output channels"),
     "lut4_8": Preset(None, "4,8", "6,4", "FFN 4-bit per 8 channels, LM head 6-bit per 4 channels"),
 }
-
-# option -> (default, parser(value, where) -> normalized value, what a valid value is)
-DEFAULTS: dict[str, Any] = {"context": 512, "batch": 64, "chunk": 1, "max_chunk_mb": 1024, "prefix": None,
-                            "argmax": False}
-
 
 def parse_lut(value: Any, where: str) -> Lut | None:
     """`bits` or "bits,group_size"; None, "", "none", false -> no LUT (fp16)."""
@@ -120,26 +116,48 @@ def _flag(value: Any, where: str) -> bool:
     return value
 
 
-PARSERS = {"context": _positive_int, "batch": _positive_int, "chunk": _chunk, "max_chunk_mb": _max_mb,
-           "prefix": _prefix, "argmax": _flag}
-ALIASES = {"max-chunk-mb": "max_chunk_mb", "chunks": "chunk"}
+def _default(parse: Callable[[Any, str], Any], default: Any) -> Callable[[Any, str], Any]:
+    return lambda value, where: default if value is None else parse(value, where)
+
+
+def _lut_code(value: Any, where: str) -> str | None:
+    lut = parse_lut(value, where)
+    return lut.code if lut else "none"
+
+
+OPTIONS = OptionSet("coreml", [
+    Option("context", int, 512, "tokens of the KV cache (state) and of the rope tables",
+           what=f"a positive integer at most {MAX_CONTEXT}", parse=_default(_positive_int, 512)),
+    Option("batch", int, 64, "tokens per prefill call (at most context)",
+           what=f"a positive integer at most {MAX_CONTEXT}", parse=_default(_positive_int, 64)),
+    Option("chunk", (int, str), 1, "FFN/prefill chunks, or auto: the fewest whose weights fit max_chunk_mb",
+           what="a positive integer or auto", parse=_default(_chunk, 1), aliases=("chunks",)),
+    Option("max_chunk_mb", (int, float), 1024, "largest chunk weight file (MiB) for chunk auto",
+           what=f"a number above 0 and at most {MAX_CHUNK_MB}", parse=_default(_max_mb, 1024),
+           aliases=("max-chunk-mb",)),
+    Option("prefix", str, None, "file name prefix of every part (default: the model_type)",
+           what="letters, digits, - or _", parse=_prefix),
+    Option("argmax", bool, False, "the LM head returns the argmax instead of logits",
+           what="true or false", parse=_default(_flag, False)),
+])
+# lut1/lut2/lut3 override the quant's preset per part; kept only when given, as "bits,group_size" or "none"
+LUT_OPTIONS = OptionSet("coreml", [
+    Option(part, (int, str), None, f"LUT of the {what} (none = fp16); overrides "
+           "the quant's preset", what=f"bits in {', '.join(map(str, LUT_BITS))}, \"bits,group_size\" or none",
+           parse=_lut_code)
+    for part, what in zip(PARTS, ("embeddings", "FFN/prefill chunks", "LM head"))
+])
 
 
 def normalize(options: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Defaults completed, every value checked. lut1/lut2/lut3 are kept only when given (they override
     the quant's preset) and normalized to "bits,group_size" or "none"."""
-    out = dict(DEFAULTS)
-    for key, value in options.items():
-        key = ALIASES.get(key, key)
-        field = f"{where}: coreml option {key}"
-        if key in PARTS:
-            lut = parse_lut(value, field)
-            out[key] = lut.code if lut else "none"
-        elif key in PARSERS:
-            out[key] = PARSERS[key](value, field) if value is not None or key == "prefix" else DEFAULTS[key]
-        else:
-            raise MatrixError(f"{where}: unknown coreml option '{key}'; known: "
-                              f"{', '.join([*DEFAULTS, *PARTS])}")
+    luts = {k: v for k, v in options.items() if k in PARTS}
+    for key in options:
+        if key not in PARTS and OPTIONS.aliases.get(key, key) not in OPTIONS.options:
+            raise MatrixError(f"{where}: unknown coreml option '{key}'; known: {', '.join([*OPTIONS, *PARTS])}")
+    out = OPTIONS.normalize({k: v for k, v in options.items() if k not in PARTS}, where)
+    out.update({k: v for k, v in LUT_OPTIONS.normalize(luts, where).items() if k in luts})
     if out["batch"] > out["context"]:
         raise MatrixError(f"{where}: coreml option batch={out['batch']} is larger than context={out['context']}; "
                           "lower batch")

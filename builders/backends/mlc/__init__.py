@@ -24,20 +24,23 @@ from typing import Any, Mapping
 
 from builders.archs import supported
 from builders.backends.base import Cell, ModelRef, NodeDef
+from builders.backends.mlc.conv_templates import CONV_TEMPLATES
 from builders.backends.mlc.models import ARCHS, ModelConfig
 from builders.backends.mlc.quant import QUANTS, REFUSED_LEGACY, describe
 from builders.backends.mlc.targets import TARGETS, UNAVAILABLE
-from builders.errors import MatrixError
+from builders.options import Option, OptionSet
 
 MAX_CONTEXT = 131072  # tokens: the largest context of the supported families (Llama 3.x); the KV cache is sized by it
-# option -> (type, default, validity check, what a valid value is)
-OPTIONS: dict[str, tuple[type, Any, Any, str]] = {
-    "context_window_size": (int, 512, lambda v: 0 < v <= MAX_CONTEXT, f"a positive integer at most {MAX_CONTEXT}"),
-    "prefill_chunk_size": (int, 128, lambda v: 0 < v <= MAX_CONTEXT, f"a positive integer at most {MAX_CONTEXT}"),
-    "conv_template": (str, None, lambda v: bool(v), "an MLC conversation template name"),
-}
+OPTIONS = OptionSet("mlc", [
+    Option("context_window_size", int, 512, "tokens the KV cache holds (MLC's context_window_size)",
+           what=f"a positive integer at most {MAX_CONTEXT}", check=lambda v: 0 < v <= MAX_CONTEXT,
+           aliases=("max_seq_len", "max-seq-len")),
+    Option("prefill_chunk_size", int, 128, "tokens per prefill call (at most context_window_size)",
+           what=f"a positive integer at most {MAX_CONTEXT}", check=lambda v: 0 < v <= MAX_CONTEXT),
+    Option("conv_template", str, None, "conversation template written to mlc-chat-config.json (default: the "
+           "architecture's)", allowed=tuple(CONV_TEMPLATES)),
+])
 NUMERIC_TARGET = "cpu"  # the target whose library runs here: the weights' numeric check
-OPTION_ALIASES = {"max_seq_len": "context_window_size", "max-seq-len": "context_window_size"}
 
 
 def lib_file_name(stem: str, target: str) -> str:
@@ -52,18 +55,11 @@ class MlcBackend:
     quants = {code: describe(code) for code in QUANTS}
     targets = ("cpu", "cuda", "vulkan", "vulkan-windows", "android", "iphone", "metal", "metal_x86_64", "webgpu")
     archs = supported("mlc")  # each has a model definition in ARCHS (mlc/models/)
+    options = OPTIONS
     code = ("backends/mlc", "verify/tokenizer_check.py")
 
     def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
-        out = {k: default for k, (_, default, _, _) in OPTIONS.items()}
-        for key, value in options.items():
-            key = OPTION_ALIASES.get(key, key)
-            if key not in OPTIONS:
-                raise MatrixError(f"{where}: unknown mlc option '{key}'; known: {', '.join(OPTIONS)}")
-            typ, _, ok, what = OPTIONS[key]
-            if value is not None and (not isinstance(value, typ) or isinstance(value, bool) or not ok(value)):
-                raise MatrixError(f"{where}: mlc option {key}={value!r} must be {what}")
-            out[key] = value if value is not None else OPTIONS[key][1]
+        out = OPTIONS.normalize(options, where)
         if out["prefill_chunk_size"] > out["context_window_size"]:
             out["prefill_chunk_size"] = out["context_window_size"]
         return out
