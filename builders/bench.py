@@ -89,7 +89,7 @@ def main(out: str, runs: int) -> None:
         "gguf_convert_step_s": node_seconds,
         "gguf_convert_direct_s": round(direct, 2) if direct else None,
         "convert_overhead_ratio": round(node_seconds / direct, 2) if direct else None,
-        "peak_rss_mb_per_node": {m["node"]["key"]: m["extra"].get("peak_rss_mb") for m in manifests},
+        "peak_rss_mb_per_node": {m["node"]["key"]: m["timings"].get("peak_rss_mb") for m in manifests},
         **noop_many_cells(out_path, out_path, runs),
     }
     (out_path / "bench.json").write_text(json.dumps(figures, indent=2))

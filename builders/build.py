@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builders import images
+from builders.contract import ContractError, ModelInfo, NodeSpec, ParentInfo, StepResult
 from builders.errors import EXIT_FAILED, EXIT_OK, NoDockerEngine, ToolchainError
 from builders.executors import Mount, get_executor
 from builders.manifest import make_manifest, rev_short
@@ -25,7 +26,6 @@ from builders.outputs import check_declared
 from builders.plan import SOURCE_DATE_EPOCH, Plan, PlanNode
 from builders.store import Store, list_outputs
 
-SPEC_SCHEMA = 1
 
 
 @dataclass
@@ -111,12 +111,13 @@ class Builder:
         inputs = {}
         model = self.plan.models[pn.model]
         parents_info: dict[str, dict] = {}
-        parents_spec: dict[str, dict] = {}  # what a step may know of its parents (which model one was built for)
+        parents_spec: dict[str, ParentInfo] = {}  # what a step may know of its parents (which model one was built for)
+        model_files = self.plan.model_files.get(pn.model)  # the snapshot's files (local and hub models)
         if nd.uses_model:
             if model.node:
                 model_dir = self.store.out_dir(self.plan.nodes[model.node].digest)
-                parents_info["_model_files"] = {o["path"]: o["sha256"] for o in
-                                                self.store.manifest(self.plan.nodes[model.node].digest)["outputs"]}
+                model_files = {o["path"]: o["sha256"] for o in  # tiny: the generated files
+                               self.store.manifest(self.plan.nodes[model.node].digest)["outputs"]}
             else:
                 model_dir = self.plan.model_dirs[pn.model]
             mounts.append(Mount(model_dir, "/in/model", True))
@@ -128,16 +129,14 @@ class Builder:
             pm = self.store.manifest(parent.digest)
             parents_info[role] = {"key": pkey, "digest": parent.digest,
                                   "outputs": {o["path"]: o["sha256"] for o in pm["outputs"]}}
-            parents_spec[role] = {"key": pkey, "digest": parent.digest, "built_for": pm["model"]["name"]}
-        spec = {
-            "schema": SPEC_SCHEMA, "key": nd.key, "kind": nd.kind, "backend": nd.backend, "digest": pn.digest,
-            "params": nd.params,
-            "model": {"name": model.name, "source": model.source, "revision": model.revision, "digest": model.digest},
-            "inputs": inputs, "parents": parents_spec,
-            "out": "/node/out", "work": "/node/work", "result": "/node/result.json",
-            "steps": self.steps if forced else {},
-            "env": {"SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH), "PYTHONHASHSEED": "0"},
-        }
+            parents_spec[role] = ParentInfo(pkey, parent.digest, pm["model"]["name"])
+        spec = NodeSpec(
+            key=nd.key, kind=nd.kind, backend=nd.backend, digest=pn.digest, params=nd.params,
+            model=ModelInfo(model.name, model.source, model.revision, model.digest),
+            inputs=inputs, parents=parents_spec, out="/node/out", work="/node/work", result="/node/result.json",
+            steps=dict(self.steps) if forced else {},
+            env={"SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH), "PYTHONHASHSEED": "0"},
+        ).to_json()
         image = self.image_info.get(nd.image, {"name": nd.image, "ref": pn.image_tag})
         if self.executor_name == "native":
             image = {"name": "native", "ref": pn.image_tag}
@@ -148,10 +147,12 @@ class Builder:
         if not result_path.is_file():
             return NodeOutcome("failed", f"node process exited with {rc} and wrote no result; log: {stage / 'log.txt'}",
                                seconds)
-        result = json.loads(result_path.read_text())
-        if result.get("status") != "ok":
-            self._last_result = result
-            return NodeOutcome("failed", f"{result.get('reason')} (log: {stage / 'log.txt'})", seconds)
+        try:
+            result = StepResult.from_json(json.loads(result_path.read_text()), str(result_path))
+        except (ValueError, ContractError) as e:
+            return NodeOutcome("failed", f"{e} (log: {stage / 'log.txt'})", seconds)
+        if result.status != "ok":
+            return NodeOutcome("failed", f"{result.reason} (log: {stage / 'log.txt'})", seconds)
         try:
             outputs = list_outputs(stage / "out")
         except ValueError as e:
@@ -159,8 +160,8 @@ class Builder:
         wrong = check_declared(outputs, nd.outputs, nd.kind)
         if wrong:
             return NodeOutcome("failed", f"{wrong} (log: {stage / 'log.txt'})", seconds)
-        manifest = make_manifest(pn, self.plan, result, {"name": nd.image, **image}, outputs, parents_info, seconds,
-                                 SOURCE_DATE_EPOCH)
+        manifest = make_manifest(pn, self.plan, result, {"name": nd.image, **image}, outputs, parents_info,
+                                 model_files or {}, seconds, SOURCE_DATE_EPOCH)
         self.store.promote(pn.digest, manifest)
         self._publish(pn)
         return NodeOutcome("built", None, seconds)

@@ -1,10 +1,10 @@
-"""The per-node manifest (JSON, schema-versioned). No wall-clock timestamps, no host paths."""
+"""The per-node manifest (JSON, the contract's SCHEMA), written from a typed StepResult (builders/contract.py).
+No wall-clock timestamps, no host paths."""
 
 from __future__ import annotations
 
 from builders import VERSION
-
-SCHEMA = 1
+from builders.contract import SCHEMA, StepResult, Verification
 
 
 def rev_short(model) -> str:
@@ -12,39 +12,36 @@ def rev_short(model) -> str:
     return (model.revision if len(model.revision) == 40 else model.digest)[:7]
 
 
-def make_manifest(pn, plan, result: dict, image: dict, outputs: list[dict], parents: dict[str, dict],
-                  seconds: float, source_date_epoch: int) -> dict:
+def make_manifest(pn, plan, result: StepResult, image: dict, outputs: list[dict], parents: dict[str, dict],
+                  model_files: dict[str, str], seconds: float, source_date_epoch: int) -> dict:
+    """The manifest of a promoted node: from the plan node, its typed StepResult and the host's facts."""
     model = plan.models[pn.model]
     nd = pn.node
     params = dict(nd.params)
     thresholds = params.pop("thresholds", None)
-    files = plan.model_files.get(pn.model)
-    if files is None and model.node and model.node in plan.nodes:  # tiny: the generated files
-        files = parents.get("_model_files", {})
+    ver = result.verification or Verification.none()
     return {
         "schema": SCHEMA,
         "builder_version": VERSION,
         "node": {"key": nd.key, "kind": nd.kind, "digest": pn.digest, "cells": sorted(pn.cells)},
         "model": {"name": model.name, "source": model.source, "revision": model.revision, "digest": model.digest,
-                  "architecture": model.arch, "files_sha256": files or {}},
+                  "architecture": model.arch, "files_sha256": model_files},
         "backend": nd.backend,
         "quant": params.get("quant"),
         "target": params.get("target"),
         "options": params,
-        "parents": {r: v for r, v in parents.items() if not r.startswith("_")},
+        "parents": parents,
         "image": image,
-        "tool_versions": result.get("tool_versions", {}),
-        "runtime_abi": result.get("runtime_abi", {}),
+        "tool_versions": result.tool_versions,
+        "runtime_abi": result.runtime_abi,
         "outputs": outputs,
-        "verification": result.get("verification") or {"passed": None, "note": "this node has no numeric check"},
+        "verification": ver.to_json(),
         "thresholds": thresholds,
-        "tensor_types": result.get("tensor_types"),
-        "quant_fallback": result.get("quant_fallback"),
-        "deferred": result.get("deferred", []),
-        "notes": result.get("notes", []),
-        "extra": {k: v for k, v in result.items() if k not in {
-            "status", "reason", "steps", "steps_done", "tool_versions", "runtime_abi", "verification",
-            "deferred", "notes", "tensor_types", "quant_fallback"}},
-        "timings": {"seconds": round(seconds, 3), "steps": result.get("steps", {})},
+        "tensor_types": result.tensor_types,
+        "quant_fallback": result.quant_fallback,
+        "deferred": result.deferred,
+        "notes": result.notes,
+        "reports": result.reports,
+        "timings": {"seconds": round(seconds, 3), "steps": result.steps, "peak_rss_mb": result.peak_rss_mb},
         "source_date_epoch": source_date_epoch,
     }

@@ -2,11 +2,12 @@
 
     python -m builders.node run <spec.json>
 
-A node spec is plain JSON holding everything the node needs:
+A node spec is plain JSON holding everything the node needs, typed as builders/contract.py `NodeSpec`:
   schema, key, kind, backend, digest     identity
   params                                 backend-specific, JSON-able (quant, target, options, thresholds ...)
   model {name, source, revision, digest} the model this node derives from
   inputs {role: dir}                     "model" (snapshot, read-only), "reference", parent node outputs
+  parents {role: {key, digest, built_for}}  what a step may know of its parents
   out, work, result                      artifact dir, scratch dir, result JSON path
   steps {only, restart}                  step selection (names or 1-based numbers)
   env {SOURCE_DATE_EPOCH, ...}           environment set before any step runs
@@ -17,7 +18,8 @@ it holds the node digest and, per done step, a fingerprint of out/ (names, sizes
 after it. A run trusts the done steps up to the last one whose fingerprint equals out/ as it is now;
 a state of another digest, or an out/ matching no done step (promoted away, edited, written by
 someone else), starts over with an empty out/ - a step is never skipped for outputs that are gone.
-The result JSON says status ok/failed, the one-line reason, per-step timings and what steps reported.
+The result JSON (contract.py `StepResult`) says status ok/failed, the one-line reason, per-step timings
+and what steps reported; a verification block with a field the contract does not declare fails the node.
 """
 
 from __future__ import annotations
@@ -33,11 +35,10 @@ from pathlib import Path
 
 from builders.backends import get as get_backend
 from builders.backends.base import NodeContext
+from builders.contract import ContractError, NodeSpec, StepResult
 from builders.errors import NodeFailed
 from builders.hashcache import HashCache
 from builders.outputs import fingerprint
-
-SPEC_SCHEMA = 1
 
 
 def _select(steps: list[str], value, field: str) -> str | None:
@@ -92,6 +93,8 @@ def trusted_state(state: dict | None, digest: str | None, names: list[str], out:
 
 
 def run(spec: dict) -> dict:
+    """Run the node of `spec` (NodeSpec JSON); return its StepResult JSON."""
+    NodeSpec.from_json(spec)  # ContractError: the caller's spec does not match this node's code
     for k, v in (spec.get("env") or {}).items():
         os.environ[k] = str(v)
     out, work = Path(spec["out"]), Path(spec["work"])
@@ -101,7 +104,7 @@ def run(spec: dict) -> dict:
     state_file = work / ".steps.json"
     hashes = HashCache(work / ".out-sha256.json")
     timings: dict[str, dict] = {}
-    result = {"status": "ok", "reason": None, "steps": timings}
+    status, reason = "ok", None
     state = None
     try:
         steps = get_backend(spec["backend"]).steps(spec["kind"])
@@ -132,22 +135,26 @@ def run(spec: dict) -> dict:
             state_file.write_text(json.dumps(state, indent=1, sort_keys=True, default=str))
         ver = ctx.result.get("verification")
         if ver is not None and not ver.get("passed", False):
-            result["status"] = "failed"
-            result["reason"] = "verification failed: " + "; ".join(ver.get("failures") or ["see manifest"])
+            status = "failed"
+            reason = "verification failed: " + "; ".join(ver.get("failures") or ["see manifest"])
         elif any(n not in state["done"] for n in names):
-            result["status"] = "partial"
-            result["reason"] = f"only step '{only}' was run and earlier steps never ran; run without --only-step"
+            status = "partial"
+            reason = f"only step '{only}' was run and earlier steps never ran; run without --only-step"
     except NodeFailed as e:
-        result.update(status="failed", reason=str(e))
+        status, reason = "failed", str(e)
     except Exception as e:  # a bug or a tool failure: keep the traceback in the log, one line in the result
         traceback.print_exc()
         line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        result.update(status="failed", reason=f"{type(e).__name__}: {line}"[:300])
-    result.update(ctx.result)
-    result["steps_done"] = state["done"] if state else []
+        status, reason = "failed", f"{type(e).__name__}: {line}"[:300]
     peak_kb = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    result["peak_rss_mb"] = round(peak_kb / 1024, 1)
-    return result
+    done = state["done"] if state else []
+    try:
+        result = StepResult.from_steps(status, reason, timings, done, round(peak_kb / 1024, 1), ctx.result)
+    except ContractError as e:  # a step reported a field the contract does not know: fail, keep nothing silent
+        filled = {k: v for k, v in ctx.result.items() if k != "verification"}
+        result = StepResult.from_steps("failed", f"result of step code: {e}", timings, done,
+                                       round(peak_kb / 1024, 1), filled)
+    return result.to_json()
 
 
 def main(argv: list[str]) -> int:
@@ -155,8 +162,10 @@ def main(argv: list[str]) -> int:
         print("usage: python -m builders.node run <spec.json>", file=sys.stderr)
         return 2
     spec = json.loads(Path(argv[1]).read_text())
-    if spec.get("schema") != SPEC_SCHEMA:
-        print(f"{argv[1]}: node spec schema {spec.get('schema')} is not {SPEC_SCHEMA}", file=sys.stderr)
+    try:
+        NodeSpec.from_json(spec, argv[1])
+    except ContractError as e:
+        print(str(e), file=sys.stderr)
         return 2
     result = run(spec)
     Path(spec["result"]).write_text(json.dumps(result, indent=1, sort_keys=True, default=str))

@@ -63,7 +63,7 @@ def test_fp16_cell_builds_every_part_in_the_container_with_a_manifest(built):
     p = meta["parameters"]
     assert (p["context_length"], p["batch_size"], p["num_chunks"], p["lut_ffn"]) == (512, 64, 1, "none")
     assert p["ffn"] == "llama_FFN_PF_chunk_01of01.mlmodelc" and meta["version"]
-    pre = m["extra"]["preflight"]
+    pre = m["reports"]["preflight"]
     assert pre["fp16_sweep"]["max_abs"] < 65504 and pre["chunks"] == 1
 
 

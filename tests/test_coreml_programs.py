@@ -12,7 +12,7 @@ import pytest
 ct = pytest.importorskip("coremltools")
 torch = pytest.importorskip("torch")
 
-from builders.backends.coreml import checks, convert, milrun, options, runtime  # noqa: E402
+from builders.backends.coreml import checks, convert, milrun, options, package, runtime  # noqa: E402
 from builders.backends.coreml.layout import layout_of  # noqa: E402
 from builders.backends.coreml.palettize import palettize_package  # noqa: E402
 
@@ -124,7 +124,7 @@ def test_saved_packages_are_byte_deterministic(built, tmp_path):
     convert.save(convert.embeddings(src, BATCH), b)
     assert checks.tree_hash(a) == checks.tree_hash(b) == checks.tree_hash(out / layout.names["embeddings"])
     manifest = json.loads((a / "Manifest.json").read_text())
-    assert manifest["rootModelIdentifier"] == convert._det_uuid("com.apple.CoreML/model.mlmodel")
+    assert manifest["rootModelIdentifier"] == package._det_uuid("com.apple.CoreML/model.mlmodel")
 
 
 def test_multifunction_package_stores_shared_weights_once(built):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from builders.contract import SCHEMA
 from builders.container_limits import ContainerLimits
 from builders.executors import Mount, get_executor
 from builders.executors.docker import LABEL, cleanup_stale
@@ -51,8 +52,9 @@ def make_node(tmp_path: Path, kind: str, **params) -> tuple[dict, list[Mount], P
     stage.mkdir()
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "hidden_size": 8}))
-    spec = {"schema": 1, "key": key, "kind": kind, "backend": "exectest", "digest": "d" * 64, "params": params,
-            "model": {"name": "m"}, "inputs": {"model": "/in/model"}, "out": "/node/out", "work": "/node/work",
+    spec = {"schema": SCHEMA, "key": key, "kind": kind, "backend": "exectest", "digest": "d" * 64, "params": params,
+            "model": {"name": "m", "source": "local", "revision": "local-0000000", "digest": "0" * 64},
+            "inputs": {"model": "/in/model"}, "parents": {}, "out": "/node/out", "work": "/node/work",
             "result": "/node/result.json", "steps": {}, "env": {"SOURCE_DATE_EPOCH": "315532800"}}
     return spec, [Mount(stage, "/node", False), Mount(model, "/in/model", True)], stage
 
@@ -83,7 +85,7 @@ def test_docker_executor_runs_a_node_read_only_inputs_no_network_unprivileged(tm
     result = json.loads((stage / "result.json").read_text())
     assert (rc, result["status"]) == (0, "ok"), log.read_text()
     assert json.loads((stage / "spec.json").read_text()) == spec, "the spec the container ran is kept"
-    probe = result["probe"]
+    probe = result["reports"]["probe"]
     assert probe["model_dir"] == "/in/model" and probe["out"] == "/node/out"
     assert probe["model_write"] == "EROFS", "the model input is mounted read-only"
     assert probe["code_write"] == "EROFS", "the project's builders/ package is mounted read-only"
@@ -124,10 +126,10 @@ def test_native_executor_runs_the_same_node_with_host_paths(tmp_path, exec_site,
     assert f"[{spec['key']}] step 2/2 environment" in capfd.readouterr().err
     result = json.loads((stage / "result.json").read_text())
     assert (rc, result["status"]) == (0, "ok"), (stage / "log.txt").read_text()
-    assert result["probe"]["model_dir"] == str(tmp_path / "model")
-    assert result["probe"]["out"] == str(stage / "out")
+    assert result["reports"]["probe"]["model_dir"] == str(tmp_path / "model")
+    assert result["reports"]["probe"]["out"] == str(stage / "out")
     assert json.loads((stage / "spec.native.json").read_text())["work"] == str(stage / "work")
-    assert result["probe"]["code_write"] is None, "natively the probe leaves the project's files alone"
+    assert result["reports"]["probe"]["code_write"] is None, "natively the probe leaves the project's files alone"
     assert f"[{spec['key']}] ok" in (stage / "log.txt").read_text()
 
 

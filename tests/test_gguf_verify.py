@@ -53,7 +53,7 @@ def test_q6_k_whose_rows_are_not_multiples_of_256_is_flagged_as_fallback(scaled)
     fb = m["quant_fallback"]
     assert fb["asked"] == "Q6_K" and fb["got"].get("Q8_0", 0) >= 1, fb
     assert "Q6_K" not in m["tensor_types"] or m["tensor_types"]["Q6_K"] < sum(fb["got"].values())
-    assert sum(m["tensor_types"].values()) == m["extra"]["gguf"]["tensors"]
+    assert sum(m["tensor_types"].values()) == m["reports"]["gguf"]["tensors"]
     assert m["verification"]["warnings"] and "asked Q6_K" in m["verification"]["warnings"][0]
     assert "quant fallback" in proc.stdout, proc.stdout
     assert ms["scaled-320.gguf.F16"]["quant_fallback"] is None

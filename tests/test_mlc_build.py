@@ -160,13 +160,13 @@ def test_weights_only_variant_reuses_the_library(llama_out, tmp_path):
     assert "llama-finetune.mlc.q0f32.lib.cpu" in to_run
     invoke("build", *args, check=0)
     m = manifests(out)["llama-finetune.mlc.q0f32.lib.cpu"]
-    lib = m["extra"]["library"]
+    lib = m["reports"]["library"]
     assert lib["reused"] is True and lib["compiled_for"] == "tiny-llama" and ".compile.cpu" in lib["compiled_by"]
     assert [o["path"] for o in m["outputs"]] == ["llama-finetune-q0f32-ctx512-cpu.so",
                                                  "llama-finetune-q0f32-ctx512-cpu.verification.json"]
     ver = m["verification"]
     assert ver["passed"] and ver["checks"]["max_abs_logit"] <= 1e-3 and ver["checks"]["top1"] == 1.0
-    assert manifests(out)["tiny-llama.mlc.q0f32.lib.cpu"]["extra"]["library"]["reused"] is False
+    assert manifests(out)["tiny-llama.mlc.q0f32.lib.cpu"]["reports"]["library"]["reused"] is False
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "mistral"])

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from builders import backends, node
+from builders.contract import SCHEMA
 from helpers import ROOT
 
 
@@ -16,8 +17,9 @@ def steptest_backend(monkeypatch):
 
 
 def spec(tmp_path, **params):
-    return {"schema": 1, "key": "m.steptest", "kind": "steps", "backend": "steptest", "digest": "d",
-            "params": {"quant": "x", **params}, "model": {}, "inputs": {},
+    return {"schema": SCHEMA, "key": "m.steptest", "kind": "steps", "backend": "steptest", "digest": "d",
+            "params": {"quant": "x", **params}, "inputs": {}, "parents": {},
+            "model": {"name": "m", "source": "tiny:llama", "revision": "tiny-0000000", "digest": "0" * 64},
             "out": str(tmp_path / "out"), "work": str(tmp_path / "work"), "result": str(tmp_path / "r.json"),
             "steps": {}, "env": {"SOURCE_DATE_EPOCH": "315532800"}}
 
@@ -76,3 +78,24 @@ def test_entry_point_process_writes_result_and_exit_code(tmp_path):
                           capture_output=True, text=True, env={"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"})
     assert proc.returncode == 1
     assert json.loads((tmp_path / "r.json").read_text())["reason"] == "step two failed on purpose"
+
+
+def test_spec_of_another_schema_is_refused_with_one_line(tmp_path):
+    s = {**spec(tmp_path), "schema": 1}
+    (tmp_path / "spec.json").write_text(json.dumps(s))
+    code = ("import sys; from builders import backends, node; backends.REGISTRY['steptest']='stepbackend'; "
+            "sys.exit(node.main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", code, "run", str(tmp_path / "spec.json")], cwd=ROOT,
+                          capture_output=True, text=True, env={"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"})
+    assert proc.returncode == 2 and "schema 1 is not 2" in proc.stderr and not (tmp_path / "r.json").exists()
+
+
+def test_result_is_typed_and_an_undeclared_verification_field_fails_the_node(tmp_path):
+    from builders.contract import StepResult
+
+    r = node.run(spec(tmp_path))
+    typed = StepResult.from_json(r)  # what the host reads: every field declared
+    assert typed.status == "ok" and typed.steps_done == ["one", "two", "three", "four"] and typed.reports == {}
+    r = node.run(spec(tmp_path / "b", verify_extra=True))
+    assert r["status"] == "failed" and "unknown field(s) colour" in r["reason"] and "Verification" in r["reason"]
+    assert r["verification"] is None  # nothing half-typed is passed on

@@ -33,7 +33,7 @@ def _node(out: Path, key: str, files: dict[str, bytes], parents: dict | None = N
         (d / "out" / rel).parent.mkdir(parents=True, exist_ok=True)
         (d / "out" / rel).write_bytes(data)
     manifest = {
-        "schema": 1, "builder_version": "0.1.0",
+        "schema": 2, "builder_version": "0.1.0",
         "node": {"key": key, "kind": "gguf-quantize", "digest": digest, "cells": []},
         "model": {"name": "m", "source": "tiny:llama", "revision": "tiny-1234567", "digest": "0" * 64,
                   "architecture": "LlamaForCausalLM", "files_sha256": {"model.safetensors": "1" * 64}},
@@ -42,7 +42,7 @@ def _node(out: Path, key: str, files: dict[str, bytes], parents: dict | None = N
         "image": {"name": "gguf", "ref": "buildmatrix/gguf:73be836f1174", "id": image_id, "tools": {"x": "1"}},
         "outputs": [{"path": p, "size": len(b), "sha256": _sha(b)} for p, b in sorted(files.items())],
         "verification": {"passed": passed, "checks": {"top1": 1.0}, "failures": [] if passed else ["top1 0.1 < 0.9"]},
-        "thresholds": {"top1_min": 0.9}, "deferred": [], "notes": [], "extra": {},
+        "thresholds": {"top1_min": 0.9}, "deferred": [], "notes": [], "reports": {},
         "timings": {"seconds": 1.5, "steps": {}}, "source_date_epoch": 315532800,
     }
     (d / "manifest.json").write_text(json.dumps(manifest))
@@ -276,12 +276,14 @@ def test_check_refuses_a_missing_release_and_a_used_check_dir(tmp_path):
 def test_durations_anywhere_in_a_manifest_go_to_the_run_record():
     from builders.release.manifests import split
 
-    m = {"node": {"key": "k", "digest": "d"}, "timings": {"seconds": 3.0}, "image": {"name": "mlc", "id": "sha256:x"},
-         "extra": {"library": {"file": "a.so", "build_seconds": 12.5, "total_seconds": 20.0},
-                   "training": {"train_seconds": 61.2, "threads": 1}, "list": [{"seconds": 1}], "peak_rss_mb": 812}}
+    m = {"node": {"key": "k", "digest": "d"}, "image": {"name": "mlc", "id": "sha256:x"},
+         "reports": {"library": {"file": "a.so", "build_seconds": 12.5, "total_seconds": 20.0},
+                     "training": {"train_seconds": 61.2, "threads": 1}, "list": [{"seconds": 1}]},
+         "timings": {"seconds": 3.0, "peak_rss_mb": 812}}
     repro, record = split(m)
-    assert repro["extra"] == {"library": {"file": "a.so"}, "training": {"threads": 1}, "list": [{}]}
-    assert record == {"node": "k", "digest": "d", "timings": {"seconds": 3.0}, "image.id": "sha256:x",
-                      "extra.library.build_seconds": 12.5, "extra.library.total_seconds": 20.0,
-                      "extra.training.train_seconds": 61.2, "extra.list.0.seconds": 1, "extra.peak_rss_mb": 812}
-    assert m["extra"]["library"]["build_seconds"] == 12.5  # the input is untouched
+    assert repro["reports"] == {"library": {"file": "a.so"}, "training": {"threads": 1}, "list": [{}]}
+    assert record == {"node": "k", "digest": "d", "timings": {"seconds": 3.0, "peak_rss_mb": 812},
+                      "image.id": "sha256:x",
+                      "reports.library.build_seconds": 12.5, "reports.library.total_seconds": 20.0,
+                      "reports.training.train_seconds": 61.2, "reports.list.0.seconds": 1}
+    assert m["reports"]["library"]["build_seconds"] == 12.5  # the input is untouched

@@ -21,6 +21,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from builders.backends import get as get_backend
+from builders.contract import SCHEMA
 from builders.errors import ModelError, NodeFailed
 from builders.models import corpus, nodes, tiny
 from builders.verify import prompts
@@ -227,7 +228,7 @@ def test_reference_format_and_determinism(trained_llama, tmp_path):
 def test_nodes_run_through_the_node_entry_point(tmp_path):
     """tiny-model then reference, each as `python -m builders.node run spec.json`."""
     def spec(key, kind, params, inputs, name):
-        s = {"schema": 1, "key": key, "kind": kind, "backend": "model", "digest": "0" * 64, "params": params,
+        s = {"schema": SCHEMA, "parents": {}, "key": key, "kind": kind, "backend": "model", "digest": "0" * 64, "params": params,
              "model": {"name": "tiny-mistral", "source": "tiny:mistral", "revision": "tiny-0", "digest": ""},
              "inputs": inputs, "out": str(tmp_path / name / "out"), "work": str(tmp_path / name / "work"),
              "result": str(tmp_path / name / "result.json"), "steps": {}, "env": {"SOURCE_DATE_EPOCH": "0"}}
@@ -241,7 +242,7 @@ def test_nodes_run_through_the_node_entry_point(tmp_path):
     nd = nodes.tiny_node("mistral", train_steps=FEW_STEPS)
     res = spec(nd.key, nd.kind, nd.params, {}, "model")
     assert res["status"] == "ok" and res["steps_done"] == ["corpus", "tokenizer", "train", "save"]
-    assert res["training"]["steps"] == FEW_STEPS and "transformers" in res["tool_versions"]
+    assert res["reports"]["training"]["steps"] == FEW_STEPS and "transformers" in res["tool_versions"]
     model_out = tmp_path / "model" / "out"
     assert set(p.name for p in model_out.iterdir()) == MODEL_FILES
     rd = nodes.reference_node("tiny-mistral")
@@ -250,8 +251,9 @@ def test_nodes_run_through_the_node_entry_point(tmp_path):
     assert {p.name for p in (tmp_path / "ref" / "out").iterdir()} == {"reference.npz", "reference.json"}
     # a reference node without a model input fails with one line
     res_file = tmp_path / "bad"
-    bad = {"schema": 1, "key": "x.reference", "kind": "reference", "backend": "model", "digest": "0",
-           "params": {}, "model": {}, "inputs": {"model": str(tmp_path / "nowhere")},
+    bad = {"schema": SCHEMA, "key": "x.reference", "kind": "reference", "backend": "model", "digest": "0",
+           "params": {}, "model": {"name": "x", "source": "x", "revision": "x", "digest": "0"}, "parents": {},
+           "inputs": {"model": str(tmp_path / "nowhere")},
            "out": str(res_file / "out"), "work": str(res_file / "work"), "result": str(res_file / "r.json")}
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     proc = subprocess.run([sys.executable, "-m", "builders.node", "run", str(tmp_path / "bad.json")], cwd=ROOT,

@@ -16,8 +16,8 @@ RUN_FIELDS = (("timings",), ("image", "id"))
 
 
 def is_run_measurement(key: str) -> bool:
-    """What a node measures of its own run - durations (extra.library.build_seconds of an MLC compile,
-    extra.*.train_seconds of a tiny model) and peak memory (extra.peak_rss_mb) - wherever it is."""
+    """What a node measures of its own run - durations (reports.library.build_seconds of an MLC compile,
+    reports.*.train_seconds of a tiny model) and peak memory (timings.peak_rss_mb) - wherever it is."""
     return key == "seconds" or key.endswith("_seconds") or key.startswith("peak_rss")
 
 
