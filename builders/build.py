@@ -77,7 +77,7 @@ class Builder:
         return {pc.nodes[-1] for pc in self.plan.cells if pc.nodes}
 
     def _deps(self, pn: PlanNode) -> list[str]:
-        deps = list(pn.node.parents.values())
+        deps = list(pn.parents.values())
         model = self.plan.models[pn.model]
         if model.node and model.node != pn.key:
             deps.append(model.node)
@@ -122,7 +122,7 @@ class Builder:
                 model_dir = self.plan.model_dirs[pn.model]
             mounts.append(Mount(model_dir, "/in/model", True))
             inputs["model"] = "/in/model"
-        for role, pkey in sorted(nd.parents.items()):
+        for role, pkey in sorted(pn.parents.items()):
             parent = self.plan.nodes[pkey]
             mounts.append(Mount(self.store.out_dir(parent.digest), f"/in/{role}", True))
             inputs[role] = f"/in/{role}"

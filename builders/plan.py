@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from builders import VERSION, archs, backends, images
-from builders.backends.base import Cell, ModelRef, NodeDef
-from builders.errors import MatrixError, ModelError
+from builders.backends.base import REFERENCE, Cell, ModelRef, NodeDef
+from builders.errors import ModelError
 from builders.matrix import Matrix, Selection
 from builders.models import nodes as model_nodes
 from builders.models.resolve import resolve_hub, resolve_local
@@ -34,6 +34,9 @@ COMMON_CODE = ("archs.py", "contract.py", "node.py", "backends/base.py", "backen
 
 @dataclass
 class PlanNode:
+    """A planned node. It is identified by `digest`; `key` is its printable name in this plan (the NodeDef's
+    key, or key@<digest8> when another node of this plan has that name with other inputs)."""
+
     node: NodeDef
     digest: str
     image_tag: str
@@ -41,10 +44,11 @@ class PlanNode:
     cells: list[str] = field(default_factory=list)
     cached: bool = False  # this root's entry passed its check (store.Lookup "cached")
     lookup: Lookup = field(default_factory=lambda: Lookup("absent"))  # "damaged"/"import" are resolved by the build
+    key: str = ""  # set by the planner ("" = node.key)
+    parents: dict[str, str] = field(default_factory=dict)  # role -> key of the parent PlanNode
 
-    @property
-    def key(self) -> str:
-        return self.node.key
+    def __post_init__(self):
+        self.key = self.key or self.node.key
 
 
 @dataclass
@@ -74,7 +78,7 @@ class Plan:
                        "artifact_node": c.nodes[-1] if c.nodes else None,
                        "digest": self.nodes[c.nodes[-1]].digest if c.nodes else None} for c in self.cells],
             "nodes": [{"key": p.key, "kind": p.node.kind, "backend": p.node.backend, "digest": p.digest,
-                       "image": p.image_tag, "parents": dict(sorted(p.node.parents.items())),
+                       "image": p.image_tag, "parents": dict(sorted(p.parents.items())),
                        "publish": p.node.publish, "cached": p.cached, "cells": p.cells,
                        "cache": p.lookup.status, "cache_problem": p.lookup.problem,
                        "import_from": str(p.lookup.source) if p.lookup.source else None,
@@ -121,7 +125,7 @@ class Planner:
         self.models: dict[str, ModelRef] = {}
         self.model_dirs: dict[str, Path] = {}
         self.model_files: dict[str, dict] = {}
-        self._renames: dict[str, str] = {}  # key a backend named -> key it got (see _add)
+        self._by_digest: dict[str, PlanNode] = {}  # a node's identity is its inputs digest
 
     # -- models ---------------------------------------------------------------------------------
     def _resolve_models(self, sel: Selection) -> None:
@@ -129,7 +133,7 @@ class Planner:
         for name, src in sel.models.items():
             if src.kind == "tiny":
                 nd = model_nodes.tiny_node(src.arch)
-                pn = self._add(nd, model=name, model_digest="")
+                pn = self._add(nd, {}, model=name, model_digest="")
                 config = tiny_config(src.arch)
                 self.models[name] = ModelRef(name, src.source, f"tiny-{pn.digest[:7]}", pn.digest, config,
                                              config["architectures"][0], node=pn.key)
@@ -142,18 +146,9 @@ class Planner:
         self.store.save_hashes()
 
     # -- nodes ----------------------------------------------------------------------------------
-    def _add(self, nd: NodeDef, model: str, model_digest: str) -> PlanNode:
-        if nd.key in self.nodes:
-            existing = self.nodes[nd.key]
-            if existing.node.params == nd.params and existing.node.parents == nd.parents:
-                return existing
-            # same key, different inputs (e.g. a per-cell option override): disambiguate
-            nd = replace(nd, key=f"{nd.key}~{_sha([nd.params, nd.parents])[:6]}")
-            if nd.key in self.nodes:
-                return self.nodes[nd.key]
-        for role, parent in nd.parents.items():
-            if parent not in self.nodes:
-                raise MatrixError(f"internal: node {nd.key} names parent {parent} ({role}) that was not planned")
+    def _add(self, nd: NodeDef, parents: dict[str, PlanNode], model: str, model_digest: str) -> PlanNode:
+        """The PlanNode of `nd` with these resolved parents: the existing one if a node of equal inputs
+        digest is planned (whoever declared it), else a new one."""
         backend = backends.get(nd.backend)
         if self.executor == "native":  # the host's own tools, not an image: never shares a cache entry
             tag = f"native:{platform.machine()}-{platform.system()}-py{platform.python_version()}"
@@ -162,17 +157,40 @@ class Planner:
         digest = _sha({"source_date_epoch": SOURCE_DATE_EPOCH,
             "builder": VERSION, "code": code_hash(tuple(backend.code)), "kind": nd.kind, "backend": nd.backend,
             "params": nd.params, "image": tag, "model": model_digest if nd.uses_model else "",
-            "parents": {r: self.nodes[p].digest for r, p in sorted(nd.parents.items())},
+            "parents": {r: p.digest for r, p in sorted(parents.items())},
         })
-        pn = PlanNode(nd, digest, tag, model)
+        if digest in self._by_digest:
+            return self._by_digest[digest]
+        key = nd.key if nd.key not in self.nodes else f"{nd.key}@{digest[:8]}"  # same name, other inputs
+        pn = PlanNode(nd, digest, tag, model, key=key, parents={r: p.key for r, p in parents.items()})
         pn.lookup = self.store.lookup(digest)
         pn.cached = pn.lookup.status == "cached"
-        self.nodes[nd.key] = pn
+        self.nodes[key] = self._by_digest[digest] = pn
+        return pn
+
+    def _declared(self, nd: NodeDef, model: ModelRef, ref: PlanNode, done: dict[int, PlanNode]) -> PlanNode:
+        """Plan a node a backend declared, its NodeDef parents first; REFERENCE is the model's reference node."""
+        declared = id(nd)
+        if declared in done:
+            return done[declared]
+        parents: dict[str, PlanNode] = {}
+        for role, parent in nd.parents.items():
+            if parent is REFERENCE:
+                parents[role] = ref
+            elif isinstance(parent, NodeDef):
+                parents[role] = self._declared(parent, model, ref, done)
+            else:
+                raise TypeError(f"{nd.backend} backend: node {nd.key} parent {role}={parent!r} must be a NodeDef or "
+                                "REFERENCE (builders/backends/base.py)")
+        if nd.verify_quant is not None:
+            nd = replace(nd, params={**nd.params,
+                                     "thresholds": self.matrix.thresholds_for(nd.backend, nd.verify_quant)})
+        done[declared] = pn = self._add(nd, parents, model.name, model.digest)
         return pn
 
     def _reference(self, model: ModelRef) -> PlanNode:
         nd = model_nodes.reference_node(model.name)
-        return self._add(nd, model.name, model.digest)
+        return self._add(nd, {}, model.name, model.digest)
 
     def plan(self, sel: Selection) -> Plan:
         self._resolve_models(sel)
@@ -199,15 +217,8 @@ class Planner:
                 cells.append(PlanCell(cell, [], "unavailable", reason))
                 continue
             ref = self._reference(model)
-            keys = []
-            for nd in backend.expand(cell, model):
-                nd = replace(nd, parents={r: (ref.key if r == "reference" else self._mapped(p))
-                                          for r, p in nd.parents.items()})
-                if "quant" in nd.params:
-                    nd.params = {**nd.params, "thresholds": self.matrix.thresholds_for(nd.backend, nd.params["quant"])}
-                pn = self._add(nd, model.name, model.digest)
-                self._renames[nd.key] = pn.key
-                keys.append(pn.key)
+            done: dict[int, PlanNode] = {}
+            keys = [self._declared(nd, model, ref, done).key for nd in backend.expand(cell, model)]
             pc = PlanCell(cell, keys)
             for k in keys:
                 self.nodes[k].cells.append(cell.id)
@@ -215,9 +226,6 @@ class Planner:
                 pc.status = "cached"
             cells.append(pc)
         return Plan(cells, self.nodes, self.models, self.model_dirs, self.model_files)
-
-    def _mapped(self, key: str) -> str:
-        return self._renames.get(key, key)
 
 
 def make_plan(matrix: Matrix, sel: Selection, store, hf_token: str | None = None, offline: bool = False,

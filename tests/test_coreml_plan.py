@@ -4,7 +4,7 @@ step numbering (fast: no torch, no coremltools, no Docker)."""
 import pytest
 
 from builders.backends import get
-from builders.backends.base import Cell, ModelRef
+from builders.backends.base import REFERENCE, Cell, ModelRef
 from builders.backends.coreml import options as opt
 from builders.errors import MatrixError
 
@@ -86,7 +86,8 @@ def test_expand_one_node_with_all_options_and_anemll_file_names():
     o = BACKEND.normalize_options({"chunk": "auto", "max_chunk_mb": 150}, "w")
     (nd,) = BACKEND.expand(Cell("llama-1b", "coreml", "lut4_8", "ane", o), model(LLAMA_1B, "llama-1b"))
     assert nd.key == "llama-1b.coreml.lut4_8.ane" and nd.kind == "coreml" and nd.image == "coreml"
-    assert nd.parents == {"reference": "llama-1b.reference"} and nd.publish == "coreml" and nd.unavailable is None
+    assert nd.parents == {"reference": REFERENCE} and nd.verify_quant == "lut4_8"
+    assert nd.publish == "coreml" and nd.unavailable is None
     assert nd.params["chunks"] == 4 and nd.params["luts"]["lut2"] == "4,8" and nd.params["options"] == o
     names = opt.file_names("llama", nd.params["luts"], 4)
     assert names["ffn_pf"][0] == "llama_FFN_PF_lut4_chunk_01of04.mlpackage"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from builders.backends import get as get_backend
-from builders.backends.base import Cell, ModelRef
+from builders.backends.base import REFERENCE, Cell, ModelRef
 from builders.backends.mlc import quant as q_mod
 from builders.backends.mlc.models import ModelConfig
 from builders.errors import MatrixError
@@ -74,10 +74,11 @@ def test_expand_shares_weights_across_targets():
     assert (c_cpu_again.key, lib_cpu_again.key) == (c_cpu.key, lib_cpu.key)
     assert w_cpu.key == w_cuda.key == "tiny-test.mlc.q4f16_1.weights" and w_cpu.params == w_cuda.params
     assert w_cpu.kind == "mlc-weights" and w_cpu.publish == "mlc/tiny-test-q4f16_1-MLC"
-    assert w_cpu.parents == {"reference": "tiny-test.reference"}
+    assert w_cpu.parents == {"reference": REFERENCE} and w_cpu.verify_quant == "q4f16_1"
     assert lib_cpu.key == "tiny-test.mlc.q4f16_1.lib.cpu" and lib_cuda.key.endswith(".lib.cuda")
-    assert lib_cpu.parents == {"weights": w_cpu.key, "compiled": c_cpu.key, "reference": "tiny-test.reference"}
+    assert lib_cpu.parents == {"weights": w_cpu, "compiled": c_cpu, "reference": REFERENCE}
     assert lib_cpu_again.parents == lib_cpu.parents and lib_cpu_again.params == lib_cpu.params
+    assert c_cpu.verify_quant is None, "a compile has no numeric check: no thresholds in its digest"
     assert c_cpu.kind == "mlc-compile" and not c_cpu.uses_model and c_cpu.parents == {} and c_cpu.publish is None
     assert c_cpu.key != c_cuda.key and c_cpu.key.endswith(".q4f16_1-ctx512.compile.cpu")
     assert lib_cpu.publish == "mlc/libs" and lib_cpu.kind == "mlc-lib"
@@ -94,7 +95,7 @@ def test_a_library_that_cannot_run_here_depends_on_the_numeric_check_of_its_weig
     nodes = BACKEND.expand(_cell(target=target), _model())
     lib = nodes[-1]
     assert lib.key == f"tiny-test.mlc.q4f16_1.lib.{target}"
-    assert lib.parents["verified_by"] == "tiny-test.mlc.q4f16_1.lib.cpu"
+    assert lib.parents["verified_by"].key == "tiny-test.mlc.q4f16_1.lib.cpu"
     assert "tiny-test.mlc.q4f16_1.lib.cpu" in [n.key for n in nodes[:-1]]
     assert "verified_by" not in BACKEND.expand(_cell(target="cpu"), _model())[-1].parents
 

@@ -103,3 +103,43 @@ def test_building_only_unsupported_mistral_gguf_cells_reports_them_and_exits_0(t
     rows = [ln for ln in proc.stdout.splitlines() if "tiny-mistral.gguf." in ln]
     assert len(rows) == 2 and all("unsupported" in r and "drops the sliding window" in r for r in rows), proc.stdout
     assert not list(tmp_path.glob(".store/*")), "nothing was built"
+
+
+def test_nodes_are_identified_by_digest_and_parents_resolve_to_their_own_declaration(tmp_path):
+    """A per-cell option gives the cuda cell MLC weights of the same name but other inputs: two nodes, told
+    apart by digest (printed key@digest8), each library depending on the weights its own cell declared."""
+    m = copy.deepcopy(matrix.load(ROOT / "matrix.yaml"))
+    m.cell_overrides = {"tiny-llama.mlc.q4f16_1.cuda": {"prefill_chunk_size": 64}}
+    p = plan(tmp_path, m, backends_="mlc", quants="q4f16_1", targets="cpu,cuda")
+    nodes = {n["key"]: n for n in p["nodes"]}
+    weights = [n for n in p["nodes"] if n["kind"] == "mlc-weights"]
+    assert len({w["digest"] for w in weights}) == len(weights) == 2
+    other = next(w for w in weights if w["key"] != "tiny-llama.mlc.q4f16_1.weights")
+    assert other["key"] == f"tiny-llama.mlc.q4f16_1.weights@{other['digest'][:8]}"
+    assert not any("~" in k for k in nodes)
+    cells = {c["target"]: c for c in p["cells"]}
+    cuda_nodes = [nodes[k] for k in cells["cuda"]["nodes"]]
+    assert {n["parents"].get("weights") for n in cuda_nodes if n["kind"] == "mlc-lib"} == {other["key"]}
+    assert nodes[cells["cpu"]["nodes"][-1]]["parents"]["weights"] == "tiny-llama.mlc.q4f16_1.weights"
+
+
+def test_thresholds_go_where_a_node_names_its_verify_quant(tmp_path):
+    p = plan(tmp_path, backends_="gguf,mlc", quants="Q4_K_M,q4f16_1", targets="cpu")
+    m = matrix.load(ROOT / "matrix.yaml")
+    for n in p["nodes"]:
+        if n["kind"] in ("mlc-compile", "reference", "tiny-model"):
+            assert "thresholds" not in n["params"], n["key"]  # no numeric check: no thresholds in its digest
+        elif n["backend"] in ("gguf", "mlc"):
+            quant = n["params"]["quant"]
+            assert n["params"]["thresholds"] == m.thresholds_for(n["backend"], quant), n["key"]
+
+
+def test_a_parent_that_is_no_nodedef_is_refused(tmp_path, monkeypatch):
+    from builders import backends
+    from builders.backends.base import NodeDef
+
+    gguf = backends.get("gguf")
+    monkeypatch.setattr(type(gguf), "expand", lambda self, cell, model: [
+        NodeDef("x", "gguf-convert", "gguf", "gguf", {"quant": "F16"}, parents={"source": "tiny-llama.gguf.F16"})])
+    with pytest.raises(TypeError, match="parent source='tiny-llama.gguf.F16' must be a NodeDef or REFERENCE"):
+        plan(tmp_path, backends_="gguf", quants="F16", targets="cpu")

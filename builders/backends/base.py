@@ -41,18 +41,31 @@ class Cell:
         return f"{self.model}.{self.backend}.{self.quant}.{self.target}"
 
 
+class Reference:
+    """The parent marker for "the reference-logits node of this node's model" (the planner adds that node)."""
+
+    def __repr__(self) -> str:
+        return "REFERENCE"
+
+
+REFERENCE = Reference()
+
+
 @dataclass
 class NodeDef:
     """A unit of work in the build graph, as a backend declares it.
 
-    key       unique, printable node id, e.g. "tiny-llama.gguf.F16" or "tiny-llama.mlc.q4f16_1.lib.cpu"
+    key       printable node name, e.g. "tiny-llama.gguf.F16" or "tiny-llama.mlc.q4f16_1.lib.cpu"; a node is
+              identified by its inputs digest (builders/plan.py): equal inputs are one node whatever declared them
     kind      what to run, e.g. "gguf-convert"; `steps(kind)` of the backend gives its steps
     image     toolchain image name (docker/<image>.Dockerfile.j2)
     params    everything (JSON-able) that determines the output besides model, parents, image, code;
               it is part of the inputs digest and is passed to the node as spec["params"]
-    parents   role -> parent node key; the parent's output dir is mounted at spec["inputs"][role]
-              The planner always provides the role "reference" (reference logits of the model) when
-              the backend lists it, and "model" for the model snapshot itself.
+    parents   role -> the parent NodeDef (declared by the same expand(), or shared by equal inputs), or
+              REFERENCE for the model's reference-logits node; the parent's output dir is mounted at
+              spec["inputs"][role]. The planner adds "model" (the model snapshot) itself.
+    verify_quant  the quant whose `verify.thresholds.<backend>.<quant>` of matrix.yaml this node's
+              verification uses (the planner puts them in params["thresholds"]); None: no numeric check
     publish   directory under dist/<model>/<rev7>/ where this node's outputs are linked for humans
               (e.g. "gguf", "mlc/tiny-llama-q4f16_1-MLC", "mlc/libs"), or None to keep it in the store only
     unavailable  if set, the node is not run and fails at once with this one-line reason
@@ -69,11 +82,12 @@ class NodeDef:
     backend: str
     image: str
     params: dict[str, Any] = field(default_factory=dict)
-    parents: dict[str, str] = field(default_factory=dict)
+    parents: "dict[str, NodeDef | Reference]" = field(default_factory=dict)
     publish: str | None = None
     unavailable: str | None = None
     uses_model: bool = True
     outputs: tuple[str, ...] = ()
+    verify_quant: str | None = None
 
 
 class Backend(Protocol):

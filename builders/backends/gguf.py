@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from builders.archs import DecoderConfig, supported
-from builders.backends.base import Cell, ModelRef, NodeContext, NodeDef
+from builders.backends.base import REFERENCE, Cell, ModelRef, NodeContext, NodeDef
 from builders.errors import NodeFailed
 from builders.options import Option, OptionSet
 from builders.verify import gguf_types
@@ -89,20 +89,17 @@ class GgufBackend:
 
     def _node(self, model: ModelRef, quant: str, options: dict) -> NodeDef:
         q = QUANTS[quant]
-        parents = {"reference": f"{model.name}.reference"}
+        parents: dict = {"reference": REFERENCE}
         if q.tool == "quantize":
-            parents["source"] = f"{model.name}.gguf.{SOURCE_QUANT}"
+            parents["source"] = self._node(model, SOURCE_QUANT, options)
         return NodeDef(key=f"{model.name}.gguf.{quant}", kind=f"gguf-{q.tool}", backend="gguf", image="gguf",
                        params={"quant": quant, "model_name": model.name, "verify": {
                            "n_threads": options["n_threads"], "n_ctx": options["n_ctx"]}},
-                       parents=parents, publish="gguf", outputs=("*.gguf",))
+                       parents=parents, publish="gguf", outputs=("*.gguf",), verify_quant=quant)
 
     def expand(self, cell: Cell, model: ModelRef) -> list[NodeDef]:
-        nodes = []
-        if QUANTS[cell.quant].tool == "quantize":
-            nodes.append(self._node(model, SOURCE_QUANT, dict(cell.options)))
-        nodes.append(self._node(model, cell.quant, dict(cell.options)))
-        return nodes
+        node = self._node(model, cell.quant, dict(cell.options))
+        return [node.parents["source"], node] if "source" in node.parents else [node]
 
     def steps(self, kind: str):
         if kind == "gguf-convert":

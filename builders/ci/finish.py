@@ -120,7 +120,7 @@ def finish_cell(store, p, cell_id: str, out: Path) -> dict:
         # what a deferred step may read: the node's parents and model, imported when they were handed off
         # (a step that needs one that was not fails below with its name)
         inputs = {}
-        for role, key in pn.node.parents.items():
+        for role, key in pn.parents.items():
             if _available(store, p.nodes[key]):
                 inputs[role] = store.out_dir(p.nodes[key].digest)
         model = p.models[pn.model]

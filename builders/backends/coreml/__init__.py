@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from builders.archs import supported
-from builders.backends.base import Cell, ModelRef, NodeDef
+from builders.backends.base import REFERENCE, Cell, ModelRef, NodeDef
 from builders.backends.coreml import options as opt
 from builders.errors import NodeFailed
 from builders.options import OptionSet
@@ -59,7 +59,7 @@ class CoremlBackend:
         params = {"quant": cell.quant, "target": cell.target, "model_name": model.name, "luts": luts,
                   "chunks": chunks, "options": options}
         return [NodeDef(key=f"{model.name}.coreml.{cell.quant}.{cell.target}", kind="coreml", backend="coreml",
-                        image="coreml", params=params, parents={"reference": f"{model.name}.reference"},
+                        image="coreml", params=params, parents={"reference": REFERENCE}, verify_quant=cell.quant,
                         publish="coreml", unavailable=reason, outputs=self._outputs(config, options, luts, chunks))]
 
     @staticmethod

@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import Any, Mapping
 
 from builders.archs import supported
-from builders.backends.base import Cell, ModelRef, NodeDef
+from builders.backends.base import REFERENCE, Cell, ModelRef, NodeDef
 from builders.backends.mlc.conv_templates import CONV_TEMPLATES
 from builders.backends.mlc.models import ARCHS, ModelConfig
 from builders.backends.mlc.quant import QUANTS, REFUSED_LEGACY, describe
@@ -79,11 +79,11 @@ class MlcBackend:
         opts = dict(cell.options)
         config = ModelConfig.from_hf(dict(model.config), opts) if model.config else None
         wkey = f"{model.name}.mlc.{cell.quant}.weights"
-        reference = {"reference": f"{model.name}.reference"}
+        reference = {"reference": REFERENCE}
         weights = NodeDef(
             key=wkey, kind="mlc-weights", backend="mlc", image="mlc",
             params={"quant": cell.quant, "model_name": model.name, "options": opts},
-            parents=dict(reference), publish=f"mlc/{model.name}-{cell.quant}-MLC",
+            parents=dict(reference), publish=f"mlc/{model.name}-{cell.quant}-MLC", verify_quant=cell.quant,
             unavailable=config.unsupported() if config else None,
             outputs=("tensor-cache.json", "params_shard_*.bin", "mlc-chat-config.json"))
         ctx = opts["context_window_size"]
@@ -99,8 +99,8 @@ class MlcBackend:
                 key=f"{model.name}.mlc.{cell.quant}.lib.{target}", kind="mlc-lib", backend="mlc", image="mlc",
                 params={"quant": cell.quant, "target": target, "model_name": model.name,
                         "lib_stem": lib_stem, "options": lib_opts},
-                parents={"weights": wkey, "compiled": compiled.key, **reference, **extra_parents},
-                publish="mlc/libs", unavailable=weights.unavailable,
+                parents={"weights": weights, "compiled": compiled, **reference, **extra_parents},
+                publish="mlc/libs", unavailable=weights.unavailable, verify_quant=cell.quant,
                 outputs=(lib_file_name(lib_stem, target),))
             return [compiled, lib]
 
@@ -109,7 +109,7 @@ class MlcBackend:
         # a library that cannot run here is only as verified as its weights: it depends on the cpu
         # library node, where the same weights are run numerically, and carries its figures
         numeric = library(NUMERIC_TARGET, {})
-        return [weights, *numeric, *library(cell.target, {"verified_by": numeric[-1].key})]
+        return [weights, *numeric, *library(cell.target, {"verified_by": numeric[-1]})]
 
     @staticmethod
     def _compile_node(cell: Cell, model: ModelRef, config: ModelConfig | None, lib_opts: dict, ctx_suffix: str,
@@ -123,7 +123,7 @@ class MlcBackend:
         return NodeDef(
             key=f"mlc.{family}-{sha}.{cell.quant}{ctx_suffix}.compile.{cell.target}", kind="mlc-compile",
             backend="mlc", image="mlc", uses_model=False, publish=None, unavailable=unavailable,
-            # "quantization", not "quant": verification thresholds are no input of a compile
+            # no verify_quant: verification thresholds are no input of a compile
             params={"quantization": cell.quant, "target": cell.target, "architecture": arch, "model_config": lib_config,
                     "config_sha": sha, "lib_stem": stem, "options": lib_opts},
             outputs=(lib_file_name(stem, cell.target), "library.json"))
