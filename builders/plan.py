@@ -204,8 +204,11 @@ class Planner:
                                       f"{cell.backend} builds no artifact for {cell.target} (its targets: {supported})"))
                 continue
             reason = archs.unsupported_reason(cell.backend, model.arch)
-            if reason:
+            if reason and archs.family(model.arch) is None:  # no family at all: the model is the mistake
                 raise ModelError(f"model '{model.source}': {reason}")
+            if reason:  # a known family this backend does not build: listed, like a target it lacks
+                cells.append(PlanCell(cell, [], "unsupported", reason))
+                continue
             where = self.matrix.options_where(cell.id, cell.backend)
             cell = replace(cell, options=backend.normalize_options(cell.options, where), options_where=where)
             reason = backend.unsupported(cell, model)
