@@ -33,6 +33,9 @@ class Family:
     qkv_bias: bool = False  # q/k/v projections always carry a bias (Qwen2), whatever attention_bias says
     # backend -> None (supported) or why not; a backend missing here does not support the family
     support: Mapping[str, str | None] = field(default_factory=dict)
+    # backend -> model features its converter leaves out of the artifact (e.g. "sliding_window"): a model
+    # that uses one within its context gets no faithful artifact there (the cell is listed unsupported)
+    drops: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def reason(self, backend: str) -> str | None:
         if backend not in self.support:
@@ -41,16 +44,31 @@ class Family:
 
 
 ALL = {b: None for b in BACKENDS}
+# llama.cpp's converter writes no sliding window for these families (their GGUF attends to every token)
+GGUF_NO_WINDOW = {"gguf": ("sliding_window",)}
 
 FAMILIES: dict[str, Family] = {f.hf_arch: f for f in [
-    Family("llama", "LlamaForCausalLM", "llama", support=ALL),
-    Family("qwen2", "Qwen2ForCausalLM", "qwen2", qkv_bias=True, support=ALL),
-    Family("mistral", "MistralForCausalLM", "mistral", support=ALL),
+    Family("llama", "LlamaForCausalLM", "llama", support=ALL, drops=GGUF_NO_WINDOW),
+    Family("qwen2", "Qwen2ForCausalLM", "qwen2", qkv_bias=True, support=ALL, drops=GGUF_NO_WINDOW),
+    Family("mistral", "MistralForCausalLM", "mistral", support=ALL, drops=GGUF_NO_WINDOW),
+    # Phi-3: a Llama-style decoder whose checkpoint stores q/k/v and gate/up fused; llama.cpp's PHI3
+    # architecture keeps its sliding window
+    Family("phi3", "Phi3ForCausalLM", "phi3", support={
+        "gguf": None,
+        "mlc": "no Phi-3 model definition in builders/backends/mlc/models (fused qkv/gate_up checkpoint names)",
+        "coreml": "the Core ML parts read separate q/k/v and gate/up projections; Phi-3 stores them fused",
+    }),
 ]}
 
 
 def family(hf_arch: str) -> Family | None:
     return FAMILIES.get(hf_arch)
+
+
+def drops(backend: str, hf_arch: str) -> tuple[str, ...]:
+    """Model features `backend`'s converter leaves out for this family."""
+    f = FAMILIES.get(hf_arch)
+    return tuple(f.drops.get(backend, ())) if f else ()
 
 
 def supported(backend: str) -> tuple[str, ...]:

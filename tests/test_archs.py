@@ -19,8 +19,17 @@ def test_every_tiny_model_is_the_family_of_its_name():
 @pytest.mark.parametrize("backend", archs.BACKENDS)
 def test_backends_read_their_architectures_from_the_table(backend):
     assert backends.get(backend).archs == archs.supported(backend)
-    for hf_arch in FAMILIES:
+    for hf_arch in ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"):
         assert archs.unsupported_reason(backend, hf_arch) is None
+    phi3 = archs.unsupported_reason(backend, "Phi3ForCausalLM")
+    assert (phi3 is None) == (backend == "gguf"), phi3  # Phi-3: llama.cpp only, the others say why not
+
+
+def test_gguf_keeps_phi3_window_and_drops_mistral_window():
+    from builders.backends.gguf import sliding_window_reason
+
+    assert sliding_window_reason(DecoderConfig.from_hf(tiny.tiny_config("mistral"))) is not None
+    assert sliding_window_reason(DecoderConfig.from_hf(tiny.tiny_config("phi3"))) is None
 
 
 def test_unknown_architecture_reason_names_it_and_the_table():

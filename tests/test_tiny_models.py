@@ -123,7 +123,7 @@ def test_node_defs_and_backend():
     assert (rd.key, rd.kind, rd.image, rd.parents) == ("tiny-qwen2.reference", "reference", "base", {})
     backend = get_backend("model")
     assert backend.name == "model" and backend.quants == {} and backend.targets == ()
-    assert set(backend.archs) == {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"}
+    assert set(backend.archs) == {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "Phi3ForCausalLM"}
     assert [n for n, _ in backend.steps("tiny-model")] == ["corpus", "tokenizer", "train", "save"]
     assert [n for n, _ in backend.steps("reference")] == ["logits"]
     for rel in backend.code:
@@ -168,6 +168,9 @@ def test_model_loads_with_advertised_features(few_step_models, arch):
     if arch == "mistral":
         assert cfg.sliding_window == tiny.TINY_ARCHS["mistral"].fields["sliding_window"]
         assert "lm_head.weight" in names
+    if arch == "phi3":  # the checkpoint stores the projections fused
+        assert {"model.layers.0.self_attn.qkv_proj.weight", "model.layers.0.mlp.gate_up_proj.weight"} <= names
+        assert "model.layers.0.self_attn.q_proj.weight" not in names and cfg.sliding_window == 1024
 
 
 def test_tokenizer_files_agree(few_step_models):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from builders.archs import DecoderConfig, supported
+from builders.archs import DecoderConfig, drops, supported
 from builders.backends.base import REFERENCE, Cell, ModelRef, NodeContext, NodeDef
 from builders.errors import NodeFailed
 from builders.options import Option, OptionSet
@@ -58,10 +58,10 @@ OPTIONS = OptionSet("gguf", [
 
 
 def sliding_window_reason(c: DecoderConfig) -> str | None:
-    """Why a model whose attention is windowed has no faithful GGUF, else None. llama.cpp's converter writes
-    no sliding window for Llama/Mistral/Qwen2: the GGUF attends to every earlier token and its logits
-    differ from the original's once a text is longer than the window."""
-    if not c.window_below(None):
+    """Why a model whose attention is windowed has no faithful GGUF, else None. For the families whose
+    window llama.cpp's converter drops (archs.py `drops`: Llama/Mistral/Qwen2) the GGUF attends to every
+    earlier token and its logits differ from the original's once a text is longer than the window."""
+    if "sliding_window" not in drops("gguf", c.hf_arch) or not c.window_below(None):
         return None
     return (f"llama.cpp's converter drops the sliding window (sliding_window {c.sliding_window} < "
             f"max_position_embeddings {c.max_positions}): outputs differ beyond {c.sliding_window} tokens")

@@ -2,7 +2,8 @@
 
 Every tensor is dequantized with gguf-py (`gguf.quants.dequantize`) and renamed with gguf-py's own
 tensor map (HF name -> GGUF name, inverted). llama.cpp's converter permutes the rows of q/k
-projections for Llama-style rope ("llama" architecture: Llama, Mistral); that is undone here.
+projections for Llama-style rope ("llama" architecture: Llama, Mistral); that is undone here. Phi-3's
+fused qkv / gate_up tensors are written as they are (PHI3 splits them at run time).
 Runs inside the gguf image (gguf-py); one tensor is dequantized at a time.
 """
 
@@ -14,7 +15,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 # GGUF architecture -> does the converter permute q/k rows (LlamaModel.permute)?
-ROPE_PERMUTED = {"llama": True, "qwen2": False}
+ROPE_PERMUTED = {"llama": True, "qwen2": False, "phi3": False}
 # GGUF tensors that are no HF parameter (computed from the config, e.g. llama3 rope frequencies)
 NOT_PARAMETERS = ("rope_freqs.weight",)
 
