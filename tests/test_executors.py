@@ -316,3 +316,14 @@ def test_an_input_the_unprivileged_node_cannot_read_is_a_one_line_error_before_a
     assert str(e.value) == (f"{tmp_path / 'model' / 'config.json'}: not readable by the node's uid 65532 (node "
                             f"containers never run as root); make it readable: chmod -R a+rX {tmp_path / 'model'}")
     assert containers_of(docker_engine, spec["key"]) == [] and not (stage / "result.json").exists()
+
+
+def test_a_node_killed_before_its_result_gets_a_typed_failed_result(tmp_path):
+    """The OOM rewrite of result.json is a StepResult the build can read (not a bare {status, reason})."""
+    from builders.contract import StepResult
+    from builders.executors.docker import _fail_for_oom
+
+    path = tmp_path / "result.json"
+    assert _fail_for_oom(path, 137, "container exceeded memory limit 256m; raise containers.memory") == 137
+    r = StepResult.from_json(json.loads(path.read_text()))
+    assert (r.status, r.reason) == ("failed", "container exceeded memory limit 256m; raise containers.memory")

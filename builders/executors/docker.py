@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 from builders.container_limits import ContainerLimits, default_limits
+from builders.contract import StepResult
 from builders.errors import ToolchainError
 from builders.executors import Mount, echo, node_dir, sigterm_raises, signals_deferred
 from builders.executors.node_user import chown_tree, container_user, require_readable
@@ -66,9 +67,9 @@ def _fail_for_oom(result_path: Path, rc: int, reason: str) -> int:
     """The kernel killed a process of the node for the memory limit: unless the node still finished ok (the
     killed process was a child it recovered from), its result says it failed for that reason. Returns the rc."""
     try:
-        result = json.loads(result_path.read_text())
-    except (OSError, ValueError):
-        result = {}
+        result = StepResult.from_json(json.loads(result_path.read_text()), str(result_path)).to_json()
+    except (OSError, ValueError):  # none written (killed first), or not one of ours (ContractError)
+        result = StepResult(status="failed").to_json()
     if rc == 0 and result.get("status") == "ok":
         return rc
     result.update(status="failed", reason=reason)
