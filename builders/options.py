@@ -81,5 +81,6 @@ class OptionSet:
         rows = []
         for o in self.options.values():
             alias = f" (alias {', '.join(f'`{a}`' for a in o.aliases)})" if o.aliases else ""
-            rows.append(f"| {self.backend} | `{o.name}`{alias} | `{json.dumps(o.default)}` | {o.describe()} | {o.doc} |")
+            default = json.dumps(o.default)
+            rows.append(f"| {self.backend} | `{o.name}`{alias} | `{default}` | {o.describe()} | {o.doc} |")
         return rows

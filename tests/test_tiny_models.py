@@ -231,7 +231,8 @@ def test_reference_format_and_determinism(trained_llama, tmp_path):
 def test_nodes_run_through_the_node_entry_point(tmp_path):
     """tiny-model then reference, each as `python -m builders.node run spec.json`."""
     def spec(key, kind, params, inputs, name):
-        s = {"schema": SCHEMA, "parents": {}, "key": key, "kind": kind, "backend": "model", "digest": "0" * 64, "params": params,
+        s = {"schema": SCHEMA, "parents": {}, "key": key, "kind": kind, "backend": "model", "digest": "0" * 64,
+             "params": params,
              "model": {"name": "tiny-mistral", "source": "tiny:mistral", "revision": "tiny-0", "digest": ""},
              "inputs": inputs, "out": str(tmp_path / name / "out"), "work": str(tmp_path / name / "work"),
              "result": str(tmp_path / name / "result.json"), "steps": {}, "env": {"SOURCE_DATE_EPOCH": "0"}}
