@@ -44,16 +44,16 @@ class Family:
 
 
 ALL = {b: None for b in BACKENDS}
-# llama.cpp's converter writes no sliding window for these families (their GGUF attends to every token)
+# llama.cpp applies no sliding window for these families (their GGUF attends to every earlier token)
 GGUF_NO_WINDOW = {"gguf": ("sliding_window",)}
 
 FAMILIES: dict[str, Family] = {f.hf_arch: f for f in [
     Family("llama", "LlamaForCausalLM", "llama", support=ALL, drops=GGUF_NO_WINDOW),
     Family("qwen2", "Qwen2ForCausalLM", "qwen2", qkv_bias=True, support=ALL, drops=GGUF_NO_WINDOW),
     Family("mistral", "MistralForCausalLM", "mistral", support=ALL, drops=GGUF_NO_WINDOW),
-    # Phi-3: a Llama-style decoder whose checkpoint stores q/k/v and gate/up fused; llama.cpp's PHI3
-    # architecture keeps its sliding window
-    Family("phi3", "Phi3ForCausalLM", "phi3", support={
+    # Phi-3: a Llama-style decoder whose checkpoint stores q/k/v and gate/up fused. The converter writes
+    # Phi-3's sliding window, but llama.cpp's loader disables it ("Phi SWA is currently disabled")
+    Family("phi3", "Phi3ForCausalLM", "phi3", drops=GGUF_NO_WINDOW, support={
         "gguf": None,
         "mlc": "no Phi-3 model definition in builders/backends/mlc/models (fused qkv/gate_up checkpoint names)",
         "coreml": "the Core ML parts read separate q/k/v and gate/up projections; Phi-3 stores them fused",

@@ -147,8 +147,8 @@ def test_a_parent_that_is_no_nodedef_is_refused(tmp_path, monkeypatch):
 
 
 def test_phi3_plans_gguf_and_lists_what_other_backends_do_not_build(tmp_path):
-    """The family added as a row of builders/archs.py: GGUF cells are planned (llama.cpp keeps its sliding
-    window), MLC and Core ML cells are listed unsupported with the table's reason, nothing fails."""
+    """The family added as a row of builders/archs.py: GGUF cells are planned, MLC and Core ML cells are
+    listed unsupported with the table's reason, nothing fails."""
     m = copy.deepcopy(matrix.load(ROOT / "matrix.yaml"))
     m.models["tiny-phi3"] = dataclasses.replace(m.models["tiny-llama"], name="tiny-phi3", source="tiny:phi3",
                                                 arch="phi3")

@@ -59,8 +59,8 @@ OPTIONS = OptionSet("gguf", [
 
 def sliding_window_reason(c: DecoderConfig) -> str | None:
     """Why a model whose attention is windowed has no faithful GGUF, else None. For the families whose
-    window llama.cpp's converter drops (archs.py `drops`: Llama/Mistral/Qwen2) the GGUF attends to every
-    earlier token and its logits differ from the original's once a text is longer than the window."""
+    window llama.cpp drops (archs.py `drops`: all of them today) the GGUF attends to every earlier token
+    and its logits differ from the original's once a text is longer than the window."""
     if "sliding_window" not in drops("gguf", c.hf_arch) or not c.window_below(None):
         return None
     return (f"llama.cpp's converter drops the sliding window (sliding_window {c.sliding_window} < "

@@ -135,14 +135,13 @@ TINY_ARCHS: dict[str, TinyArch] = {
             "max_position_embeddings": 4096,
             "original_max_position_embeddings": 4096,  # llama.cpp's PHI3 converter requires it
             "rope_theta": 10000.0,
-            # kept by llama.cpp's PHI3 architecture (unlike Mistral's); wider than every verification text
-            "sliding_window": 1024,
+            "sliding_window": None,  # llama.cpp ignores Phi-3's window: none, so the GGUF cells are built
             "tie_word_embeddings": False,
             "pad_token_id": None,  # Phi3Config's default (32000) is outside the tiny vocabulary
             "resid_pdrop": 0.0,
             "embd_pdrop": 0.0,
         },
-        ("gqa", "fused_qkv_gate_up", "sliding_window"),
+        ("gqa", "fused_qkv_gate_up"),
     ),
 }
 
