@@ -1,11 +1,12 @@
-"""The README's support matrix, generated from the backends' and targets' tables (`invoke docs`)."""
+"""The README's support matrix, generated from the backends', targets' and architectures' (builders/archs.py)
+tables (`invoke docs`)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from builders import backends
+from builders import archs, backends
 from builders.targets import TARGETS
 
 START, END = "<!-- support-matrix:start -->", "<!-- support-matrix:end -->"
@@ -24,6 +25,11 @@ def support_matrix() -> str:
     for b in names:
         be = backends.get(b)
         rows.append(f"| {b} | {' '.join(f'`{q}`' for q in be.quants)} | {', '.join(be.archs)} |")
+    rows += ["", "| architecture | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for f in archs.FAMILIES.values():
+        cells = [("yes" + (f" (no {', '.join(d.replace('_', ' ') for d in f.drops[b])})" if f.drops.get(b) else "")) if f.reason(b) is None
+                 else f"no: {f.reason(b)}" for b in names]
+        rows.append(f"| {f.hf_arch} (`tiny:{f.name}`) | " + " | ".join(cells) + " |")
     rows += ["", "| backend | option | default | valid values | what it does |", "|---|---|---|---|---|"]
     for b in names:
         rows += backends.get(b).options.table()
