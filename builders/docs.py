@@ -27,8 +27,13 @@ def support_matrix() -> str:
         rows.append(f"| {b} | {' '.join(f'`{q}`' for q in be.quants)} | {', '.join(be.archs)} |")
     rows += ["", "| architecture | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for f in archs.FAMILIES.values():
-        cells = [("yes" + (f" (no {', '.join(d.replace('_', ' ') for d in f.drops[b])})" if f.drops.get(b) else "")) if f.reason(b) is None
-                 else f"no: {f.reason(b)}" for b in names]
+        def cell(b: str) -> str:
+            if f.reason(b) is not None:
+                return f"no: {f.reason(b)}"
+            dropped = ", ".join(d.replace("_", " ") for d in f.drops.get(b, ()))
+            return f"yes (no {dropped})" if dropped else "yes"
+
+        cells = [cell(b) for b in names]
         rows.append(f"| {f.hf_arch} (`tiny:{f.name}`) | " + " | ".join(cells) + " |")
     rows += ["", "| backend | option | default | valid values | what it does |", "|---|---|---|---|---|"]
     for b in names:
