@@ -2,8 +2,10 @@
 
 Nodes: `gguf-convert` (convert_hf_to_gguf.py: F32/F16/BF16/Q8_0) and `gguf-quantize`
 (llama_cpp.llama_model_quantize from the F16 file). GGUF files are target-independent: every target
-cell of a quant maps to the same node. Each node loads its file with llama.cpp and compares logits with
-the transformers reference before it may be promoted.
+cell of a quant maps to the same quant node. Each node loads its file with llama.cpp and compares logits with
+the transformers reference before it may be promoted. Targets with a runtime image of their own (vulkan,
+vulkan-windows, android: builders/backends/gguf_runtime.py) add a `gguf-runtime` node after it: the same
+file plus llama.cpp built for that target, verified by running that build here.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from builders.backends import gguf_runtime
 from builders.backends.base import Cell, ModelRef, NodeContext, NodeDef
 from builders.errors import MatrixError, NodeFailed
 from builders.verify import gguf_types
@@ -70,7 +73,7 @@ class GgufBackend:
     # llama.cpp runs the same file on all of these; webgpu and the ANE are not llama.cpp targets
     targets = ("cpu", "cuda", "vulkan", "vulkan-windows", "android", "iphone", "metal", "metal_x86_64")
     archs = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
-    code = ("backends/gguf.py", "verify/tokenizer_check.py", "verify/gguf_types.py", "verify/gguf_weights.py",
+    code = ("backends/gguf.py", "backends/gguf_runtime.py", "verify/tokenizer_check.py", "verify/gguf_types.py", "verify/gguf_weights.py",
             "verify/hf_forward.py")
 
     def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -104,6 +107,10 @@ class GgufBackend:
         if QUANTS[cell.quant].tool == "quantize":
             nodes.append(self._node(model, SOURCE_QUANT, dict(cell.options)))
         nodes.append(self._node(model, cell.quant, dict(cell.options)))
+        if cell.target in gguf_runtime.RUNTIMES:
+            quant_node = nodes[-1]
+            nodes.append(gguf_runtime.node(model.name, cell.quant, cell.target, quant_node.key,
+                                           quant_node.params["verify"]))
         return nodes
 
     def steps(self, kind: str):
@@ -111,6 +118,8 @@ class GgufBackend:
             return [("convert", step_convert), ("verify", step_verify), ("verify_tokenizer", step_verify_tokenizer)]
         if kind == "gguf-quantize":
             return [("quantize", step_quantize), ("verify", step_verify), ("verify_tokenizer", step_verify_tokenizer)]
+        if kind == "gguf-runtime":
+            return list(gguf_runtime.STEPS)
         raise NodeFailed(f"gguf backend has no node kind '{kind}'")
 
 
