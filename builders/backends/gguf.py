@@ -73,6 +73,12 @@ class GgufBackend:
     # llama.cpp runs the same file on all of these; webgpu and the ANE are not llama.cpp targets
     targets = ("cpu", "cuda", "vulkan", "vulkan-windows", "android", "iphone", "metal", "metal_x86_64")
     archs = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+    # the README's support matrix: what a cell of each target holds and where its logits come from
+    target_notes = {"cpu": "llama-cpp-python, verified here",
+                    **{t: f"+ llama.cpp runtime bundle, verified here: {rt.runs_on}"
+                       for t, rt in gguf_runtime.RUNTIMES.items()},
+                    **{t: "the cpu cell's file (no runtime built or run for this target)"
+                       for t in ("cuda", "iphone", "metal", "metal_x86_64")}}
     code = ("backends/gguf.py", "backends/gguf_runtime.py", "verify/tokenizer_check.py", "verify/gguf_types.py", "verify/gguf_weights.py",
             "verify/hf_forward.py")
 
