@@ -109,6 +109,14 @@ def _host_path(path: Path, target: str) -> str:
     return "Z:" + str(path).replace("/", "\\") if target == "vulkan-windows" else str(path)
 
 
+def _wine() -> str:
+    """Debian's wine64 loader (/usr/bin/wine64 on some releases, /usr/lib/wine/wine64 on bookworm)."""
+    for cand in (shutil.which("wine64"), "/usr/lib/wine/wine64", shutil.which("wine")):
+        if cand and Path(cand).is_file():
+            return cand
+    raise NodeFailed("no wine64 in this image: the vulkan-windows runtime node runs in the gguf-windows image")
+
+
 def _command(ctx: NodeContext, model: Path, tokens: Path, logits: Path) -> tuple[list[str], dict]:
     """The bm-logits invocation of this target and its environment."""
     target = ctx.params["target"]
@@ -124,7 +132,7 @@ def _command(ctx: NodeContext, model: Path, tokens: Path, logits: Path) -> tuple
         wine_home.mkdir(parents=True, exist_ok=True)
         env.update(WINEPREFIX=str(wine_home / "prefix"), HOME=str(wine_home), WINEDEBUG="-all",
                    WINEDLLOVERRIDES="mscoree,mshtml=", WINEPATH=_host_path(bundle / "lib", target))
-        return ["wine64", str(bundle / "bin" / "bm-logits.exe"), *args], env
+        return [_wine(), str(bundle / "bin" / "bm-logits.exe"), *args], env
     env["LD_LIBRARY_PATH"] = str(bundle / "lib")
     exe = str(bundle / "bin" / "bm-logits")
     if target == "android":
