@@ -15,12 +15,12 @@ build=${BM_RUNTIME_BUILD:-/src/build}
 cmake -S "$src" -B "$build" -DLLAMA_SOURCE="$llama" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
   -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
   -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_COMMON=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-  -DCMAKE_INSTALL_PREFIX="$out" "$@"
+  -DCMAKE_PLATFORM_NO_VERSIONED_SONAME=ON -DCMAKE_BUILD_RPATH='$ORIGIN/../lib' -DCMAKE_INSTALL_PREFIX="$out" "$@"
 cmake --build "$build" --target bm-logits -j "$jobs"
 mkdir -p "$out/bin" "$out/lib"
 find "$build" -name 'bm-logits' -type f -perm -u+x -exec cp {} "$out/bin/" \;
 find "$build" -name 'bm-logits.exe' -exec cp {} "$out/bin/" \;
-find "$build" \( -name 'lib*.so*' -o -name '*.dll' \) -exec cp -P {} "$out/lib/" \;
+find "$build" \( -name 'lib*.so*' -o -name '*.dll' \) -exec cp {} "$out/lib/" \;  # unversioned: no links
 for f in ${BUNDLE_EXTRA:-}; do cp "$f" "$out/lib/"; done  # runtime libraries of the toolchain (mingw's)
 ls "$out/bin"/bm-logits* >/dev/null
 python3 - "$target" "$toolchain" "$out" "$@" <<'PY'
