@@ -1,6 +1,8 @@
 """Plan shape of GGUF cells whose target has a runtime image (builders/backends/gguf_runtime.py): the quant node
 is shared with the cpu cell, the cell's artifact is a gguf-runtime node in that target's image."""
 
+from pathlib import Path
+
 from builders import images, matrix
 from builders.backends import gguf_runtime
 from builders.plan import make_plan
@@ -47,3 +49,20 @@ def test_runtime_node_digest_moves_with_its_image_not_the_quant_node(tmp_path):
     nodes = {n["key"]: n for n in p["nodes"]}
     assert nodes["tiny-llama.gguf.Q8_0.vulkan"]["digest"] != nodes["tiny-llama.gguf.Q8_0"]["digest"]
     assert nodes["tiny-llama.gguf.Q8_0.vulkan"]["publish"] == "gguf/vulkan"
+
+
+def test_binary_kind_refuses_a_bundle_for_another_machine(tmp_path):
+    import sys
+
+    from builders.backends.gguf_runtime import _binary_kind
+
+    assert _binary_kind(Path(sys.executable).resolve()) == "elf-x86_64"  # this build host's python
+    aarch64 = tmp_path / "a"
+    aarch64.write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 11 + (0xB7).to_bytes(2, "little") + b"\0" * 44)
+    pe = tmp_path / "b.exe"
+    pe.write_bytes(b"MZ" + b"\0" * 0x3A + (0x80).to_bytes(4, "little") + b"\0" * 0x40 + b"PE\0\0"
+                   + (0x8664).to_bytes(2, "little") + b"\0" * 32)
+    text = tmp_path / "c"
+    text.write_text("#!/bin/sh\n")
+    assert [_binary_kind(p) for p in (aarch64, pe, text)] == ["elf-aarch64", "pe-x86_64", "unknown"]
+    assert {rt.binary for rt in gguf_runtime.RUNTIMES.values()} == {"elf-x86_64", "pe-x86_64", "elf-aarch64"}

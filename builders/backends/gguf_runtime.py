@@ -34,17 +34,18 @@ class Runtime:
     image: str  # matrix.yaml images: entry
     runs_on: str  # how the build host runs it, for the manifest
     device: str  # prefix of the ggml device name the logits must come from (bm-logits prints them)
+    binary: str  # what bin/bm-logits* must be (_binary_kind), so a bundle for another target is refused
     gpu_layers: int  # bm-logits N_GPU_LAYERS
     elsewhere: tuple[str, ...] = ()  # checks of this target that need another machine (manifest notes)
 
 
 RUNTIMES: dict[str, Runtime] = {
-    "vulkan": Runtime("gguf-vulkan", "ggml-vulkan on Mesa lavapipe (Vulkan on the CPU)", "Vulkan", 999,
+    "vulkan": Runtime("gguf-vulkan", "ggml-vulkan on Mesa lavapipe (Vulkan on the CPU)", "Vulkan", "elf-x86_64", 999,
                       ("a run on a Vulkan GPU (the same .so; lavapipe checks the Vulkan kernels here)",)),
-    "vulkan-windows": Runtime("gguf-windows", "Windows x86_64 CPU build (mingw-w64) under wine64", "CPU", 0,
+    "vulkan-windows": Runtime("gguf-windows", "Windows x86_64 CPU build (mingw-w64) under wine64", "CPU", "pe-x86_64", 0,
                               ("the ggml-vulkan .dll and its run: need a Windows machine with a Vulkan GPU "
                                "(not built here: no Windows Vulkan loader import library in Debian)",)),
-    "android": Runtime("gguf-arm64", "arm64 build under qemu-aarch64-static (the ARM NEON kernels)", "CPU", 0,
+    "android": Runtime("gguf-arm64", "arm64 build under qemu-aarch64-static (the ARM NEON kernels)", "CPU", "elf-aarch64", 0,
                        ("a run on an Android device (an NDK build from a CI runner; this bundle is aarch64 Linux "
                         "unless runtime.json's toolchain names the NDK)",)),
 }
@@ -67,6 +68,18 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _binary_kind(path: Path) -> str:
+    """elf-aarch64, elf-x86_64, pe-x86_64 or unknown, from the file's header."""
+    head = path.read_bytes()[:4096]
+    if head[:4] == b"\x7fELF" and len(head) > 19:
+        return {0xB7: "elf-aarch64", 0x3E: "elf-x86_64"}.get(int.from_bytes(head[18:20], "little"), "unknown")
+    if head[:2] == b"MZ" and len(head) > 0x40:
+        pe = int.from_bytes(head[0x3C:0x40], "little")
+        if head[pe:pe + 4] == b"PE\0\0" and int.from_bytes(head[pe + 4:pe + 6], "little") == 0x8664:
+            return "pe-x86_64"
+    return "unknown"
 
 
 def _tools() -> dict:
@@ -96,10 +109,14 @@ def step_bundle(ctx: NodeContext) -> None:
             raise NodeFailed(f"runtime bundle file {rel} does not match the image's runtime.json")
     tools = _tools()
     rt = RUNTIMES[ctx.params["target"]]
+    (exe,) = sorted((runtime / "bin").glob("bm-logits*"))
+    kind = _binary_kind(exe)
+    if kind != rt.binary:
+        raise NodeFailed(f"{exe.name} is {kind}; a {ctx.params['target']} bundle must be {rt.binary}")
     ctx.result["tool_versions"] = {"llama.cpp": tools.get("llama_cpp", {}), "runtime": info}
     ctx.result["runtime_abi"] = {"target": ctx.params["target"], "bundle": info["target"],
                                  "toolchain": info["toolchain"], "llama.cpp": tools.get("llama_cpp", {}).get("commit"),
-                                 "gguf_sha256": _sha256(dst), "runs_here_on": rt.runs_on}
+                                 "gguf_sha256": _sha256(dst), "runs_here_on": rt.runs_on, "binary": kind}
     ctx.result["runs_elsewhere"] = list(rt.elsewhere)
     ctx.result["notes"] = [f"verified here: {rt.runs_on}"] + [f"not checked here: {e}" for e in rt.elsewhere]
     ctx.log(f"bundle {info['target']} ({info['toolchain']}): {', '.join(sorted(info['files']))}")
