@@ -1,6 +1,7 @@
 """GGUF per target, end to end through the real CLI and Docker engine: the quant node's file plus llama.cpp
 compiled for the target in its own image, verified by running that build here (lavapipe, wine64, qemu-aarch64).
-One build of the three runtime cells is shared by the module (the seed store supplies model, reference, F16)."""
+The module shares one output root: the quant node is built once, each runtime cell on first use (so `-k android`
+builds only that image); the seed store supplies model, reference, F16."""
 
 import json
 from pathlib import Path
@@ -17,13 +18,19 @@ TARGETS = ("vulkan", "vulkan-windows", "android")
 @pytest.fixture(scope="module")
 def runtime_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist-gguf-runtimes")
-    proc = invoke("build", "--out", str(out), "--model", "tiny:llama", "--backends", "gguf", "--quants", "Q4_K_M",
-                  "--targets", ",".join(TARGETS))
-    return out, proc, manifests(out)
+    done = {}
+
+    def build(target: str):
+        if target not in done:
+            done[target] = invoke("build", "--out", str(out), "--model", "tiny:llama", "--backends", "gguf",
+                                  "--quants", "Q4_K_M", "--targets", target)
+        return out, done[target], manifests(out)
+
+    return build
 
 
 def _checked(runtime_out, target: str, bundle: str, device: str, binary: str) -> dict:
-    out, proc, ms = runtime_out
+    out, proc, ms = runtime_out(target)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     quant = ms["tiny-llama.gguf.Q4_K_M"]
     m = ms[f"tiny-llama.gguf.Q4_K_M.{target}"]
@@ -59,5 +66,5 @@ def test_vulkan_windows_cell_runs_the_windows_build_under_wine(runtime_out):
 def test_android_cell_runs_the_arm64_build_under_qemu(runtime_out):
     m = _checked(runtime_out, "android", "android-arm64", "CPU", "runtime/bin/bm-logits")
     assert "aarch64" in m["runtime_abi"]["toolchain"] or "NDK" in m["runtime_abi"]["toolchain"]
-    elf = Path(runtime_out[0]) / ".store" / m["node"]["digest"] / "out" / "runtime" / "bin" / "bm-logits"
+    elf = Path(runtime_out("android")[0]) / ".store" / m["node"]["digest"] / "out" / "runtime" / "bin" / "bm-logits"
     assert elf.read_bytes()[18] == 0xB7, "an aarch64 ELF (e_machine EM_AARCH64)"
