@@ -12,11 +12,19 @@ from builders.targets import TARGETS
 START, END = "<!-- support-matrix:start -->", "<!-- support-matrix:end -->"
 
 
+def _cell(backend, target: str) -> str:
+    """"yes" (with the backend's note on how that target's artifact is built/checked, if it has one) or "—"."""
+    if target not in backend.targets:
+        return "—"
+    note = getattr(backend, "target_notes", {}).get(target)
+    return f"yes: {note}" if note else "yes"
+
+
 def support_matrix() -> str:
     names = backends.USER_BACKENDS
     rows = ["| target | " + " | ".join(names) + " | notes |", "|---|" + "---|" * (len(names) + 1)]
     for t in TARGETS.values():
-        cells = ["yes" if t.name in backends.get(b).targets else "—" for b in names]
+        cells = [_cell(backends.get(b), t.name) for b in names]
         notes = ", ".join(n for n, on in (("needs macOS for some steps", t.needs_macos),
                                           ("runs on a GPU", t.needs_gpu),
                                           ("verified on the build host", t.runs_on_build_host)) if on)

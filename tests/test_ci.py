@@ -184,10 +184,12 @@ def test_shared_nodes_build_once(tmp_path, big_matrix):
     assert {g for g in lay.groups if lay.groups[g].stage == "models"} == {
         "tiny-llama.model", "tiny-qwen2.model", "tiny-mistral.model"}
     assert "tiny-llama.gguf.F16+Q4_K_M" in lay.groups and "tiny-llama.gguf.Q8_0" in lay.groups
-    gguf = [k for k in keys if ".gguf." in k]
-    # 2 models x 3 quants, one node each, whatever the number of targets (tiny-mistral's sliding window
-    # makes its gguf cells unsupported)
+    gguf = [k for k in keys if ".gguf." in k and k.split(".")[-1] not in ("vulkan", "vulkan-windows", "android")]
+    # 2 models x 3 quants, one quant node each, whatever the number of targets (tiny-mistral's sliding window
+    # makes its gguf cells unsupported); the runtime targets add one node per cell on top of it
     assert len(gguf) == 6 and not any(k.startswith("tiny-mistral.gguf") for k in gguf)
+    runtimes = [k for k in keys if ".gguf." in k and k not in gguf]
+    assert len(runtimes) == 2 * 3 * 3, runtimes
 
 
 def test_matrix_and_filters_reach_every_job(tmp_path, big_matrix):

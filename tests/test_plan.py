@@ -28,7 +28,7 @@ def test_one_f16_conversion_feeds_every_quantization(tmp_path):
 
 
 def test_gguf_files_are_target_independent(tmp_path):
-    p = plan(tmp_path, backends_="gguf", quants="Q8_0", targets="cpu,cuda,android")
+    p = plan(tmp_path, backends_="gguf", quants="Q8_0", targets="cpu,cuda,metal")
     digests = {c["digest"] for c in p["cells"]}
     assert len(p["cells"]) == 3 and len(digests) == 1
 

@@ -2,8 +2,10 @@
 
 Nodes: `gguf-convert` (convert_hf_to_gguf.py: F32/F16/BF16/Q8_0) and `gguf-quantize`
 (llama_cpp.llama_model_quantize from the F16 file). GGUF files are target-independent: every target
-cell of a quant maps to the same node. Each node loads its file with llama.cpp and compares logits with
-the transformers reference before it may be promoted.
+cell of a quant maps to the same quant node. Each node loads its file with llama.cpp and compares logits with
+the transformers reference before it may be promoted. Targets with a runtime image of their own (vulkan,
+vulkan-windows, android: builders/backends/gguf_runtime.py) add a `gguf-runtime` node after it: the same
+file plus llama.cpp built for that target, verified by running that build here.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from builders.archs import DecoderConfig, drops, supported
+from builders.backends import gguf_runtime
 from builders.backends.base import REFERENCE, Cell, ModelRef, NodeContext, NodeDef
 from builders.errors import NodeFailed
 from builders.options import Option, OptionSet
@@ -75,7 +78,14 @@ class GgufBackend:
     targets = ("cpu", "cuda", "vulkan", "vulkan-windows", "android", "iphone", "metal", "metal_x86_64")
     archs = supported("gguf")
     options = OPTIONS
-    code = ("backends/gguf.py", "verify/tokenizer_check.py", "verify/gguf_types.py", "verify/gguf_weights.py",
+    # the README's support matrix: what a cell of each target holds and where its logits come from
+    target_notes = {"cpu": "llama-cpp-python, verified here",
+                    **{t: f"+ llama.cpp runtime bundle, verified here: {rt.runs_on}"
+                       for t, rt in gguf_runtime.RUNTIMES.items()},
+                    **{t: "the cpu cell's file (no runtime built or run for this target)"
+                       for t in ("cuda", "iphone", "metal", "metal_x86_64")}}
+    code = ("backends/gguf.py", "backends/gguf_runtime.py", "verify/tokenizer_check.py", "verify/gguf_types.py",
+            "verify/gguf_weights.py",
             "verify/hf_forward.py")
 
     def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -99,13 +109,18 @@ class GgufBackend:
 
     def expand(self, cell: Cell, model: ModelRef) -> list[NodeDef]:
         node = self._node(model, cell.quant, dict(cell.options))
-        return [node.parents["source"], node] if "source" in node.parents else [node]
+        nodes = [node.parents["source"], node] if "source" in node.parents else [node]
+        if cell.target in gguf_runtime.RUNTIMES:
+            nodes.append(gguf_runtime.node(model.name, cell.quant, cell.target, node, node.params["verify"]))
+        return nodes
 
     def steps(self, kind: str):
         if kind == "gguf-convert":
             return [("convert", step_convert), ("verify", step_verify), ("verify_tokenizer", step_verify_tokenizer)]
         if kind == "gguf-quantize":
             return [("quantize", step_quantize), ("verify", step_verify), ("verify_tokenizer", step_verify_tokenizer)]
+        if kind == "gguf-runtime":
+            return list(gguf_runtime.STEPS)
         raise NodeFailed(f"gguf backend has no node kind '{kind}'")
 
 

@@ -1,0 +1,1 @@
+../gguf.context/llama-cpp-info.py

@@ -1,0 +1,1 @@
+../gguf-runtime.src/bm-logits.cpp

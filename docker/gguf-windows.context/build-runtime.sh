@@ -1,0 +1,1 @@
+../gguf-runtime.src/build-runtime.sh
