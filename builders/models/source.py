@@ -1,4 +1,5 @@
-"""Model sources: `tiny:ARCH` and `synthetic:CONFIG[@layers=N]` (generated here), `ORG/NAME` (Hugging Face hub), or a local directory.
+"""Model sources: `tiny:ARCH` and `synthetic:CONFIG[@layers=N]` (generated here), `ORG/NAME` (Hugging Face
+hub), or a local directory.
 
 Parsing is pure; resolving (hashing files, downloading) lives in builders/models/resolve.py.
 """
