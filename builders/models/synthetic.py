@@ -97,8 +97,6 @@ def synthetic_config(spec: str) -> dict:
     config = upstream_config(name)
     for key, value in overrides.items():
         config[OVERRIDES[key]] = value
-    if "max_window_layers" in config and "layers" in overrides:
-        config["max_window_layers"] = min(config["max_window_layers"], overrides["layers"])
     return config
 
 
