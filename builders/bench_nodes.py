@@ -5,9 +5,10 @@ every node of that plan - found by the node's digest, never by kind - and prints
 
     wall        the node's time in its container (manifest timings.seconds)
     phases      the seconds of each step the node ran (manifest timings.steps)
-    peak RSS    the container's peak resident memory sampled from its cgroup (container_peak_rss_mb,
-                builders/executors/container_memory.py); nodes built before that was recorded show the
-                largest single process (peak_rss_mb) marked `proc`
+    peak RSS    the container's peak resident memory sampled from its cgroup each second (container_peak_rss_mb,
+                builders/executors/container_memory.py) or, where larger (a spike between samples, or a
+                node built before the sampler), the largest single process's own peak (peak_rss_mb),
+                marked `proc`
     x model     peak RSS / the model's size in bfloat16 (2 bytes x the elements of its safetensors)
     upstream    for conversion steps: the step's seconds / the same conversion by the upstream tool called
                 directly in the same image with the same container limits (DIRECT below), and that run's
@@ -124,9 +125,11 @@ def node_rows(out: Path, plan, direct: bool) -> list[dict]:
             src = store / plan.nodes[model.node].digest / "out" if model.node else plan.model_dirs[model.name]
             model_elements[model.name] = safetensors_elements(src)
         bf16_mb = model_elements.get(model.name, 0) * 2 / MB if model is not None else 0
-        peak, how = extra.get("container_peak_rss_mb"), "cgroup"
-        if peak is None:
-            peak, how = extra.get("peak_rss_mb"), "proc"
+        # the sampled cgroup figure can miss a spike shorter than its 1 s period; the largest process's own
+        # high-water mark cannot: the larger of the two, and which one it was
+        sampled, proc = extra.get("container_peak_rss_mb"), extra.get("peak_rss_mb")
+        peak, how = max(((v, k) for k, v in (("cgroup", sampled), ("proc", proc)) if v is not None),
+                        default=(None, "none"))
         row: dict[str, Any] = {
             "node": key, "kind": pn.node.kind, "wall_s": manifest["timings"]["seconds"],
             "steps_s": {k: v.get("seconds") for k, v in manifest["timings"]["steps"].items()},
@@ -174,7 +177,7 @@ def table(rows: list[dict]) -> str:
             continue
         up = (f"{r['step']} {r['step_s']:.1f}/{r['upstream_s']:.1f}={r['step_over_upstream']:.2f}"
               if "step_over_upstream" in r else ("FAILED" if "upstream_failed" in r else ""))
-        peak = f"{_fmt(r['peak_rss_mb'], '.0f')}{'' if r['peak_rss_source'] == 'cgroup' else ' proc'}"
+        peak = f"{_fmt(r['peak_rss_mb'], '.0f')}{' proc' if r['peak_rss_source'] == 'proc' else ''}"
         phases = " ".join(f"{k} {v:.1f}" for k, v in r["steps_s"].items() if v is not None)
         lines.append(f"{r['node']:44} {r['wall_s']:7.1f}  {peak:>12} {_fmt(r['peak_over_model'], '.2f'):>7}  "
                      f"{up:>22}  {phases}")
