@@ -51,7 +51,10 @@ def _f16_convert(out: Path) -> tuple[dict, Path]:
         sys.exit("the default build has no F16 gguf-convert node to compare with llama.cpp's converter")
     model = plan.models[pn.model]
     model_dir = out / ".store" / plan.nodes[model.node].digest / "out" if model.node else plan.model_dirs[model.name]
-    return json.loads((out / ".store" / pn.digest / "manifest.json").read_text()), model_dir
+    manifest = out / ".store" / pn.digest / "manifest.json"
+    if not manifest.is_file():
+        sys.exit(f"{pn.node.key}: no manifest at {manifest}; the cold build did not promote it")
+    return json.loads(manifest.read_text()), model_dir
 
 
 NOOP_QUANTS = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0")  # the ones with thresholds
