@@ -10,7 +10,8 @@ MATRIX = "matrix.yaml"
 OUT = "dist"
 
 SELECT_HELP = {
-    "model": "model: a name from matrix.yaml, tiny:ARCH, ORG/NAME hub id, or a local directory",
+    "model": ("model: a name from matrix.yaml, tiny:ARCH, synthetic:CONFIG[@layers=N], ORG/NAME hub id, "
+              "or a local directory"),
     "backends": "comma-separated backends (gguf, mlc, coreml); default: matrix.yaml defaults",
     "quants": "comma-separated quant codes (each backend takes the ones it knows)",
     "targets": "comma-separated targets (cpu, cuda, android, iphone, metal, webgpu, ane, ...)",
@@ -62,9 +63,18 @@ def test(c, k=None, fast=False):
 
 
 @task(help={"out": "scratch output root for the benchmark (default dist-bench/)",
-            "runs": "repetitions for the warm no-op timing"})
-def bench(c, out="dist-bench", runs=5):
-    """Speed and memory figures: cold build, warm no-op, overhead vs llama.cpp's converter, peak memory."""
+            "runs": "repetitions for the warm no-op timing (default bench only)",
+            "model": "per-node figures of this model's build instead (e.g. synthetic:qwen2.5-0.5b)",
+            "backends": SELECT_HELP["backends"], "quants": SELECT_HELP["quants"], "targets": SELECT_HELP["targets"],
+            "direct": "with --model: also time each conversion step's upstream tool called directly (default on)"})
+def bench(c, out="dist-bench", runs=5, model=None, backends=None, quants=None, targets=None, direct=True):
+    """Speed and memory figures: cold build, warm no-op, overhead vs llama.cpp's converter, peak memory;
+    with --model: wall, phases, peak RSS and upstream ratio per node of that model's build."""
+    if model:
+        from builders import bench_nodes
+
+        bench_nodes.main(out, model, backends, quants, targets, direct)
+        return
     from builders import bench as bench_mod
 
     bench_mod.main(out, int(runs))

@@ -3,7 +3,8 @@ no-op rebuild of a many-cell matrix (every cell cached: each entry checked throu
 published copy checked) against the bare CLI start-up; target: under 1 s above start-up.
 
 Whole-process timings of the real CLI on the embedded default model; figures are printed and written
-to <out>/bench.json. Not a test: nothing here asserts a speed.
+to <out>/bench.json. Not a test: nothing here asserts a speed. `invoke bench --model M` gives per-node
+figures of another model's build instead (builders/bench_nodes.py).
 """
 
 from __future__ import annotations
@@ -25,23 +26,35 @@ def _timed(cmd: list[str]) -> tuple[float, int]:
     return time.monotonic() - t0, rc
 
 
-def _direct_convert_seconds(out: Path, manifest: dict) -> float | None:
+def _direct_convert_seconds(model_dir: Path, manifest: dict) -> float:
     """The same conversion, calling llama.cpp's converter directly in the same image (no buildmatrix)."""
     import docker
 
-    from builders.store import Store
-
     client = docker.from_env()
-    tiny = [d for d in (Store(out).root / ".store").iterdir() if (d / "manifest.json").is_file()
-            and json.loads((d / "manifest.json").read_text())["node"]["kind"] == "tiny-model"]
-    if not tiny:
-        return None
     t0 = time.monotonic()
     client.containers.run(manifest["image"]["ref"], ["python", "/opt/llama.cpp/convert_hf_to_gguf.py", "/m",
                                                      "--outtype", "f16", "--outfile", "/tmp/x.gguf"],
-                          volumes={str(tiny[0] / "out"): {"bind": "/m", "mode": "ro"}}, network_mode="none",
+                          volumes={str(model_dir): {"bind": "/m", "mode": "ro"}}, network_mode="none",
                           remove=True)
     return time.monotonic() - t0
+
+
+def _f16_convert(out: Path) -> tuple[dict, Path]:
+    """The manifest of the default build's F16 gguf-convert node and its model's directory, both found by
+    the plan's digests (not the first manifest of a kind in the store, which may be another model's)."""
+    from builders.bench_nodes import _plan
+
+    plan = _plan(out, None, None, None, None)
+    pn = next((p for p in plan.nodes.values() if p.node.kind == "gguf-convert" and p.node.params.get("quant") == "F16"),
+              None)
+    if pn is None:
+        sys.exit("the default build has no F16 gguf-convert node to compare with llama.cpp's converter")
+    model = plan.models[pn.model]
+    model_dir = out / ".store" / plan.nodes[model.node].digest / "out" if model.node else plan.model_dirs[model.name]
+    manifest = out / ".store" / pn.digest / "manifest.json"
+    if not manifest.is_file():
+        sys.exit(f"{pn.node.key}: no manifest at {manifest}; the cold build did not promote it")
+    return json.loads(manifest.read_text()), model_dir
 
 
 NOOP_QUANTS = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0")  # the ones with thresholds
@@ -79,9 +92,9 @@ def main(out: str, runs: int) -> None:
         sys.exit(f"cold build failed (exit {rc}); run `{' '.join(build)}` to see why")
     warm = [_timed(build)[0] for _ in range(runs)]
     manifests = [json.loads(p.read_text()) for p in out_path.glob(".store/*/manifest.json")]
-    convert = next(m for m in manifests if m["node"]["kind"] == "gguf-convert")
+    convert, model_dir = _f16_convert(out_path)
     node_seconds = convert["timings"]["steps"]["convert"]["seconds"]  # the convert step, in its container
-    direct = _direct_convert_seconds(out_path, convert)
+    direct = _direct_convert_seconds(model_dir, convert)
     figures = {
         "cold_build_s": round(cold, 2),
         "warm_noop_median_s": round(statistics.median(warm), 3),

@@ -128,6 +128,11 @@ class StepResult:
     steps: dict[str, Any] = field(default_factory=dict)  # step -> {"status", "seconds"}
     steps_done: list[str] = field(default_factory=list)
     peak_rss_mb: float | None = None
+    # docker executor (executors/container_memory.py): the container's sampled peak RSS, the cgroup's
+    # high-water mark incl. page cache, and how many samples they come from
+    container_peak_rss_mb: float | None = None
+    container_peak_mem_mb: float | None = None
+    container_samples: int | None = None
     verification: Verification | None = None
     tool_versions: dict[str, Any] = field(default_factory=dict)
     runtime_abi: dict[str, Any] = field(default_factory=dict)

@@ -42,6 +42,9 @@ def make_manifest(pn, plan, result: StepResult, image: dict, outputs: list[dict]
         "deferred": result.deferred,
         "notes": result.notes,
         "reports": result.reports,
-        "timings": {"seconds": round(seconds, 3), "steps": result.steps, "peak_rss_mb": result.peak_rss_mb},
+        "timings": {"seconds": round(seconds, 3), "steps": result.steps, "peak_rss_mb": result.peak_rss_mb,
+                    **{k: v for k, v in (("container_peak_rss_mb", result.container_peak_rss_mb),
+                                         ("container_peak_mem_mb", result.container_peak_mem_mb),
+                                         ("container_samples", result.container_samples)) if v is not None}},
         "source_date_epoch": source_date_epoch,
     }

@@ -137,6 +137,12 @@ class Planner:
                 config = tiny_config(src.arch)
                 self.models[name] = ModelRef(name, src.source, f"tiny-{pn.digest[:7]}", pn.digest, config,
                                              config["architectures"][0], node=pn.key)
+            elif src.kind == "synthetic":
+                nd = model_nodes.synthetic_node(src.arch)
+                pn = self._add(nd, model=name, model_digest="")
+                config = nd.params["config"]
+                self.models[name] = ModelRef(name, src.source, f"synthetic-{pn.digest[:7]}", pn.digest, config,
+                                             config["architectures"][0], node=pn.key)
             elif src.kind == "local":
                 ref, path, files = resolve_local(src, cache)
                 self.models[name], self.model_dirs[name], self.model_files[name] = ref, path, files

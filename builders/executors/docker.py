@@ -7,7 +7,8 @@ never runs as root: it runs as the host user, or - when the build runs as root -
 user, so every file belongs to whoever runs the build. No capabilities, no-new-privileges, and the memory
 and pids limits of matrix.yaml `containers:` (builders/container_limits.py; no swap on top). A node the
 kernel killed for exceeding the memory limit fails with that one line. Ctrl-C or SIGTERM kills and removes
-the container before the interrupt propagates: no container outlives its build.
+the container before the interrupt propagates: no container outlives its build. The container's peak memory
+(engine stats, builders/executors/container_memory.py) is added to the node's result.json.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from builders.container_limits import ContainerLimits, default_limits
 from builders.contract import StepResult
 from builders.errors import ToolchainError
 from builders.executors import Mount, echo, node_dir, sigterm_raises, signals_deferred
+from builders.executors.container_memory import MemorySampler
 from builders.executors.node_user import chown_tree, container_user, require_readable
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -75,6 +77,16 @@ def _fail_for_oom(result_path: Path, rc: int, reason: str) -> int:
     result.update(status="failed", reason=reason)
     result_path.write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
     return rc or 1
+
+
+def _record_memory(result_path: Path, figures: dict) -> None:
+    """Add the container's peak memory (container_memory.py) to the node's result.json, if it wrote one."""
+    try:
+        result = json.loads(result_path.read_text())
+    except (OSError, ValueError):
+        return
+    result.update(figures)
+    result_path.write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -185,6 +197,7 @@ class DockerExecutor:
                     security_opt=["no-new-privileges"], mem_limit=self.limits.memory,
                     memswap_limit=self.limits.memory, pids_limit=self.limits.pids)
                 container.start()
+                sampler = MemorySampler(container).start()
                 with open(log_path, "ab") as log:
                     for chunk in container.logs(stream=True, follow=True):
                         log.write(chunk)
@@ -192,6 +205,7 @@ class DockerExecutor:
                         if self.echo:
                             echo(chunk)
                 rc = int(container.wait().get("StatusCode", 1))
+                _record_memory(host_node / Path(spec["result"]).relative_to("/node"), sampler.figures())
                 container.reload()
                 if container.attrs["State"].get("OOMKilled"):
                     rc = _fail_for_oom(host_node / Path(spec["result"]).relative_to("/node"), rc,

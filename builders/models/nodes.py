@@ -4,6 +4,9 @@
     tiny-vocab-model  params {"arch", "vocab"}     steps tokenizer, weights             -> HF model dir
                 (a real vocabulary rebuilt from llama.cpp's ggml-vocab GGUF: runs in the gguf image,
                 which keeps those files; random peaked weights, see tiny.VOCAB_ARCHS)
+    synthetic-model  params {"spec", "config", "vocab", "seed", "generator"}  steps tokenizer, weights
+                -> HF model dir (a real config, real vocabulary, random peaked bf16 weights written streamed;
+                builders/models/synthetic.py; gguf image, like tiny-vocab-model)
     reference   inputs {"model"}                step  logits                          -> reference.npz/json
 
 The planner builds these nodes itself with `tiny_node()` and `reference_node()`; `expand()` is never
@@ -17,7 +20,7 @@ from typing import Any, Callable, Mapping
 
 from builders.backends.base import Cell, ModelRef, NodeContext, NodeDef
 from builders.errors import NodeFailed
-from builders.models import tiny
+from builders.models import synthetic, tiny
 
 IMAGE = "base"
 VOCAB_IMAGE = "gguf"  # keeps llama.cpp's ggml-vocab-*.gguf + .inp/.out at /opt/llama.cpp/models
@@ -34,6 +37,16 @@ def tiny_node(arch: str, train_steps: int = tiny.TRAIN_STEPS) -> NodeDef:
     return NodeDef(key=f"tiny-{arch}.model", kind="tiny-model", backend="model", image=IMAGE,
                    params={"arch": arch, "train_steps": train_steps}, publish=None, uses_model=False,
                    outputs=("config.json", "*.safetensors", "tokenizer.model", "tokenizer.json"))
+
+
+def synthetic_node(spec: str) -> NodeDef:
+    """The node generating `synthetic:<spec>` (raises ModelError for an unknown config or override). Its
+    digest covers the whole config, the seed and the generator's code (params)."""
+    params = {"spec": spec, "config": synthetic.synthetic_config(spec), "vocab": synthetic.vocab_of(spec),
+              "seed": synthetic.SEED, "generator": synthetic.generator_code()}
+    return NodeDef(key=f"{synthetic.display_name(spec)}.model", kind="synthetic-model", backend="model",
+                   image=VOCAB_IMAGE, params=params, publish=None, uses_model=False,
+                   outputs=("config.json", synthetic.WEIGHTS_FILE, "tokenizer.json", "tokenizer_config.json"))
 
 
 def reference_node(model_name: str) -> NodeDef:
@@ -81,6 +94,37 @@ def step_vocab_weights(ctx: NodeContext) -> None:
     ctx.result["tool_versions"] = tool_versions()
 
 
+def _synthetic_params(ctx: NodeContext) -> tuple[str, dict]:
+    spec, config = ctx.params.get("spec"), ctx.params.get("config")
+    if not isinstance(spec, str) or not isinstance(config, dict):
+        raise NodeFailed(f"synthetic-model: params.spec {spec!r} / params.config must be a string and a mapping")
+    if ctx.params.get("generator") != synthetic.generator_code():
+        raise NodeFailed("synthetic-model: params.generator is not the sha256 of builders/models/synthetic.py "
+                         "this node runs; plan the build again")
+    return spec, config
+
+
+def step_synthetic_tokenizer(ctx: NodeContext) -> None:
+    from builders.models import vocab
+
+    _synthetic_params(ctx)
+    info = vocab.write_checked(str(ctx.params["vocab"]), ctx.out)
+    ctx.result["tokenizer"] = info
+    ctx.log(f"tokenizer {info['vocab']}: {info['size']} tokens, {info['tests']} llama.cpp test strings agree")
+
+
+def step_synthetic_weights(ctx: NodeContext) -> None:
+    spec, config = _synthetic_params(ctx)
+    tiny.write_json(ctx.out / "config.json", config)
+    tiny.write_json(ctx.out / "generation_config.json", synthetic.generation_config(config))
+    figures = synthetic.write_weights(config, ctx.out, int(ctx.params.get("seed", synthetic.SEED)))
+    ctx.result["weights"] = figures
+    ctx.log(f"synthetic:{spec}: {figures['parameters']} parameters, {figures['bytes']} bytes bf16")
+    from builders.verify.reference import tool_versions
+
+    ctx.result["tool_versions"] = tool_versions()
+
+
 def step_corpus(ctx: NodeContext) -> None:
     path = tiny.write_corpus(ctx.work)
     ctx.result.setdefault("notes", []).append(f"corpus: {path.stat().st_size} bytes")
@@ -118,6 +162,7 @@ STEPS: dict[str, list[tuple[str, Callable[[NodeContext], None]]]] = {
     "tiny-model": [("corpus", step_corpus), ("tokenizer", step_tokenizer), ("train", step_train),
                    ("save", step_save)],
     "tiny-vocab-model": [("tokenizer", step_vocab_tokenizer), ("weights", step_vocab_weights)],
+    "synthetic-model": [("tokenizer", step_synthetic_tokenizer), ("weights", step_synthetic_weights)],
     "reference": [("logits", step_logits)],
 }
 
@@ -129,6 +174,7 @@ class ModelBackend:
     targets: tuple[str, ...] = ()
     archs: tuple[str, ...] = tuple(sorted(a.hf_arch for a in tiny.TINY_ARCHS.values()))
     code: tuple[str, ...] = ("models/corpus.py", "models/tiny.py", "models/vocab.py", "models/nodes.py",
+                             "models/synthetic.py",
                              "verify/prompts.py", "verify/reference.py", "verify/metrics.py")
 
     def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:

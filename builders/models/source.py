@@ -1,4 +1,5 @@
-"""Model sources: `tiny:ARCH` (generated here), `ORG/NAME` (Hugging Face hub), or a local directory.
+"""Model sources: `tiny:ARCH` and `synthetic:CONFIG[@layers=N]` (generated here), `ORG/NAME` (Hugging Face
+hub), or a local directory.
 
 Parsing is pure; resolving (hashing files, downloading) lives in builders/models/resolve.py.
 """
@@ -17,12 +18,12 @@ NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 @dataclass(frozen=True)
 class ModelSource:
-    kind: str  # "tiny" | "local" | "hub"
+    kind: str  # "tiny" | "synthetic" | "local" | "hub"
     name: str  # printable name used in cell ids and paths
     source: str  # as the user wrote it
     revision: str | None = None  # hub revision asked for (branch, tag or sha)
     path: Path | None = None  # local directory
-    arch: str | None = None  # tiny architecture
+    arch: str | None = None  # tiny architecture, or the synthetic spec (CONFIG[@overrides])
 
 
 def _check_name(name: str, what: str) -> str:
@@ -55,6 +56,11 @@ def parse_source(source: str, name: str | None = None, revision: str | None = No
             raise ModelError(f"model '{source}': unknown tiny architecture '{arch}'; choose from "
                              + ", ".join(f"tiny:{a}" for a in known_archs()))
         return ModelSource("tiny", _check_name(name or f"tiny-{arch}", "model name"), source, arch=arch)
+    if source.startswith("synthetic:"):
+        from builders.models.synthetic import display_name
+
+        spec = source[len("synthetic:"):]
+        return ModelSource("synthetic", _check_name(name or display_name(spec), "model name"), source, arch=spec)
     looks_local = source.startswith((".", "/", "~")) or (base is not None and (base / source).exists())
     if looks_local:
         path = Path(source).expanduser()
@@ -68,6 +74,6 @@ def parse_source(source: str, name: str | None = None, revision: str | None = No
         return ModelSource("local", _check_name(name or path.name, "model name"), source, path=path)
     if ".." in source or not HUB_ID.match(source):
         raise ModelError(f"model '{source}' is not a hub id ORG/NAME (letters, digits, '.', '_', '-'; no '..'), "
-                         "an existing local directory, or tiny:ARCH")
+                         "an existing local directory, tiny:ARCH or synthetic:CONFIG")
     return ModelSource("hub", _check_name(name or source.split("/")[1], "model name"), source,
                        revision=revision or "main")

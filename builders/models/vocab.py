@@ -337,6 +337,17 @@ def encoders(out: Path) -> dict:
     return fns
 
 
+def write_checked(name: str, out: Path) -> dict:
+    """write() + check(): fails (NodeFailed) unless every encoder of the written files agrees with llama.cpp."""
+    info = write(name, out)
+    report = check(out, name)
+    bad = {enc: texts for enc, texts in report["mismatches"].items() if texts}
+    if bad:
+        raise NodeFailed(f"rebuilt {name} tokenizer disagrees with llama.cpp's ids on "
+                         + "; ".join(f"{enc}: {len(t)}/{report['tests']} (first {t[0]!r})" for enc, t in bad.items()))
+    return {**info, "tests": report["tests"], "encoders": sorted(report["mismatches"])}
+
+
 def check(out: Path, name: str) -> dict:
     """Tokenize every .inp string with every encoder of the written files; {encoder: mismatches}."""
     tests = read_tests(name)

@@ -1,0 +1,205 @@
+"""`invoke bench --model M [--backends ..]`: per-node figures of one model's build.
+
+Builds the selection with the real CLI (a no-op where it is already built), then reads the manifest of
+every node of that plan - found by the node's digest, never by kind - and prints per node:
+
+    wall        the node's time in its container (manifest timings.seconds)
+    phases      the seconds of each step the node ran (manifest timings.steps)
+    peak RSS    the container's peak resident memory sampled from its cgroup each second (container_peak_rss_mb,
+                builders/executors/container_memory.py) or, where larger (a spike between samples, or a
+                node built before the sampler), the largest single process's own peak (peak_rss_mb),
+                marked `proc`
+    x model     peak RSS / the model's size in bfloat16 (2 bytes x the elements of its safetensors)
+    upstream    for conversion steps: the step's seconds / the same conversion by the upstream tool called
+                directly in the same image with the same container limits (DIRECT below), and that run's
+                own peak RSS
+
+Figures come from the runs, and are written to <out>/bench-nodes.json. Not a test: nothing asserts a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MB = 1 << 20
+# node kind -> (step, what the direct run is): the upstream tool each conversion step wraps
+DIRECT = {
+    "gguf-convert": ("convert", "llama.cpp convert_hf_to_gguf.py --outtype <same> (python, same image)"),
+    "gguf-quantize": ("quantize", "llama.cpp llama_model_quantize (libllama via llama_cpp, nthread 2, same image)"),
+}
+
+
+def safetensors_elements(model_dir: Path) -> int:
+    """Elements of every tensor in the model dir's *.safetensors (headers only)."""
+    total = 0
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    return total
+
+
+def _plan(out: Path, model: str, backends: str | None, quants: str | None, targets: str | None):
+    from builders import matrix as matrix_mod
+    from builders.plan import make_plan
+    from builders.store import Store
+
+    m = matrix_mod.load(ROOT / "matrix.yaml")
+    sel = matrix_mod.select(m, model=model, backends_=backends, quants=quants, targets=targets)
+    return make_plan(m, sel, Store(out, cache_from=[]))
+
+
+def _direct_command(kind: str, manifest: dict) -> list[str] | None:
+    from builders.backends.gguf import CONVERTER, QUANTS
+
+    quant = manifest.get("quant")
+    if quant not in QUANTS:
+        return None
+    q = QUANTS[quant]
+    if kind == "gguf-convert":
+        return ["python", str(CONVERTER), "/in/model", "--outtype", q.arg, "--outfile", "/w/direct.gguf"]
+    if kind == "gguf-quantize":
+        code = ("import glob, llama_cpp; p = llama_cpp.llama_model_quantize_default_params(); "
+                f"p.ftype = llama_cpp.{q.arg}; p.nthread = 2; "
+                "src = glob.glob('/in/source/*.gguf')[0]; "
+                "raise SystemExit(llama_cpp.llama_model_quantize(src.encode(), b'/w/direct.gguf', p))")
+        return ["python", "-c", code]
+    return None
+
+
+def direct_run(image: str, cmd: list[str], mounts: dict[str, str]) -> dict:
+    """Run `cmd` in `image` as a node would (no network, the matrix's memory limit, scratch /w), timed,
+    with the container's peak memory sampled the same way."""
+    import tempfile
+
+    import docker
+
+    from builders.container_limits import default_limits
+    from builders.executors.container_memory import MemorySampler
+    from builders.executors.node_user import container_user
+
+    client = docker.from_env()
+    limits = default_limits()
+    uid, gid = container_user()
+    with tempfile.TemporaryDirectory(dir=ROOT) as scratch:
+        Path(scratch).chmod(0o777)
+        volumes = {host: {"bind": dest, "mode": "ro"} for dest, host in mounts.items()}
+        volumes[scratch] = {"bind": "/w", "mode": "rw"}
+        t0 = time.monotonic()
+        c = client.containers.run(image, cmd, detach=True, volumes=volumes, network_mode="none",
+                                  user=f"{uid}:{gid}", mem_limit=limits.memory, memswap_limit=limits.memory,
+                                  environment={"PYTHONPATH": "", "HOME": "/w"}, working_dir="/w")
+        try:
+            sampler = MemorySampler(c).start()
+            rc = int(c.wait().get("StatusCode", 1))
+            seconds = time.monotonic() - t0
+            mem = sampler.figures()
+            log = c.logs(tail=5).decode(errors="replace") if rc else ""
+        finally:
+            c.remove(force=True)
+    return {"seconds": round(seconds, 2), "rc": rc, **mem, **({"log_tail": log} if log else {})}
+
+
+def node_rows(out: Path, plan, direct: bool) -> list[dict]:
+    store = out / ".store"
+    model_elements: dict[str, int] = {}
+    rows = []
+    for key, pn in plan.nodes.items():
+        entry = store / pn.digest
+        mf = entry / "manifest.json"
+        if not mf.is_file():
+            rows.append({"node": key, "kind": pn.node.kind, "missing": "not built"})
+            continue
+        manifest = json.loads(mf.read_text())
+        extra = manifest.get("timings", {})  # peak memory figures (contract.StepResult)
+        model = plan.models.get(pn.model)
+        if model is not None and model.name not in model_elements:
+            src = store / plan.nodes[model.node].digest / "out" if model.node else plan.model_dirs[model.name]
+            model_elements[model.name] = safetensors_elements(src)
+        bf16_mb = model_elements.get(model.name, 0) * 2 / MB if model is not None else 0
+        # the sampled cgroup figure can miss a spike shorter than its 1 s period; the largest process's own
+        # high-water mark cannot: the larger of the two, and which one it was
+        sampled, proc = extra.get("container_peak_rss_mb"), extra.get("peak_rss_mb")
+        peak, how = max(((v, k) for k, v in (("cgroup", sampled), ("proc", proc)) if v is not None),
+                        default=(None, "none"))
+        row: dict[str, Any] = {
+            "node": key, "kind": pn.node.kind, "wall_s": manifest["timings"]["seconds"],
+            "steps_s": {k: v.get("seconds") for k, v in manifest["timings"]["steps"].items()},
+            "peak_rss_mb": peak, "peak_rss_source": how, "container_peak_mem_mb": extra.get("container_peak_mem_mb"),
+            "model_bf16_mb": round(bf16_mb, 1),
+            "peak_over_model": round(peak / bf16_mb, 2) if peak and bf16_mb else None,
+            "output_mb": round(sum(o.get("size", 0) for o in manifest.get("outputs", [])) / MB, 1),
+        }
+        if direct and pn.node.kind in DIRECT:
+            row.update(_direct(out, plan, pn, manifest))
+        rows.append(row)
+    return rows
+
+
+def _direct(out: Path, plan, pn, manifest: dict) -> dict:
+    step, what = DIRECT[pn.node.kind]
+    cmd = _direct_command(pn.node.kind, manifest)
+    step_s = manifest["timings"]["steps"].get(step, {}).get("seconds")
+    if cmd is None or step_s is None:
+        return {"upstream": f"no direct run for {pn.node.kind} ({step} step {step_s})"}
+    mounts = {}
+    model = plan.models[pn.model]
+    mounts["/in/model"] = str(out / ".store" / plan.nodes[model.node].digest / "out") if model.node \
+        else str(plan.model_dirs[model.name])
+    for role, parent in pn.node.parents.items():
+        mounts[f"/in/{role}"] = str(out / ".store" / plan.nodes[parent].digest / "out")
+    image = manifest["image"]["ref"]
+    run = direct_run(image, cmd, mounts)
+    if run["rc"] != 0:
+        return {"upstream": what, "upstream_failed": run}
+    return {"upstream": what, "step": step, "step_s": step_s, "upstream_s": run["seconds"],
+            "step_over_upstream": round(step_s / run["seconds"], 2),
+            "upstream_peak_rss_mb": run.get("container_peak_rss_mb")}
+
+
+def _fmt(v, spec: str = "") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'node':44} {'wall s':>7}  {'peak RSS MB':>12} {'x model':>7}  {'step/upstream':>22}  phases (s)"]
+    for r in rows:
+        if "missing" in r:
+            lines.append(f"{r['node']:44} {r['missing']}")
+            continue
+        up = (f"{r['step']} {r['step_s']:.1f}/{r['upstream_s']:.1f}={r['step_over_upstream']:.2f}"
+              if "step_over_upstream" in r else ("FAILED" if "upstream_failed" in r else ""))
+        peak = f"{_fmt(r['peak_rss_mb'], '.0f')}{' proc' if r['peak_rss_source'] == 'proc' else ''}"
+        phases = " ".join(f"{k} {v:.1f}" for k, v in r["steps_s"].items() if v is not None)
+        lines.append(f"{r['node']:44} {r['wall_s']:7.1f}  {peak:>12} {_fmt(r['peak_over_model'], '.2f'):>7}  "
+                     f"{up:>22}  {phases}")
+    return "\n".join(lines)
+
+
+def main(out: str, model: str, backends: str | None, quants: str | None, targets: str | None,
+         direct: bool = True) -> None:
+    out_path = (ROOT / out).resolve()
+    build = [sys.executable, "-m", "invoke", "build", "--out", str(out_path), "--model", model]
+    for flag, value in (("--backends", backends), ("--quants", quants), ("--targets", targets)):
+        if value:
+            build += [flag, value]
+    t0 = time.monotonic()
+    rc = subprocess.run(build, cwd=ROOT).returncode
+    build_s = time.monotonic() - t0
+    plan = _plan(out_path, model, backends, quants, targets)
+    rows = node_rows(out_path, plan, direct and rc == 0)
+    figures = {"model": model, "build_rc": rc, "build_s": round(build_s, 1), "nodes": rows}
+    (out_path / "bench-nodes.json").write_text(json.dumps(figures, indent=2))
+    print(table(rows))
+    print(f"build exit {rc} in {build_s:.1f} s; upstream: "
+          + "; ".join(f"{k}: {v[1]}" for k, v in DIRECT.items()) + f"; figures in {out_path / 'bench-nodes.json'}")
+    if rc != 0:
+        sys.exit(f"the build failed (exit {rc}); figures above are for the nodes it built")
