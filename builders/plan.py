@@ -139,7 +139,7 @@ class Planner:
                                              config["architectures"][0], node=pn.key)
             elif src.kind == "synthetic":
                 nd = model_nodes.synthetic_node(src.arch)
-                pn = self._add(nd, model=name, model_digest="")
+                pn = self._add(nd, {}, model=name, model_digest="")
                 config = nd.params["config"]
                 self.models[name] = ModelRef(name, src.source, f"synthetic-{pn.digest[:7]}", pn.digest, config,
                                              config["architectures"][0], node=pn.key)

@@ -105,7 +105,7 @@ def test_plan_digest_covers_config_seed_and_generator(tmp_path):
     # the digest changes with each of the generator's inputs (same planner, the same node otherwise)
     nd = nodes.synthetic_node("qwen2.5-0.5b")
     planner = Planner(m, Store(tmp_path / "p", cache_from=[]))
-    digests = {planner._add(replace(nd, key=f"v{i}", params={**nd.params, **change}), "x", "").digest
+    digests = {planner._add(replace(nd, key=f"v{i}", params={**nd.params, **change}), {}, "x", "").digest
                for i, change in enumerate([{}, {"seed": 1}, {"generator": "0" * 64},
                                            {"config": synthetic.synthetic_config("qwen2.5-0.5b@layers=2")}])}
     assert len(digests) == 4
