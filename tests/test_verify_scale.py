@@ -71,3 +71,55 @@ def test_cpu_threads_follow_the_affinity_mask():
     if not hasattr(os, "sched_getaffinity"):
         pytest.skip("no affinity mask on this platform")
     assert fp32_compute.cpu_threads() == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_hf_model_streams_weights_and_batches_sequences(arch, tmp_path):
+    """HfModel (the dequantized-weights reference of the GGUF check): weights handed over as loaders
+    are called once per module call, a batched right-padded pass gives each sequence's own logits, and
+    no parameter stays materialized after a pass."""
+    from builders.verify.hf_forward import HfModel
+
+    d = _random_model(arch, torch.float32, tmp_path / arch)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32,
+                                                            attn_implementation="eager").eval()
+    state = {k: v.numpy().copy() for k, v in ref.state_dict().items()}
+    hf = HfModel(d, threads=1)
+    calls: dict[str, int] = {}
+
+    def loader(name):
+        def load():
+            calls[name] = calls.get(name, 0) + 1
+            return state[name]
+        return load
+
+    for name in hf.params:
+        if name in state and not (hf.tied and name == "lm_head.weight"):
+            hf.put(name, loader(name))
+    assert hf.missing() == []
+    seqs = [np.array([1, 5, 9, 200, 31, 77, 12]), np.array([4, 8]), np.array([250, 3, 3, 17, 99])]
+    got = hf.forward_batch(seqs)
+    with torch.no_grad():
+        want = [ref(input_ids=torch.tensor(s[None]), use_cache=False).logits[0].numpy() for s in seqs]
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-5)
+    # one call per module call: the tied embedding serves the input lookup and the LM head
+    assert calls.pop("model.embed_tokens.weight") == (2 if hf.tied else 1)
+    assert set(calls.values()) == {1}
+    assert all(p.device.type == "meta" for p in hf.model.parameters())
+
+
+def test_hf_model_names_a_missing_weight(tmp_path):
+    from builders.verify.hf_forward import HfModel
+
+    d = _random_model("llama", torch.float32, tmp_path / "m")
+    hf = HfModel(d, threads=1)
+    with pytest.raises(KeyError, match="no parameter"):
+        hf.put("model.nope.weight", np.zeros(2))
+    with pytest.raises(ValueError, match="does not fit"):
+        hf.put("model.norm.weight", np.zeros(3))
+    hf.put("model.norm.weight", lambda: np.zeros(3))  # a loader's shape is checked when it runs
+    assert "model.embed_tokens.weight" in hf.missing()
+    with pytest.raises((KeyError, ValueError)):
+        hf.forward_batch([np.array([1, 2])])
