@@ -26,7 +26,7 @@ class CoremlBackend:
               for code, p in opt.QUANTS.items()}
     targets = ("ane",)
     archs = ARCHS
-    code = ("backends/coreml", "verify/metrics.py", "verify/tokenizer_check.py")
+    code = ("backends/coreml", "verify/metrics.py", "verify/tokenizer_check.py", "verify/fp32_compute.py")
 
     def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
         return opt.normalize(options, where)
