@@ -5,8 +5,11 @@ call only.
 The upcast bf16/fp16 -> fp32 is exact, so every module computes with the same fp32 weights a model
 loaded with `from_pretrained(dtype=torch.float32)` holds, on fp32 activations: the logits are those of
 the fp32 model (tests/test_verify_scale.py checks them bit for bit), while the resident weights take
-1x the checkpoint instead of 2x. Peak memory: the checkpoint + the largest single parameter in fp32
-(the embedding or LM head matrix) + activations. A float32 checkpoint needs no hooks at all.
+1x the checkpoint instead of 2x. Two modules are special-cased so that no vocabulary-sized matrix is
+ever widened whole: an embedding gathers its rows in the stored dtype and widens only them, and a
+linear layer with more than BLOCK_ROWS output rows (the LM head) multiplies BLOCK_ROWS rows at a time
+(each logit is the same dot product: the result is identical). Peak memory: the checkpoint + one
+decoder matrix in fp32 + activations. A float32 checkpoint needs no hooks at all.
 """
 
 from __future__ import annotations
@@ -38,17 +41,46 @@ def _swap_out(module, _args, _output):
     module._fp32_stash = {}
 
 
+BLOCK_ROWS = 16384  # output rows of a big linear layer widened at a time (16384 x 4096 x 4 B = 256 MiB)
+
+
+def _embedding_forward(module):
+    import torch.nn.functional as F  # noqa: PLC0415
+
+    def forward(ids):
+        return F.embedding(ids, module.weight, module.padding_idx).float()  # widening after the gather: exact
+    return forward
+
+
+def _blocked_linear_forward(module):
+    import torch  # noqa: PLC0415
+    import torch.nn.functional as F  # noqa: PLC0415
+
+    def forward(x):
+        w, b = module.weight, module.bias
+        return torch.cat([F.linear(x, w[i:i + BLOCK_ROWS].float(), None if b is None else b[i:i + BLOCK_ROWS].float())
+                          for i in range(0, w.shape[0], BLOCK_ROWS)], dim=-1)
+    return forward
+
+
 def upcast_per_module(model) -> int:
-    """Hook every module that owns non-fp32 parameters so it computes with fp32 copies of them, made
-    before its forward and dropped after. Returns how many modules were hooked."""
+    """Make every module that owns non-fp32 parameters compute with fp32 copies of them, made for its own
+    call and dropped after (embeddings and big linear layers: see the module docstring). Returns how many
+    modules were changed."""
     import torch  # noqa: PLC0415
 
     hooked = 0
     for module in model.modules():
-        if any(p.dtype != torch.float32 for p in module.parameters(recurse=False)):
+        if not any(p.dtype != torch.float32 for p in module.parameters(recurse=False)):
+            continue
+        hooked += 1
+        if type(module) is torch.nn.Embedding:
+            module.forward = _embedding_forward(module)
+        elif type(module) is torch.nn.Linear and module.weight.shape[0] > BLOCK_ROWS:
+            module.forward = _blocked_linear_forward(module)
+        else:
             module.register_forward_pre_hook(_swap_in)
             module.register_forward_hook(_swap_out)
-            hooked += 1
     # floating buffers (rope inv_freq) are computed in fp32 by __init__; loading in bf16 must not round them
     for module in model.modules():
         for name, buf in list(module._buffers.items()):
