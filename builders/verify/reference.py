@@ -8,9 +8,10 @@ Memory is bounded by the checkpoint: the weights stay in their stored dtype and 
 with an fp32 copy of its own parameters (verify/fp32_compute.py; the logits equal the fp32 model's bit
 for bit). The perplexity text is scored over the first budget.TEXT_POSITIONS tokens (verify/budget.py).
 
-One thread on purpose: the reference's bytes are this node's output digest, which enters the inputs digest
-of every artifact node of the model; a thread count that changed a float summation order would make that
-digest depend on the build host. (Artifact checks use every CPU: their figures go to the manifest only.)
+One thread on purpose: reference.npz is an output whose bytes a rebuild must reproduce (the store and a
+release compare sha256), and a thread count that changed a float summation order would make them depend
+on the build host. Measured: the bytes equal those of the former all-fp32 model. (Artifact checks use every
+CPU: their figures go to the manifest only; no digest holds them - parents enter by inputs digest.)
 """
 
 from __future__ import annotations
