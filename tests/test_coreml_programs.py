@@ -206,3 +206,18 @@ def test_split_lm_head_and_in_model_argmax(built):
         np.testing.assert_allclose(logits, ref, rtol=1e-2, atol=2e-2)
         parts = runtime.Parts(None, [], [], milrun.load(argmax), CONTEXT, BATCH, argmax=True)
         assert runtime.Session(parts).next_token(h.reshape(1, -1), [48, 48]) == int(ref.argmax())
+
+
+def test_infer_and_prefill_share_one_copy_of_the_weights(built):
+    """The checker loads a multifunction package once: both functions hold the same weight arrays, kept
+    in their stored fp16 (no fp32 copy of the model)."""
+    from builders.backends.coreml import checks
+
+    out, layout, _ = built
+    parts = checks.load_parts(out, layout)
+    for infer, prefill in zip(parts.infer, parts.prefill):
+        assert infer.package is prefill.package
+        big_i = {id(v) for v in infer._consts.values() if isinstance(v, np.ndarray) and v.size >= 1024}
+        big_p = {id(v) for v in prefill._consts.values() if isinstance(v, np.ndarray) and v.size >= 1024}
+        assert big_i and big_i == big_p
+        assert {infer._consts[k].dtype for k in infer._consts if id(infer._consts[k]) in big_i} == {np.dtype(np.float16)}

@@ -24,7 +24,7 @@ from builders.backends import get as get_backend
 from builders.contract import SCHEMA
 from builders.errors import ModelError, NodeFailed
 from builders.models import corpus, nodes, tiny
-from builders.verify import prompts
+from builders.verify import budget, prompts
 from builders.verify.metrics import load_reference, perplexity
 from builders.verify.reference import Tokenizer, compute_reference
 
@@ -218,14 +218,17 @@ def test_reference_format_and_determinism(trained_llama, tmp_path):
         # the continuation is greedy: each token is the argmax of the logits before it
         assert (logits[plen - 1:-1].argmax(-1) == tokens[plen:]).all()
     assert data["text_tokens"].dtype == np.int32 and data["text_logits"].dtype == np.float32
-    assert data["text_logits"].shape == (len(data["text_tokens"]), vocab)
+    # the whole text's ids (for the tokenizer check), logits for the budgeted first positions (verify/budget.py)
     assert 150 <= len(data["text_tokens"]) <= 260
+    assert data["text_logits"].shape == (budget.TEXT_POSITIONS, vocab) == (info["text_positions"], vocab)
     assert info["vocab_size"] == vocab and info["decode_steps"] == prompts.DECODE_STEPS
     assert [p["text"] for p in info["prompts"]] == list(prompts.PROMPTS)
     assert info["tool_versions"]["torch"].startswith("2.13.0")
-    assert math.isclose(info["ppl"], perplexity(data["text_logits"], data["text_tokens"]), rel_tol=1e-5)
+    scored = data["text_tokens"][: budget.TEXT_POSITIONS]
+    assert math.isclose(info["ppl"], perplexity(data["text_logits"], scored), rel_tol=1e-5)
     ref = load_reference(tmp_path / "a")  # the loader the verifiers use
     assert len(ref["prompts"]) == len(prompts.PROMPTS)
+    assert ref["text_tokens"].tolist() == scored.tolist()
 
 
 def test_nodes_run_through_the_node_entry_point(tmp_path):

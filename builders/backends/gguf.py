@@ -50,10 +50,13 @@ QUANTS: dict[str, GgufQuant] = {q.code: q for q in [
     GgufQuant("Q4_K_M-QAT", "quantize", "LLAMA_FTYPE_MOSTLY_Q4_K_M", 4.89, qat=True),
 ]}
 SOURCE_QUANT = "F16"  # every quantization starts from this conversion
+# n_threads caps the verify threads; by default every CPU of the node's affinity mask is used (the figures do
+# not depend on it bit for bit, and they are manifest-only: no digest holds them)
 # upper bounds: n_ctx sizes llama.cpp's KV cache for verification (128k tokens is the largest context of the
 # supported families); more threads than this only oversubscribes a build host
 OPTIONS = OptionSet("gguf", [
-    Option("n_threads", int, 2, "threads llama.cpp verifies with", what="a positive integer at most 256",
+    Option("n_threads", int, 256, "most threads llama.cpp verifies with (capped by the CPUs the node may use)",
+           what="a positive integer at most 256",
            check=lambda v: 0 < v <= 256),
     Option("n_ctx", int, 512, "llama.cpp context (KV cache tokens) for verification",
            what="a positive integer at most 131072", check=lambda v: 0 < v <= 131072),
@@ -86,7 +89,7 @@ class GgufBackend:
                        for t in ("cuda", "iphone", "metal", "metal_x86_64")}}
     code = ("backends/gguf.py", "backends/gguf_runtime.py", "verify/tokenizer_check.py", "verify/gguf_types.py",
             "verify/gguf_weights.py",
-            "verify/hf_forward.py")
+            "verify/hf_forward.py", "verify/fp32_compute.py")
 
     def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
         return OPTIONS.normalize(options, where)
@@ -169,7 +172,7 @@ def step_quantize(ctx: NodeContext) -> None:
     dst = ctx.out / _quantized_name(src, q.code)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, q.arg)
-    params.nthread = 2
+    params.nthread = _cpus()  # llama.cpp's quantized blocks do not depend on the thread count
     if q.qat:
         params.token_embedding_type = llama_cpp.GGML_TYPE_Q8_0
         params.output_tensor_type = llama_cpp.GGML_TYPE_Q8_0
@@ -192,15 +195,21 @@ def _file_facts(path: Path) -> dict:
             "tensor_types": gguf_types.histogram(tensors), "tensors": len(tensors), "_tensors": tensors}
 
 
+def _cpus() -> int:
+    """CPUs this process may run on (its affinity mask)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _threads(vp: dict) -> int:
     """The verify threads: the n_threads option, at most the CPUs this process may use."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(vp["n_threads"], cpus))
+    return max(1, min(vp["n_threads"], _cpus()))
 
 
 def _runtime_figures(ctx: NodeContext, path: Path, ref_dir: Path, art_logits: list) -> tuple[dict, dict]:
     """llama.cpp's logits vs transformers fp32 carrying the file's own dequantized weights, on the same
-    positions: separates "the converter/runtime is wrong" from "the quantization lost accuracy"."""
+    positions: separates "the converter/runtime is wrong" from "the quantization lost accuracy". The
+    weights are dequantized when their module runs, all prompts in one batched pass (verify/hf_forward.py):
+    each tensor is dequantized once and never the whole fp32 model is held."""
     import numpy as np  # noqa: PLC0415
 
     from builders.verify import gguf_weights  # noqa: PLC0415
@@ -209,15 +218,17 @@ def _runtime_figures(ctx: NodeContext, path: Path, ref_dir: Path, art_logits: li
 
     hf = HfModel(ctx.model_dir, threads=_threads(ctx.params["verify"]))
     try:
-        loaded = gguf_weights.load_into(path, list(hf.params), hf.put)
+        loaded = gguf_weights.load_into(path, list(hf.params), hf.put, lazy=True)
     except (gguf_weights.WeightsError, KeyError, ValueError) as e:
         raise NodeFailed(f"dequantized-weights check: {e}") from None
     missing = hf.missing()
     if missing:
         raise NodeFailed(f"dequantized-weights check: the .gguf has no tensor for {', '.join(missing[:3])}")
-    fwd = hf.forward()
     ref = load_reference(ref_dir)
-    dq = np.concatenate([fwd(tokens) for tokens, _, _ in ref["prompts"]])
+    try:
+        dq = np.concatenate(hf.forward_batch([tokens for tokens, _, _ in ref["prompts"]]))
+    except (KeyError, ValueError) as e:
+        raise NodeFailed(f"dequantized-weights check: {e}") from None
     figures = compare(dq, np.concatenate(art_logits))
     info = {"compared": "llama.cpp logits vs transformers fp32 on the file's own dequantized weights (gguf-py)",
             "tensors": len(loaded), "positions": figures["positions"]}

@@ -175,7 +175,8 @@ class ModelBackend:
     archs: tuple[str, ...] = tuple(sorted(a.hf_arch for a in tiny.TINY_ARCHS.values()))
     code: tuple[str, ...] = ("models/corpus.py", "models/tiny.py", "models/vocab.py", "models/nodes.py",
                              "models/synthetic.py",
-                             "verify/prompts.py", "verify/reference.py", "verify/metrics.py")
+                             "verify/prompts.py", "verify/reference.py", "verify/metrics.py",
+                             "verify/fp32_compute.py")
 
     def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
         return dict(options)

@@ -4,7 +4,7 @@ Every tensor is dequantized with gguf-py (`gguf.quants.dequantize`) and renamed 
 tensor map (HF name -> GGUF name, inverted). llama.cpp's converter permutes the rows of q/k
 projections for Llama-style rope ("llama" architecture: Llama, Mistral); that is undone here. Phi-3's
 fused qkv / gate_up tensors are written as they are (PHI3 splits them at run time).
-Runs inside the gguf image (gguf-py); one tensor is dequantized at a time.
+Runs inside the gguf image (gguf-py); one tensor is dequantized at a time, when it is asked for.
 """
 
 from __future__ import annotations
@@ -66,9 +66,9 @@ def hf_names(reader, hf_params: Iterable[str]) -> dict[str, str]:
     return mapping
 
 
-def load_into(path: Path, hf_params: Iterable[str], put: Callable[[str, np.ndarray], None]) -> dict:
-    """Dequantize every tensor of `path`, undo the q/k permutation, and hand it to `put(hf_name, array)`
-    one at a time. Returns {hf_name: gguf type name} of what was loaded."""
+def loaders(path: Path, hf_params: Iterable[str]) -> dict[str, tuple[Callable[[], np.ndarray], str]]:
+    """{hf_name: (load, gguf type name)} for every tensor of `path`: `load()` dequantizes that one tensor
+    from the memory-mapped file (q/k permutation undone) and returns it as float32; nothing is read before."""
     from gguf import GGUFReader  # noqa: PLC0415
     from gguf.quants import dequantize  # noqa: PLC0415
 
@@ -77,16 +77,27 @@ def load_into(path: Path, hf_params: Iterable[str], put: Callable[[str, np.ndarr
     mapping = hf_names(reader, hf_params)
     n_head = int(_field(reader, f"{arch_name}.attention.head_count"))
     n_kv = int(_field(reader, f"{arch_name}.attention.head_count_kv") or n_head)
+
+    def load_fn(t, hf):
+        def load() -> np.ndarray:
+            w = np.array(dequantize(t.data, t.tensor_type), dtype=np.float32)  # a writable copy of the memmap
+            if ROPE_PERMUTED[arch_name] and hf.endswith(("q_proj.weight", "q_proj.bias")):
+                w = unpermute(w, n_head)
+            elif ROPE_PERMUTED[arch_name] and hf.endswith(("k_proj.weight", "k_proj.bias")):
+                w = unpermute(w, n_kv)
+            return w
+        return load
+
+    return {mapping[t.name]: (load_fn(t, mapping[t.name]), t.tensor_type.name)
+            for t in reader.tensors if t.name in mapping}
+
+
+def load_into(path: Path, hf_params: Iterable[str], put: Callable[[str, object], None], lazy: bool = False) -> dict:
+    """Hand every tensor of `path` to `put(hf_name, array)`, dequantized one at a time with the q/k
+    permutation undone; with lazy=True `put` gets the loader instead (dequantized when it is called).
+    Returns {hf_name: gguf type name} of what was handed over."""
     loaded = {}
-    for t in reader.tensors:
-        hf = mapping.get(t.name)
-        if hf is None:
-            continue
-        w = np.array(dequantize(t.data, t.tensor_type), dtype=np.float32)  # a writable copy of the memmap
-        if ROPE_PERMUTED[arch_name] and hf.endswith(("q_proj.weight", "q_proj.bias")):
-            w = unpermute(w, n_head)
-        elif ROPE_PERMUTED[arch_name] and hf.endswith(("k_proj.weight", "k_proj.bias")):
-            w = unpermute(w, n_kv)
-        put(hf, w)
-        loaded[hf] = t.tensor_type.name
+    for hf, (load, type_name) in loaders(path, hf_params).items():
+        put(hf, load if lazy else load())
+        loaded[hf] = type_name
     return loaded

@@ -1,52 +1,116 @@
 """The original transformers model evaluated in fp32 with replaced weights (e.g. an artifact's own
-dequantized weights). Weights are copied into the model one tensor at a time, so the peak memory is
-the fp32 model plus one tensor."""
+dequantized weights), without ever holding the whole fp32 model.
+
+A weight is handed over as an array or as a loader (a callable that returns the array, e.g. one tensor
+dequantized from a .gguf file). The model's parameters are placeholders on torch's meta device; each
+module's parameters are materialized in fp32 for its own forward call and dropped after it. So the
+peak memory is the largest single tensor in fp32 (the embedding / LM head) plus activations, and
+`forward_batch` runs all sequences through one batched pass: every loader runs once per module call,
+i.e. once per pass. Threads: every CPU this process may use (the figures are manifest-only, never part
+of a digest)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
+
+from builders.verify.fp32_compute import cpu_threads
 
 
 class HfModel:
     def __init__(self, model_dir: Path, threads: int | None = None):
         import torch  # noqa: PLC0415
         from transformers import AutoConfig, AutoModelForCausalLM  # noqa: PLC0415
+        from transformers.initialization import no_init_weights  # noqa: PLC0415
 
-        torch.set_num_threads(threads or os.cpu_count() or 1)
+        torch.set_num_threads(threads or cpu_threads())
         self.config = AutoConfig.from_pretrained(str(model_dir))
-        self.model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32, attn_implementation="eager")
+        with no_init_weights():  # parameters are replaced by placeholders below: no random init, no memory
+            self.model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32,
+                                                          attn_implementation="eager")
         self.model.eval()
         # with tied embeddings lm_head.weight is listed too (the same tensor): a file may carry either name
-        self.params = dict(self.model.named_parameters(remove_duplicate=False))
-        self.filled: set[str] = set()
+        self.params = {n: tuple(p.shape) for n, p in self.model.named_parameters(remove_duplicate=False)}
+        self.tied = bool(getattr(self.config, "tie_word_embeddings", False))
+        self.sources: dict[str, Callable[[], np.ndarray] | np.ndarray] = {}
+        self._owners = []  # (module, {local name: full name})
+        for mname, module in self.model.named_modules():
+            local = {n: f"{mname}.{n}" if mname else n for n, p in module._parameters.items() if p is not None}
+            if not local:
+                continue
+            for n in local:
+                module._parameters[n] = torch.nn.Parameter(
+                    torch.empty(module._parameters[n].shape, device="meta"), requires_grad=False)
+            module.register_forward_pre_hook(self._materialize)
+            module.register_forward_hook(self._release)
+            self._owners.append((module, local))
+        self._names = {id(m): local for m, local in self._owners}
 
-    def put(self, name: str, array: np.ndarray) -> None:
+    @property
+    def filled(self) -> set[str]:
+        return set(self.sources)
+
+    def put(self, name: str, array) -> None:
+        """The weight of parameter `name`: an array, or a callable returning it (run at each use)."""
+        shape = self.params.get(name)
+        if shape is None:
+            raise KeyError(f"the HF model has no parameter {name}")
+        if not callable(array) and tuple(np.shape(array)) != shape:
+            raise ValueError(f"{name}: shape {tuple(np.shape(array))} does not fit the HF parameter {shape}")
+        self.sources[name] = array
+
+    def _source(self, name: str):
+        if name not in self.sources and self.tied and name == "lm_head.weight":
+            name = "model.embed_tokens.weight"
+        if name not in self.sources:
+            raise KeyError(f"no weight was put into {name}")
+        return self.sources[name]
+
+    def _tensor(self, name: str):
         import torch  # noqa: PLC0415
 
-        p = self.params.get(name)
-        if p is None:
-            raise KeyError(f"the HF model has no parameter {name}")
-        if tuple(p.shape) != tuple(array.shape):
-            raise ValueError(f"{name}: shape {tuple(array.shape)} does not fit the HF parameter {tuple(p.shape)}")
-        with torch.no_grad():
-            p.copy_(torch.from_numpy(np.ascontiguousarray(array)))
-        self.filled.add(name)
+        src = self._source(name)
+        array = np.asarray(src() if callable(src) else src)
+        if tuple(array.shape) != self.params[name]:
+            raise ValueError(f"{name}: shape {tuple(array.shape)} does not fit the HF parameter {self.params[name]}")
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+    def _materialize(self, module, _args):
+        import torch  # noqa: PLC0415
+
+        for local, full in self._names[id(module)].items():
+            module._parameters[local] = torch.nn.Parameter(self._tensor(full), requires_grad=False)
+
+    def _release(self, module, _args, _output):
+        import torch  # noqa: PLC0415
+
+        for local in self._names[id(module)]:
+            p = module._parameters[local]
+            module._parameters[local] = torch.nn.Parameter(torch.empty(p.shape, device="meta"), requires_grad=False)
 
     def missing(self) -> list[str]:
         """Parameters no weight was put into (a tied lm_head is filled through the embeddings)."""
-        tied = bool(getattr(self.config, "tie_word_embeddings", False))
-        return [n for n in self.params if n not in self.filled and not (tied and n == "lm_head.weight")]
+        return [n for n in self.params if n not in self.sources and not (self.tied and n == "lm_head.weight")]
 
-    def forward(self) -> Callable[[np.ndarray], np.ndarray]:
+    def forward_batch(self, sequences: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """fp32 logits [len(seq), vocab] of every sequence, all in one right-padded batch: a position
+        attends only to earlier positions, so the padding after a sequence changes none of its logits."""
         import torch  # noqa: PLC0415
 
+        lengths = [len(s) for s in sequences]
+        ids = torch.zeros((len(sequences), max(lengths)), dtype=torch.int64)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(sequences):
+            ids[i, :len(s)] = torch.from_numpy(np.asarray(s, dtype=np.int64))
+            mask[i, :len(s)] = 1
+        with torch.no_grad():
+            logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        return [logits[i, :n].float().numpy() for i, n in enumerate(lengths)]
+
+    def forward(self) -> Callable[[np.ndarray], np.ndarray]:
         def run(tokens: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                ids = torch.tensor(np.asarray(tokens, dtype=np.int64)[None])
-                return self.model(input_ids=ids).logits[0].float().numpy()
+            return self.forward_batch([tokens])[0]
 
         return run

@@ -99,9 +99,10 @@ def load_reference(ref_dir: Path) -> dict:
     with np.load(Path(ref_dir) / "reference.npz") as z:
         data = {k: z[k] for k in z.files}
     n = len([k for k in data if k.startswith("tokens_")])
+    # the scored part of the perplexity text (verify/budget.py): as many tokens as the reference has logits for
     return {
         "prompts": [(data[f"tokens_{i}"], int(data[f"prompt_len_{i}"]), data[f"logits_{i}"]) for i in range(n)],
-        "text_tokens": data["text_tokens"],
+        "text_tokens": data["text_tokens"][: len(data["text_logits"])],
         "text_logits": data["text_logits"],
     }
 

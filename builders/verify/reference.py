@@ -1,8 +1,17 @@
-"""Reference logits of the original model (transformers, fp32, eager attention).
+"""Reference logits of the original model (transformers, fp32 math, eager attention).
 
 `compute_reference(model_dir, out)` writes out/reference.npz and out/reference.json in the format
 of docs/architecture.md ("Reference logits"). Bytes are deterministic: one torch thread, and the npz
 is written as a stored (uncompressed) zip with fixed member dates and order.
+
+Memory is bounded by the checkpoint: the weights stay in their stored dtype and each module computes
+with an fp32 copy of its own parameters (verify/fp32_compute.py; the logits equal the fp32 model's bit
+for bit). The perplexity text is scored over the first budget.TEXT_POSITIONS tokens (verify/budget.py).
+
+One thread on purpose: reference.npz is an output whose bytes a rebuild must reproduce (the store and a
+release compare sha256), and a thread count that changed a float summation order would make them depend
+on the build host. Measured: the bytes equal those of the former all-fp32 model. (Artifact checks use every
+CPU: their figures go to the manifest only; no digest holds them - parents enter by inputs digest.)
 """
 
 from __future__ import annotations
@@ -15,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from builders.verify import prompts
+from builders.verify import budget, prompts
 
 THREADS = 1
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-FORMAT = 1
+FORMAT = 2  # 2: text_logits cover the first budget.TEXT_POSITIONS text tokens
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -98,14 +107,9 @@ def tool_versions() -> dict[str, str]:
 
 
 def load_model(model_dir: Path):
-    import torch
-    from transformers import AutoModelForCausalLM
+    from builders.verify.fp32_compute import load_fp32_compute
 
-    torch.set_num_threads(THREADS)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
-                                                 attn_implementation="eager")
-    model.eval()
-    return model
+    return load_fp32_compute(model_dir, THREADS)
 
 
 def greedy(model, ids: list[int], steps: int, n_ids: int | None = None) -> list[int]:
@@ -155,8 +159,9 @@ def compute_reference(model_dir: Path, out: Path) -> dict:
             arrays[f"logits_{i}"] = logits_of(model, tokens).astype(np.float32)
             entries.append({"text": text, "prompt_tokens": len(ids), "continuation": tok.decode(cont)})
         text_ids = tok.encode(prompts.PERPLEXITY_TEXT)
-        arrays["text_tokens"] = np.asarray(text_ids, dtype=np.int32)
-        arrays["text_logits"] = logits_of(model, text_ids).astype(np.float32)
+        scored = text_ids[: budget.text_positions(len(text_ids))]
+        arrays["text_tokens"] = np.asarray(text_ids, dtype=np.int32)  # whole text: the tokenizer check reads it
+        arrays["text_logits"] = logits_of(model, scored).astype(np.float32)
     vocab = int(arrays["logits_0"].shape[1])
     info = {
         "format": FORMAT,
@@ -165,13 +170,15 @@ def compute_reference(model_dir: Path, out: Path) -> dict:
         "vocab_size": vocab,
         "perplexity_text": prompts.PERPLEXITY_TEXT,
         "text_tokens": len(text_ids),
-        "ppl": round(perplexity(arrays["text_logits"], arrays["text_tokens"]), 6),
+        "text_positions": len(scored),
+        "ppl": round(perplexity(arrays["text_logits"], arrays["text_tokens"][: len(scored)]), 6),
         "tokenizer": tok.kind,
         "tokenizer_specials": tok.specials(),
         # greedy decode took the arg-max over the ids the tokenizer has (null: the whole config vocab)
         "greedy_argmax_ids": n_ids,
         "config_vocab_size": config_vocab,
         "dtype": "float32",
+        "weights_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "attn_implementation": "eager",
         "threads": THREADS,
         "tool_versions": tool_versions(),

@@ -29,7 +29,7 @@ class CoremlBackend:
     targets = ("ane",)
     archs = ARCHS
     options = OptionSet("coreml", [*opt.OPTIONS.options.values(), *opt.LUT_OPTIONS.options.values()])
-    code = ("backends/coreml", "verify/metrics.py", "verify/tokenizer_check.py")
+    code = ("backends/coreml", "verify/metrics.py", "verify/tokenizer_check.py", "verify/fp32_compute.py")
 
     def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
         return opt.normalize(options, where)

@@ -160,10 +160,11 @@ def lut_errors(final: Path, fp16: Path, function: str | None = None) -> dict[str
 
 def load_parts(out: Path, layout: Layout) -> runtime.Parts:
     n = layout.names
+    chunks = [milrun.Package(out / name) for name in n["ffn_pf"]]  # infer and prefill share each one's weights
     return runtime.Parts(
         embeddings=milrun.load(out / n["embeddings"]),
-        infer=[milrun.load(out / name, "infer") for name in n["ffn_pf"]],
-        prefill=[milrun.load(out / name, "prefill") for name in n["ffn_pf"]],
+        infer=[milrun.load(pkg.path, "infer", pkg) for pkg in chunks],
+        prefill=[milrun.load(pkg.path, "prefill", pkg) for pkg in chunks],
         lm_head=milrun.load(out / n["lm_head"]), context=layout.context, batch=layout.batch, argmax=layout.argmax,
         lm_head_rows=LM_HEAD_ROWS)
 

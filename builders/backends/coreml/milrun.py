@@ -6,6 +6,11 @@ evaluates one function op by op. Every op computes in float32 and its result is 
 the program declares for it (fp16 between ops, as on the device). States (the KV cache) are numpy
 arrays the caller keeps between calls. Only the ops the parts of this backend use are implemented;
 any other op fails loudly with its name.
+
+Memory: a package's weights are read once and kept in their stored dtype (fp16; a LUT is dequantized
+once, to fp16). The functions of a multifunction package (`infer`, `prefill`) share them: blob values are
+cached by their location in weight.bin, constexpr results by their inputs. Pointwise convolutions and
+matmuls run as BLAS matrix products in float32 (the fp16 weight is widened for the product only: exact).
 """
 
 from __future__ import annotations
@@ -56,7 +61,8 @@ class Package:
         self.spec = ct.utils.load_spec(str(path))
         self._weights = self.path / "Data" / "com.apple.CoreML" / "weights"
         self._readers: dict[str, object] = {}
-        self._consts: dict[tuple[str, str], np.ndarray] = {}
+        self._blobs: dict[tuple, np.ndarray] = {}  # (file, offset, dtype, shape) -> value, for every function
+        self.derived: dict[tuple, object] = {}  # constexpr results by (op type, ids of its inputs), shared
 
     @property
     def functions(self) -> list[str]:
@@ -72,7 +78,11 @@ class Package:
         dtype = _dtype_name(ttype.dataType)
         shape = _shape(ttype)
         if value_spec.HasField("blobFileValue"):
-            return self._blob(value_spec.blobFileValue, dtype).reshape(shape)
+            blob = value_spec.blobFileValue
+            key = (blob.fileName.split("/")[-1], int(blob.offset), dtype, shape)
+            if key not in self._blobs:  # one array per stored weight, whichever function asks
+                self._blobs[key] = self._blob(blob, dtype).reshape(shape)
+            return self._blobs[key]
         tv = value_spec.immediateValue.tensor
         kind = tv.WhichOneof("value")
         if dtype == "STRING":
@@ -139,7 +149,9 @@ def op_conv(a, _):
     if any(k != 1 for k in w.shape[2:]) or int(a.get("groups", 1)) != 1 or \
             any(int(s) != 1 for s in np.atleast_1d(a["strides"])):
         raise UnsupportedOp(f"conv other than pointwise, stride 1, groups 1 (weight {w.shape})")
-    out = np.einsum("oi,bi...->bo...", w.reshape(w.shape[0], w.shape[1]), x)
+    b, spatial = x.shape[0], x.shape[2:]
+    out = np.matmul(w.reshape(w.shape[0], w.shape[1]), x.reshape(b, x.shape[1], -1))  # BLAS: [b, o, n]
+    out = out.reshape((b, w.shape[0]) + spatial)
     if "bias" in a:
         out = out + _f32(a["bias"]).reshape((1, -1) + (1,) * (out.ndim - 2))
     return out
@@ -275,11 +287,12 @@ class Function:
             if op.type == "const":
                 self._consts[op.outputs[0].name] = package.value(op.attributes["val"])
             elif op.type.startswith("constexpr_"):
-                self._consts[op.outputs[0].name] = self._run_op(op, self._consts, None)
-        # fp16 weights (dequantized LUTs included) are kept as float32 once, instead of being converted in
-        # every op call: exact (fp16 -> fp32 loses nothing), and every op rounds its result to its dtype
-        self._consts = {k: v.astype(np.float32) if isinstance(v, np.ndarray) and v.dtype == np.float16 else v
-                        for k, v in self._consts.items()}
+                args = self._args(op, self._consts)
+                key = (op.type, tuple(sorted((k, tuple(map(id, v)) if isinstance(v, list) else id(v))
+                                             for k, v in args.items())))
+                if key not in package.derived:  # the other function of the package may have run it
+                    package.derived[key] = self._run_op(op, self._consts, None)
+                self._consts[op.outputs[0].name] = package.derived[key]
 
     def new_state(self) -> dict[str, np.ndarray]:
         return {n: np.zeros(shape, dtype) for n, (shape, dtype) in self.states.items()}
@@ -319,6 +332,8 @@ class Function:
         return {name: env[name] for name in self.block.outputs}
 
 
-def load(path: Path, function: str | None = None) -> Function:
-    pkg = Package(path)
+def load(path: Path, function: str | None = None, package: Package | None = None) -> Function:
+    """One function of the package at `path` (the first by default); pass `package` to share its
+    weights with functions loaded before."""
+    pkg = package or Package(path)
     return Function(pkg, function or pkg.functions[0])

@@ -16,12 +16,13 @@ MARGIN = 0.5  # warn when an activation uses more than half of the fp16 range
 
 
 def fp16_sweep(model_dir: Path, token_lists: list) -> dict:
-    """Max |activation| per module output of the fp32 original over the given token lists."""
+    """Max |activation| per module output of the fp32 original over the given token lists (fp32 math on
+    weights kept at the checkpoint's dtype: verify/fp32_compute.py)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.eval()
+    from builders.verify.fp32_compute import cpu_threads, load_fp32_compute
+
+    model = load_fp32_compute(model_dir, cpu_threads())
     peaks: dict[str, float] = {}
 
     def hook(name):

@@ -1,0 +1,34 @@
+"""The fixed position budget of every numerical check: which positions of the reference are scored.
+
+One table for every backend (GGUF, MLC, Core ML read it through `metrics.load_reference`), so a check
+costs the same number of model positions whatever the model's size or tokenizer:
+
+  prompts  every position of the PROMPTS (prompts.py; 6 prompts of ~6-12 tokens, each followed by the
+           reference's DECODE_STEPS=8 greedy tokens): about 60-120 positions. All of them are scored:
+           the decode positions are where an artifact's KV cache is exercised.
+  text     the first TEXT_POSITIONS tokens of the perplexity text (prompts.PERPLEXITY_TEXT, 640
+           characters: ~130 tokens with a real 150k vocabulary, ~200 with the tiny models' 1-2k
+           vocabularies, up to 640 with a byte-level one), scored for perplexity.
+
+So a check runs at most ~120 + TEXT_POSITIONS = ~250 positions (the reference and llama.cpp score them
+with one batched pass per sequence). Why that is enough for the thresholds' statistics:
+  - top1 (the tightest thresholds, 0.7 .. 1.0): over the ~120 prompt positions a true agreement of 0.95
+    has a binomial standard error of sqrt(0.95 * 0.05 / 120) = 0.02, so a 0.9 threshold sits 2.5 standard
+    errors away; 1.0 thresholds need no statistics (one disagreement fails).
+  - kl / rel_l2 / nmse are means over positions of per-position sums over the whole vocabulary; their
+    spread across positions is small next to the factor-of-10 margins between quantization levels
+    (matrix.yaml's measured figures).
+  - perplexity: 128 next-token log-likelihoods; a relative standard error of about
+    std(nll) / sqrt(128) / mean(nll) < 10% for the models here, below the ppl_delta thresholds' margins.
+The budget only cuts the perplexity text; the tokenizer check (tokenizer_check.py) still compares the
+whole text's token ids.
+"""
+
+from __future__ import annotations
+
+TEXT_POSITIONS = 128  # tokens of the perplexity text the reference computes logits for and checks score
+
+
+def text_positions(n_tokens: int) -> int:
+    """How many tokens of a perplexity text of n_tokens are scored (at least two: one prediction)."""
+    return max(0, min(n_tokens, TEXT_POSITIONS))

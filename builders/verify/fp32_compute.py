@@ -1,0 +1,103 @@
+"""fp32 math over weights kept at the checkpoint's size: a transformers model whose parameters stay in
+the dtype they were stored in (bf16/fp16) and are upcast to float32 for their own module's forward
+call only.
+
+The upcast bf16/fp16 -> fp32 is exact, so every module computes with the same fp32 weights a model
+loaded with `from_pretrained(dtype=torch.float32)` holds, on fp32 activations: the logits are those of
+the fp32 model (tests/test_verify_scale.py checks them bit for bit), while the resident weights take
+1x the checkpoint instead of 2x. Two modules are special-cased so that no vocabulary-sized matrix is
+ever widened whole: an embedding gathers its rows in the stored dtype and widens only them, and a
+linear layer with more than BLOCK_ROWS output rows (the LM head) multiplies BLOCK_ROWS rows at a time
+(each logit is the same dot product: the result is identical). Peak memory: the checkpoint + one
+decoder matrix in fp32 + activations. A float32 checkpoint needs no hooks at all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cpu_threads() -> int:
+    """CPUs this process may run on (its affinity mask: a container's --cpuset-cpus, taskset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def _swap_in(module, _args):
+    import torch  # noqa: PLC0415
+
+    stash = {}
+    for name, p in module._parameters.items():
+        if p is not None and p.dtype != torch.float32:
+            stash[name] = p
+            module._parameters[name] = torch.nn.Parameter(p.detach().float(), requires_grad=False)
+    module._fp32_stash = stash
+
+
+def _swap_out(module, _args, _output):
+    module._parameters.update(getattr(module, "_fp32_stash", {}))
+    module._fp32_stash = {}
+
+
+BLOCK_ROWS = 16384  # output rows of a big linear layer widened at a time (16384 x 4096 x 4 B = 256 MiB)
+
+
+def _embedding_forward(module):
+    import torch.nn.functional as F  # noqa: PLC0415
+
+    def forward(ids):
+        return F.embedding(ids, module.weight, module.padding_idx).float()  # widening after the gather: exact
+    return forward
+
+
+def _blocked_linear_forward(module):
+    import torch  # noqa: PLC0415
+    import torch.nn.functional as F  # noqa: PLC0415
+
+    def forward(x):
+        w, b = module.weight, module.bias
+        return torch.cat([F.linear(x, w[i:i + BLOCK_ROWS].float(), None if b is None else b[i:i + BLOCK_ROWS].float())
+                          for i in range(0, w.shape[0], BLOCK_ROWS)], dim=-1)
+    return forward
+
+
+def upcast_per_module(model) -> int:
+    """Make every module that owns non-fp32 parameters compute with fp32 copies of them, made for its own
+    call and dropped after (embeddings and big linear layers: see the module docstring). Returns how many
+    modules were changed."""
+    import torch  # noqa: PLC0415
+
+    hooked = 0
+    for module in model.modules():
+        if not any(p.dtype != torch.float32 for p in module.parameters(recurse=False)):
+            continue
+        hooked += 1
+        if type(module) is torch.nn.Embedding:
+            module.forward = _embedding_forward(module)
+        elif type(module) is torch.nn.Linear and module.weight.shape[0] > BLOCK_ROWS:
+            module.forward = _blocked_linear_forward(module)
+        else:
+            module.register_forward_pre_hook(_swap_in)
+            module.register_forward_hook(_swap_out)
+    # floating buffers (rope inv_freq) are computed in fp32 by __init__; loading in bf16 must not round them
+    for module in model.modules():
+        for name, buf in list(module._buffers.items()):
+            if buf is not None and buf.is_floating_point() and buf.dtype != torch.float32:
+                raise ValueError(f"buffer {name} of {type(module).__name__} is {buf.dtype}, not float32")
+    return hooked
+
+
+def load_fp32_compute(model_dir: Path, threads: int):
+    """The checkpoint's model in its stored dtype, computing in fp32 (see the module docstring)."""
+    import torch  # noqa: PLC0415
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415
+
+    torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="auto", attn_implementation="eager")
+    if any(p.dtype not in (torch.float32, torch.float16, torch.bfloat16) for p in model.parameters()):
+        raise ValueError(f"{Path(model_dir).name}: parameters of a dtype other than fp32/fp16/bf16")
+    upcast_per_module(model)
+    model.eval()
+    return model
