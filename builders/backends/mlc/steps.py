@@ -166,10 +166,20 @@ def step_compile(ctx: NodeContext) -> None:
               "tool_versions": versions, "deferred": deferred,
               "runtime_abi": {"tvm": versions["apache-tvm"], "target": t.name, "tvm_target": t.tvm,
                               "tvm_host": t.host, "quantization": q.code, "system_lib_prefix": prefix,
+                              "requires_cpu": _requires_cpu(t),
                               "entry_points": list(compile_mod.ENTRY_POINTS)}}
     (ctx.out / COMPILED_JSON).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     ctx.result["library"] = facts
     _library_result(ctx, record)
+
+
+def _requires_cpu(t) -> dict | None:
+    """The CPU a library's host code needs: the baseline and its features (None: no baseline pinned)."""
+    from builders.backends.mlc.cpu_features import BASELINES
+
+    if t.requires_cpu is None:
+        return None
+    return {"baseline": t.requires_cpu, "features": list(BASELINES[t.requires_cpu])}
 
 
 def step_library(ctx: NodeContext) -> None:
