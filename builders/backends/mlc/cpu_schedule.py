@@ -8,7 +8,7 @@ Rules, first match wins per kernel (TVM 0.27.0.post1 `tvm.s_tir.dlight.cpu` has 
                      outside, the VEC columns innermost and vectorized (contiguous loads, no reassociation)
   dl.cpu.Reduction   norms / softmax-like reductions: leading spatial loops parallel
   ParallelSpatial    everything else (dequantize, elementwise, rope, epilogues): the leading spatial
-                     loops of each top-level block fused and parallel
+                     loops of each top-level block fused and parallel, the innermost VEC vectorized
 
 The thread pool is TVM's runtime pool: it starts one worker per core (TVM_NUM_THREADS overrides),
 see threads().
@@ -52,6 +52,11 @@ VEC = 16  # output columns per tile: two AVX2 registers of float32 accumulators
 
 
 def _leading_spatial_parallel(sch, infos) -> bool:
+    """Fuse each block's leading spatial loops into one parallel loop; a block whose loops are all
+    spatial with a static innermost extent divisible by VEC also gets that loop's last VEC iterations
+    vectorized (dequantize, casts, elementwise epilogues)."""
+    from tvm.s_tir.dlight.base import get_extent
+
     changed = False
     for info in infos:
         loops = sch.get_loops(info.block_rv)
@@ -63,9 +68,16 @@ def _leading_spatial_parallel(sch, infos) -> bool:
             if kind != "S":
                 break
             lead.append(loop)
-        if lead:
-            sch.parallel(sch.fuse(*lead) if len(lead) > 1 else lead[0])
-            changed = True
+        if not lead:
+            continue
+        inner = None
+        extent = get_extent(sch, lead[-1])
+        if len(lead) == len(loops) and isinstance(extent, int) and extent % VEC == 0 and extent > VEC:
+            lead[-1], inner = sch.split(lead[-1], factors=[None, VEC])
+        sch.parallel(sch.fuse(*lead) if len(lead) > 1 else lead[0])
+        if inner is not None:
+            sch.vectorize(inner)
+        changed = True
     return changed
 
 
