@@ -249,7 +249,8 @@ def _weights_verification(ctx: NodeContext) -> dict:
 
 # The cpu library check's fixed budget of positions (independent of the model's size):
 #   every reference prompt teacher-forced through `batch_prefill` (prompt + the reference's greedy
-#   continuation in one chunk: all positions' logits at once), except prompt 0, whose continuation goes
+#   continuation; all prompts that fit a prefill chunk in one call, one KV sequence each - MLC's batched
+#   prefill - so all their positions' logits come at once), except prompt 0, whose continuation goes
 #   through `decode` one token at a time (DECODE_CHECK_STEPS: the entry point MLC's runtime generates with);
 #   the first TEXT_POSITIONS tokens of the perplexity text through `batch_prefill` (one chunk at the
 #   default prefill_chunk_size); prompt 0 once more through the single-sequence `prefill`.
@@ -261,12 +262,10 @@ DECODE_CHECK_STEPS = 8
 
 def library_logits(sess, ref: dict) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """(per-prompt logits, perplexity-text logits, prompt 0's last-position logits via `prefill`)."""
-    prompts = []
-    for i, (tokens, prompt_len, _) in enumerate(ref["prompts"]):
-        prompts.append(sess.forward(tokens, prompt_len if i == 0 else None))
-    text = ref["text_tokens"][: min(TEXT_POSITIONS, sess.ctx)]
     first_tokens, first_len, _ = ref["prompts"][0]
-    return prompts, sess.forward(text), sess.prefill_last(first_tokens[:first_len])
+    rest = sess.forward_many([tokens for tokens, _, _ in ref["prompts"][1:]])
+    text = ref["text_tokens"][: min(TEXT_POSITIONS, sess.ctx)]
+    return [sess.forward(first_tokens, first_len), *rest], sess.forward(text), sess.prefill_last(first_tokens[:first_len])
 
 
 def _verify_cpu(ctx: NodeContext, path: Path) -> None:
