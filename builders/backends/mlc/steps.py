@@ -72,16 +72,17 @@ def step_gen_config(ctx: NodeContext) -> None:
 def step_verify_quant(ctx: NodeContext) -> None:
     """Per tensor: dequantize(stored) vs the original within the bound implied by bits and group size;
     unquantized tensors must equal the original cast to the model dtype."""
-    from builders.backends.mlc.reference import dequantized_params
+    from builders.backends.mlc.reference import dequantized
 
     _, c, q = _setup(ctx)
     src = convert_weight.SafetensorsSource(ctx.model_dir)
-    stored = dequantized_params(ctx.out, c, q)
+    packed = convert_weight.read_cache(ctx.out)  # one tensor dequantized at a time below
     checks, failures = {}, []
     worst = 0.0
     for name, shape in convert_weight.unquantized_params(c):
         w = convert_weight.source_tensor(src, name, c)
-        err = np.abs(stored[name] - w)
+        stored = dequantized(packed, name, shape, q)
+        err = np.abs(stored - w)
         if convert_weight.is_quantized(name, shape, q):
             ratio = float((err / np.maximum(error_bound(w, q), 1e-30)).max())
             worst = max(worst, ratio)
@@ -89,7 +90,7 @@ def step_verify_quant(ctx: NodeContext) -> None:
             if ratio > 1.0:
                 failures.append(f"{name}: quantization error {err.max():.3g} exceeds the {q.code} bound")
         else:
-            exact = np.array_equal(stored[name], w.astype(q.model_dtype).astype(np.float32))
+            exact = np.array_equal(stored, w.astype(q.model_dtype).astype(np.float32))
             checks[name] = {"max_abs_err": float(err.max()), "exact_cast": exact}
             if not exact:
                 failures.append(f"{name}: stored tensor differs from the original cast to {q.model_dtype}")
