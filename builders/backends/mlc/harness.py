@@ -114,6 +114,15 @@ class Session:
         for i, part in zip(group, np.split(flat, np.cumsum(lengths)[:-1])):
             out[i] = part
 
+    def close(self) -> None:
+        """Drop the library's weights, KV cache and VM, and return TVM's pooled memory to the system
+        (the pooled allocator keeps every freed buffer otherwise)."""
+        import gc
+
+        self.kv = self.params = self.vm = None
+        gc.collect()
+        self.tvm.get_global_func("vm.builtin.memory_manager.clear")()
+
     def prefill_last(self, tokens) -> np.ndarray:
         """Logits of the last prompt position through the single-sequence `prefill` entry point."""
         self._new_sequence()

@@ -279,7 +279,7 @@ def _verify_cpu(ctx: NodeContext, path: Path) -> None:
     t0 = time.monotonic()
     sess = harness.Session(path, ctx.inputs["weights"])
     lib_logits, text_lib, prefill_last = library_logits(sess, ref)
-    del sess  # the library's weights and workspace, before the reference below
+    sess.close()  # the library's weights and TVM's memory pool go before the reference below
     t_lib = time.monotonic() - t0
     figures = compare(np.concatenate([r for _, _, r in ref["prompts"]]), np.concatenate(lib_logits))
     text = ref["text_tokens"][: len(text_lib)]
