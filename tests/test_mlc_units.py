@@ -284,3 +284,63 @@ def test_structural_library_check_fails_closed_without_weights_figures(tmp_path,
 
     with pytest.raises(NodeFailed, match=fragment.replace("*", r"\*")):
         _weights_verification(_lib_ctx(tmp_path, record, with_parent))
+
+
+@pytest.mark.parametrize("code", ["q4f16_1", "q0f32"])
+def test_layer_streamed_reference_equals_the_whole_fp32_model(hf_dir, tmp_path, code):
+    """The library-vs-dequantized reference is computed layer by layer (no second full fp32 model):
+    it must give the logits of the whole HF model carrying the same dequantized weights."""
+    from builders.backends.mlc import convert_weight, reference
+
+    q = q_mod.QUANTS[code]
+    c = ModelConfig.from_hf(TINY_CFG, {"context_window_size": 128})
+    convert_weight.convert(hf_dir, tmp_path, c, q, log=lambda *_: None)
+    sequences = [np.array([1, 5, 9, 33, 95, 7, 7, 2]), np.array([3]), np.arange(40) % 96]
+    streamed = reference.streamed_logits(hf_dir, tmp_path, c, q, sequences)
+    whole = reference.forward_fn(hf_dir, reference.hf_state(reference.dequantized_params(tmp_path, c, q), c))
+    for tokens, logits in zip(sequences, streamed):
+        expected = whole(tokens)
+        assert logits.shape == (len(tokens), 96) and logits.dtype == np.float32
+        assert np.abs(logits - expected).max() <= 1e-5 * max(1.0, float(np.abs(expected).max()))
+    # the head is dequantized in blocks of vocabulary rows: a block smaller than the vocabulary agrees too
+    saved = reference.LM_HEAD_ROWS
+    try:
+        reference.LM_HEAD_ROWS = 40
+        again = reference.streamed_logits(hf_dir, tmp_path, c, q, sequences[:1])
+    finally:
+        reference.LM_HEAD_ROWS = saved
+    assert np.array_equal(again[0], streamed[0])
+
+
+def test_cpu_library_pins_its_baseline_and_records_it():
+    from builders.backends.mlc.cpu_features import BASELINES
+    from builders.backends.mlc.steps import _requires_cpu
+    from builders.backends.mlc.targets import CPU_BASELINE, TARGETS
+
+    cpu = TARGETS["cpu"]
+    assert cpu.tvm["mcpu"] == CPU_BASELINE == cpu.requires_cpu == "x86-64-v3"
+    assert {"avx2", "fma", "f16c"} <= set(BASELINES[CPU_BASELINE])
+    assert _requires_cpu(cpu) == {"baseline": "x86-64-v3", "features": list(BASELINES["x86-64-v3"])}
+    assert all(t.requires_cpu is None for name, t in TARGETS.items() if name != "cpu")
+
+
+def test_a_host_without_the_baseline_gets_one_line_naming_what_it_lacks(tmp_path):
+    from builders.backends.mlc import cpu_features
+    from builders.errors import NodeFailed
+
+    v3 = set(cpu_features.BASELINES["x86-64-v3"])
+    cpu_features.check("x86-64-v3", "m-q4f16_1-cpu.so", flags=v3 | {"avx512f"}, machine="x86_64")  # passes
+    with pytest.raises(NodeFailed) as err:
+        cpu_features.check("x86-64-v3", "m-q4f16_1-cpu.so", flags=v3 - {"avx2", "f16c"}, machine="x86_64")
+    msg = str(err.value)
+    assert "\n" not in msg and "m-q4f16_1-cpu.so" in msg and "x86-64-v3" in msg and "avx2, f16c" in msg
+    with pytest.raises(NodeFailed, match="an x86_64 CPU \\(this host is aarch64\\)"):
+        cpu_features.check("x86-64-v3", "m.so", flags=v3, machine="aarch64")
+    with pytest.raises(NodeFailed, match="unknown CPU baseline 'x86-64-v9'"):
+        cpu_features.check("x86-64-v9", "m.so")
+    cpu_features.check(None, "m.so", flags=set())  # no baseline pinned: nothing to check
+    # the host's flags are read from /proc/cpuinfo's first "flags" line
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\nflags\t\t: other\n")
+    assert cpu_features.host_flags(info) == {"fpu", "sse", "avx2", "fma"}
+    assert cpu_features.host_flags(tmp_path / "none") == set()

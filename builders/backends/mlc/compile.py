@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from builders.backends.mlc import cpu_schedule
 from builders.backends.mlc.convert_weight import param_plan
 from builders.backends.mlc.models import ARCHS, ModelConfig
 from builders.backends.mlc.quant import MlcQuant
@@ -102,14 +103,15 @@ def export(hf_config: dict, c: ModelConfig, q: MlcQuant, target):
 
 
 def pipeline(t: MlcTarget, target):
-    """relax.build pipeline: TVM's default for CPU; for GPUs the generic passes with our dlight rules."""
+    """relax.build pipeline: for CPU TVM's CPU passes with dlight CPU rules and parallel loops
+    (cpu_schedule.py); for GPUs the generic passes with our dlight rules."""
     import tvm
     from tvm import relax
     from tvm.relax.backend import gpu_generic
     from tvm.s_tir import dlight as dl
 
     if not t.gpu_rules:
-        return "default"
+        return cpu_schedule.pipeline(target)
     rules = [getattr(dl.gpu, r)() for r in t.gpu_rules]
 
     @tvm.transform.module_pass(opt_level=0)
@@ -171,4 +173,5 @@ def compile_lib(hf_config: dict, c: ModelConfig, q: MlcQuant, t: MlcTarget, out_
     log(f"compile {t.name}: export {t_export:.1f}s, relax.build {t_build:.1f}s -> {out_file.name}")
     return {"file": out_file.name, "export_seconds": round(t_export, 2), "build_seconds": round(t_build, 2),
             "total_seconds": round(time.monotonic() - t0, 2), "tvm_target": json.loads(json.dumps(t.tvm)),
-            "tvm_host": t.host}
+            "tvm_host": t.host, "schedule": "dlight gpu: " + ",".join(t.gpu_rules) if t.gpu_rules
+            else "dlight cpu: GEMV,Reduction + parallel spatial loops"}

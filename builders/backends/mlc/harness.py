@@ -4,6 +4,8 @@ it the way MLC's engine does (paged KV cache, `embed` -> `batch_prefill`/`prefil
 `Session.forward(tokens, prompt_len)` returns float32 logits [n, vocab] for every position of a
 teacher-forced token sequence: the prompt goes through chunked prefill (all positions' logits via
 `batch_prefill`'s logit_positions), every later token through one `decode` step each.
+`Session.forward_many(sequences)` prefills several sequences in one `batch_prefill` call each time
+their tokens fit a prefill chunk (one KV-cache sequence each, as MLC's engine batches requests).
 """
 
 from __future__ import annotations
@@ -78,6 +80,48 @@ class Session:
         for t in tokens[prompt_len:]:
             out.append(self._step("decode", np.array([t])))
         return np.concatenate(out).astype(np.float32)
+
+    def forward_many(self, sequences) -> list[np.ndarray]:
+        """float32 logits [n_i, vocab] at every position of each sequence, several sequences per call."""
+        seqs = [np.asarray(t, dtype=np.int32) for t in sequences]
+        out: list[np.ndarray | None] = [None] * len(seqs)
+        group: list[int] = []
+        for i, t in enumerate(seqs):
+            if len(t) > self.chunk:
+                out[i] = self.forward(t)
+                continue
+            if group and sum(len(seqs[j]) for j in group) + len(t) > self.chunk:
+                self._prefill_group(seqs, group, out)
+                group = []
+            group.append(i)
+        if group:
+            self._prefill_group(seqs, group, out)
+        return out
+
+    def _prefill_group(self, seqs: list[np.ndarray], group: list[int], out: list) -> None:
+        S, tvm = self.ShapeTuple, self.tvm
+        self.kv = self.vm["create_tir_paged_kv_cache"](S([len(group)]), S([self.ctx]), S([self.chunk]),
+                                                        S([PAGE_SIZE]), S([0]))
+        for slot in range(len(group)):
+            self._fn["kv_state_add_sequence"](self.kv, slot)
+        lengths = [len(seqs[i]) for i in group]
+        self._fn["kv_state_begin_forward"](self.kv, S(list(range(len(group)))), S(lengths))
+        ids = np.concatenate([seqs[i] for i in group])
+        positions = tvm.runtime.tensor(np.arange(len(ids), dtype=np.int32), self.dev)
+        logits, self.kv = self.vm["batch_prefill"](self._embed(ids), positions, self.kv, self.params)
+        self._fn["kv_state_end_forward"](self.kv)
+        flat = logits.numpy().reshape(-1, logits.shape[-1]).astype(np.float32)
+        for i, part in zip(group, np.split(flat, np.cumsum(lengths)[:-1])):
+            out[i] = part
+
+    def close(self) -> None:
+        """Drop the library's weights, KV cache and VM, and return TVM's pooled memory to the system
+        (the pooled allocator keeps every freed buffer otherwise)."""
+        import gc
+
+        self.kv = self.params = self.vm = None
+        gc.collect()
+        self.tvm.get_global_func("vm.builtin.memory_manager.clear")()
 
     def prefill_last(self, tokens) -> np.ndarray:
         """Logits of the last prompt position through the single-sequence `prefill` entry point."""

@@ -1,6 +1,12 @@
 """A transformers forward pass that uses exactly the weights the library loads: every parameter of
 the MLC weights dir dequantized (numpy) and un-fused back to HF names. Comparing the compiled library
-with it isolates library correctness from quantization error."""
+with it isolates library correctness from quantization error.
+
+`streamed_logits` (what verification uses) runs the HF model one decoder layer at a time in float32:
+only one layer's dequantized weights exist at a time, the embedding rows are dequantized for the
+tokens used, and the LM head a block of vocabulary rows at a time - the peak is the packed weights
+plus one float32 layer, never a second full model. `forward_fn` builds the whole fp32 model (tests).
+"""
 
 from __future__ import annotations
 
@@ -18,15 +24,20 @@ from builders.backends.mlc.quant import MlcQuant
 def dequantized_params(weights: Path, c: ModelConfig, q: MlcQuant) -> dict[str, np.ndarray]:
     """Our (unquantized) parameter name -> float32 array, as the library sees it."""
     arrays = read_cache(weights)
-    out = {}
-    for name, shape in unquantized_params(c):
-        if name in arrays:
-            out[name] = arrays[name].astype(np.float32)
-            continue
-        base = name[: -len("weight")]
-        layout_q = q if not name.endswith("embed_tokens.weight") else _nk(q)
-        out[name] = quant_mod.dequantize(arrays[base + "q_weight"], arrays[base + "q_scale"], shape[1], layout_q)
-    return out
+    return {name: dequantized(arrays, name, shape, q) for name, shape in unquantized_params(c)}
+
+
+def dequantized(arrays: dict[str, np.ndarray], name: str, shape: tuple, q: MlcQuant,
+                rows: slice | np.ndarray | None = None) -> np.ndarray:
+    """One parameter (optionally some of its rows) as float32, from the packed tensor cache."""
+    pick = (lambda a: a) if rows is None else (lambda a: a[rows])
+    if name in arrays:
+        return pick(arrays[name]).astype(np.float32)
+    base = name[: -len("weight")]
+    layout_q = q if not name.endswith("embed_tokens.weight") else _nk(q)
+    if rows is not None and layout_q.layout != "NK":
+        raise ValueError(f"{name}: row slices need the NK layout")
+    return quant_mod.dequantize(pick(arrays[base + "q_weight"]), pick(arrays[base + "q_scale"]), shape[1], layout_q)
 
 
 def _nk(q: MlcQuant) -> MlcQuant:
@@ -76,3 +87,73 @@ def forward_fn(model_dir: Path, state: dict[str, np.ndarray], dtype: str = "floa
 
 
 
+
+
+LM_HEAD_ROWS = 16384  # vocabulary rows dequantized at a time for the LM head (16k x hidden x 4 B)
+
+
+def streamed_logits(model_dir: Path, weights: Path, c: ModelConfig, q: MlcQuant,
+                    sequences: list[np.ndarray]) -> list[np.ndarray]:
+    """float32 logits [n_i, vocab] of each token sequence through the HF model carrying the library's
+    dequantized weights, computed layer by layer in float32 (see the module docstring)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from builders.backends.mlc.cpu_schedule import threads
+
+    torch.set_num_threads(threads())
+    arrays = read_cache(weights)
+    shapes = dict(unquantized_params(c))
+    config = AutoConfig.from_pretrained(str(model_dir))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
+    inner = model.model
+    rotary = type(inner.rotary_emb)(config=config)  # real buffers (the meta model has none)
+    seqs = [torch.from_numpy(np.asarray(s, dtype=np.int64)) for s in sequences]
+    vocab_ids = np.unique(np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]))
+    emb = torch.from_numpy(dequantized(arrays, "model.embed_tokens.weight", shapes["model.embed_tokens.weight"], q,
+                                       rows=vocab_ids))
+    hidden = [emb[np.searchsorted(vocab_ids, s.numpy())][None] for s in seqs]
+    rope, masks = [], []
+    for s in seqs:
+        n = len(s)
+        pos = torch.arange(n)[None]
+        rope.append(rotary(hidden[0], pos))
+        mask = torch.full((n, n), torch.finfo(torch.float32).min).triu(1)
+        window = getattr(config, "sliding_window", None)
+        if window and getattr(config, "use_sliding_window", True) and n > window:
+            mask = mask + torch.full((n, n), torch.finfo(torch.float32).min).tril(-window)
+        masks.append(mask[None, None])
+    with torch.no_grad():
+        for i, layer in enumerate(inner.layers):
+            prefix = f"model.layers.{i}."
+            _load(layer, prefix, {n: dequantized(arrays, n, shp, q) for n, shp in shapes.items()
+                                  if n.startswith(prefix)}, c)
+            for j, s in enumerate(seqs):
+                out = layer(hidden[j], attention_mask=masks[j], position_ids=torch.arange(len(s))[None],
+                            position_embeddings=rope[j])
+                hidden[j] = out[0] if isinstance(out, tuple) else out
+            layer.to("meta")  # frees this layer's float32 weights
+        _load(inner.norm, "model.norm.", {"model.norm.weight": dequantized(arrays, "model.norm.weight",
+                                                                          shapes["model.norm.weight"], q)}, c)
+        final = [inner.norm(h)[0] for h in hidden]
+        head = "model.embed_tokens.weight" if c.tie_word_embeddings else "lm_head.weight"
+        logits = [np.empty((len(s), c.vocab_size), dtype=np.float32) for s in seqs]
+        for start in range(0, c.vocab_size, LM_HEAD_ROWS):
+            rows = slice(start, min(c.vocab_size, start + LM_HEAD_ROWS))
+            w = torch.from_numpy(dequantized(arrays, head, shapes[head], q, rows=rows))
+            for j, h in enumerate(final):
+                logits[j][:, rows] = (h @ w.T).numpy()
+    return logits
+
+
+def _load(module, prefix: str, params: dict[str, np.ndarray], c: ModelConfig) -> None:
+    """Materialize a meta module on the CPU with these (our-name) parameters, un-fused to HF names."""
+    import torch
+
+    state = {k[len(prefix):]: torch.from_numpy(np.ascontiguousarray(v)) for k, v in hf_state(params, c).items()}
+    module.to_empty(device="cpu")
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"{prefix}: dequantized weights do not fit the HF layer: missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}")

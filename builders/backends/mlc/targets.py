@@ -21,7 +21,10 @@ class MlcTarget:
     deferred: str | None = None  # a step that only runs elsewhere (recorded in the manifest)
     notes: tuple[str, ...] = field(default_factory=tuple)
     pass_config: tuple[tuple[str, object], ...] = ()  # tvm PassContext config for this target
+    requires_cpu: str | None = None  # a CPU baseline (cpu_features.BASELINES) the library's code needs
 
+
+CPU_BASELINE = "x86-64-v3"  # LLVM's name for the x86-64 psABI level 3 (builders/backends/mlc/cpu_features.py)
 
 GPU_RULES = ("Matmul", "GEMV", "Reduction", "GeneralReduction", "Fallback")
 # dlight's Matmul rule segfaults when scheduling for Metal, and in Tensorize for CUDA sm_80 fp16
@@ -39,7 +42,11 @@ MAC_X86_HOST = {"kind": "llvm", "mtriple": "x86_64-apple-darwin"}
 WASM_HOST = {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"}
 
 TARGETS: dict[str, MlcTarget] = {t.name: t for t in [
-    MlcTarget("cpu", {"kind": "llvm", "mtriple": "x86_64-pc-linux-gnu"}, None, "so"),
+    # pinned baseline: x86-64-v3 (AVX2, FMA, F16C, BMI1/2, LZCNT, MOVBE; Haswell and later, Zen 1 and
+    # later); the generic x86-64 baseline has no F16C/FMA and runs float16 math in software (~10x slower)
+    MlcTarget("cpu", {"kind": "llvm", "mtriple": "x86_64-pc-linux-gnu", "mcpu": CPU_BASELINE}, None, "so",
+              requires_cpu=CPU_BASELINE,
+              notes=(f"needs an {CPU_BASELINE} CPU (AVX2, FMA, F16C); checked before it is run",)),
     MlcTarget("cuda", {"kind": "cuda", "arch": "sm_80", "max_threads_per_block": 1024,
                        "max_num_threads": 1024, "thread_warp_size": 32, "max_shared_memory_per_block": 49152},
               {"kind": "llvm", "mtriple": "x86_64-pc-linux-gnu"}, "so", NO_MATMUL_RULES, pass_config=NO_CSE),

@@ -26,7 +26,11 @@ def _dequantize_te(q_weight: te.Tensor, q_scale: te.Tensor, rows: int | tirx.Pri
             word, scale = q_weight[r, c // q.per_word], q_scale[r, c // q.group_size]
         shift = ((c % q.per_word) * q.bits).astype("uint32")
         level = tirx.bitwise_and(tirx.shift_right(word, shift), mask)
-        return (level.astype(q.model_dtype) - tirx.const(q.max_int, q.model_dtype)) * scale
+        # computed in float32 and rounded once: (level - max_int) * scale is exact in float32 (a few bits
+        # times an 11-bit significand), so the float16 result is bit-identical to float16 arithmetic,
+        # without a float16 round trip per operation on CPUs that have no float16 ALU
+        value = (level.astype("int32") - q.max_int).astype("float32") * scale.astype("float32")
+        return value.astype(q.model_dtype)
 
     return te.compute((rows, k), value, name="dequantize")
 
