@@ -102,6 +102,7 @@ class Verification:
     runtime_check: dict[str, Any] | None = None  # GGUF: llama.cpp vs transformers on the file's own weights
     verified_by: str | None = None  # key of the node whose figures this one carries (MLC non-cpu library)
     not_run: str | None = None  # what was not run here and why
+    budget: dict[str, Any] | None = None  # positions checked, threads, seconds (MLC library check)
     ran_on: dict[str, Any] | None = None  # GGUF per-target runtime: target, how it ran (lavapipe/wine/qemu), devices
     note: str | None = None
 
