@@ -82,7 +82,7 @@ def test_workflow_jobs_in_fresh_clones_end_with_the_local_release(tmp_path, seed
     ggufs = sorted(n for n in ci_files if n.endswith(".gguf"))
     assert [n.rsplit("-", 1)[-1] for n in ggufs] == ["F16.gguf", "Q4_K_M.gguf", "Q8_0.gguf"], ggufs
     differ = sorted(n for n in ci_files if ci_files[n] != local_files[n])
-    assert differ in ([RUN_RECORD, "SHA256SUMS"], [RUN_RECORD]), differ
+    assert set(differ) <= {RUN_RECORD, "SHA256SUMS"}, differ
     sums = [ln for ln in ci_files["SHA256SUMS"].decode().splitlines() if not ln.endswith(f"  {RUN_RECORD}")]
     assert sums == [ln for ln in local_files["SHA256SUMS"].decode().splitlines() if not ln.endswith(f"  {RUN_RECORD}")]
     for d in (ci_release, local_release):
