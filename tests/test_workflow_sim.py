@@ -87,5 +87,5 @@ def test_workflow_jobs_in_fresh_clones_end_with_the_local_release(tmp_path, seed
     assert sums == [ln for ln in local_files["SHA256SUMS"].decode().splitlines() if not ln.endswith(f"  {RUN_RECORD}")]
     for d in (ci_release, local_release):
         subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=d, check=True)
-    assert {n for n in ci_files if n.endswith(".gguf")} <= set(sim.attested)
+    assert {f"release/{n}" for n in ggufs} | {"release/SHA256SUMS"} <= set(sim.attested)
     assert ("release", "GitHub release") in sim.skipped_steps
