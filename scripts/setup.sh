@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 DOCKERD_LOG=${DOCKERD_LOG:-/var/log/buildmatrix-dockerd.log}
 APT_LOG=/tmp/buildmatrix-apt.log
 PIP_LOG=/tmp/buildmatrix-pip.log
-APT_PACKAGES=(docker.io debootstrap ca-certificates tar python3 python3-pip python3-venv python-is-python3 shellcheck)
+# linux-libc-dev: its syscall table is what the seccomp profile of mlc-compile nodes is generated from
+# (builders/executors/fixed_addresses.py)
+APT_PACKAGES=(docker.io debootstrap ca-certificates tar python3 python3-pip python3-venv python-is-python3 shellcheck linux-libc-dev)
 export DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a
 
 phase() { printf 'setup: %-16s %s\n' "$1" "$2"; }

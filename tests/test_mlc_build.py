@@ -169,6 +169,27 @@ def test_weights_only_variant_reuses_the_library(llama_out, tmp_path):
     assert manifests(out)["tiny-llama.mlc.q0f32.lib.cpu"]["reports"]["library"]["reused"] is False
 
 
+def test_a_library_compiled_again_is_bit_identical(llama_out, tmp_path):
+    """TVM orders the stores of each shape_func by heap address; compile nodes run with ASLR off
+    (builders/executors/fixed_addresses.py), so compiling the same library again gives the same bytes.
+    A second store holds everything of the first but the compile node, which is built there again."""
+    out, _ = llama_out
+    ms = manifests(out)
+    [key] = [k for k in ms if k.endswith(".compile.cpu") and ".q4f16_1" in k]
+    digest = ms[key]["node"]["digest"]
+    again = tmp_path / "again"
+    shutil.copytree(out / ".store", again / ".store", ignore=lambda d, names: [digest] if d == str(out / ".store") else [])
+    proc = invoke("build", "--model", "tiny:llama", "--backends", "mlc", "--quants", "q4f16_1", "--targets", "cpu",
+                  "--out", str(again), check=0)
+    assert f"run {key}" in proc.stderr, "the compile node was not built again"
+    first, second = ms[key], manifests(again)[key]
+    assert second["node"]["digest"] == digest and [o["path"] for o in second["outputs"]] == [o["path"] for o in first["outputs"]]
+    for o in first["outputs"]:
+        a = (out / ".store" / digest / "out" / o["path"]).read_bytes()
+        b = (again / ".store" / digest / "out" / o["path"]).read_bytes()
+        assert a == b, f"{o['path']}: compiled twice, {len(a)} and {len(b)} bytes differ"
+
+
 @pytest.mark.parametrize("arch", ["qwen2", "mistral"])
 def test_other_architectures_match_transformers(tmp_path_factory, docker_engine, arch):
     out = tmp_path_factory.mktemp(f"dist-mlc-{arch}")

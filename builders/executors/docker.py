@@ -6,9 +6,11 @@ never runs as root: it runs as the host user, or - when the build runs as root -
 65532, which gets the node's staging dir for the run; afterwards the staging dir is handed back to the host
 user, so every file belongs to whoever runs the build. No capabilities, no-new-privileges, and the memory
 and pids limits of matrix.yaml `containers:` (builders/container_limits.py; no swap on top). A node the
-kernel killed for exceeding the memory limit fails with that one line. Ctrl-C or SIGTERM kills and removes
-the container before the interrupt propagates: no container outlives its build. The container's peak memory
-(engine stats, builders/executors/container_memory.py) is added to the node's result.json.
+kernel killed for exceeding the memory limit fails with that one line. Nodes whose outputs follow heap
+addresses (TVM's shape lowering) run with ASLR off under a generated seccomp profile (fixed_addresses.py).
+Ctrl-C or SIGTERM kills and removes the container before the interrupt propagates: no container outlives
+its build. The container's peak memory (engine stats, builders/executors/container_memory.py) is
+added to the node's result.json.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from builders.container_limits import ContainerLimits, default_limits
 from builders.contract import StepResult
 from builders.errors import ToolchainError
-from builders.executors import Mount, echo, node_dir, sigterm_raises, signals_deferred
+from builders.executors import Mount, echo, fixed_addresses, node_dir, sigterm_raises, signals_deferred
 from builders.executors.container_memory import MemorySampler
 from builders.executors.node_user import chown_tree, container_user, require_readable
 
@@ -184,6 +186,11 @@ class DockerExecutor:
         handed_over = (uid, gid) != (os.getuid(), os.getgid())
         if handed_over:
             require_readable([PROJECT / "builders"] + [Path(m.host) for m in mounts if m.read_only], uid)
+        command, env, security = ["python", "-m", "builders.node", "run", "/node/spec.json"], CONTAINER_ENV, \
+            ["no-new-privileges"]
+        if fixed_addresses.wanted(spec):  # outputs that follow heap addresses: see fixed_addresses.py
+            command, env = fixed_addresses.command(command), {**env, "PYTHONHASHSEED": "0"}
+            security = security + [fixed_addresses.security_opt()]
         marker = host_node / MARKER
         with sigterm_raises():
             try:
@@ -191,10 +198,10 @@ class DockerExecutor:
                 if handed_over:
                     chown_tree(host_node, uid, gid)
                 container = self.client.containers.create(
-                    image_ref, ["python", "-m", "builders.node", "run", "/node/spec.json"], name=name,
-                    volumes=volumes, environment=CONTAINER_ENV, network_mode="none", labels=labels,
+                    image_ref, command, name=name,
+                    volumes=volumes, environment=env, network_mode="none", labels=labels,
                     user=f"{uid}:{gid}", working_dir="/node/work", cap_drop=["ALL"],
-                    security_opt=["no-new-privileges"], mem_limit=self.limits.memory,
+                    security_opt=security, mem_limit=self.limits.memory,
                     memswap_limit=self.limits.memory, pids_limit=self.limits.pids)
                 container.start()
                 sampler = MemorySampler(container).start()

@@ -4,7 +4,9 @@ The run record holds the fields that differ from one build to the next even when
 bit-identical: the wall-clock timings (the manifest's `timings`, any `*_seconds` a node reports), peak
 memory (`peak_rss*`) and the toolchain image id (docker's image id hashes the image config, which carries
 its build time; the image's content tag - the hash of its rendered Dockerfile and context - stays in the
-reproducible part).
+reproducible part), and the cells the node was first built for (`node.cells`: a node built for a Q4_K_M
+cell, or for its F16 cell alone, or imported from a store that built it for either, is the same node; the
+workflow simulation found a CI release and a local one differing only there).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import copy
 
 # (path of keys) of each run-specific field of a manifest
-RUN_FIELDS = (("timings",), ("image", "id"))
+RUN_FIELDS = (("timings",), ("image", "id"), ("node", "cells"))
 
 
 def is_run_measurement(key: str) -> bool:
