@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-VULKAN_REASON = ("the PyPI apache-tvm wheel has no Vulkan codegen (built without USE_VULKAN); "
-                 "vulkan libraries need an image with a TVM built with Vulkan")
 
 
 @dataclass(frozen=True)
@@ -21,6 +19,9 @@ class MlcTarget:
     deferred: str | None = None  # a step that only runs elsewhere (recorded in the manifest)
     notes: tuple[str, ...] = field(default_factory=tuple)
     pass_config: tuple[tuple[str, object], ...] = ()  # tvm PassContext config for this target
+    image: str = "mlc"  # toolchain image of the compile node
+    link: str | None = None  # how the library file is linked in that image: "emcc-tvmjs" (compile.py) | None
+    ci_runner: bool = False  # built only where a Vulkan TVM can be built (tvm_source.py), else "built on CI runners"
 
 
 GPU_RULES = ("Matmul", "GEMV", "Reduction", "GeneralReduction", "Fallback")
@@ -37,6 +38,10 @@ IOS_HOST = {"kind": "llvm", "mtriple": "arm64-apple-ios14.0.0"}
 MAC_HOST = {"kind": "llvm", "mtriple": "arm64-apple-macos"}
 MAC_X86_HOST = {"kind": "llvm", "mtriple": "x86_64-apple-darwin"}
 WASM_HOST = {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"}
+LINUX_HOST = {"kind": "llvm", "mtriple": "x86_64-pc-linux-gnu"}
+WINDOWS_HOST = {"kind": "llvm", "mtriple": "x86_64-w64-windows-gnu"}
+VULKAN = {"kind": "vulkan", "max_threads_per_block": 256, "max_num_threads": 256, "thread_warp_size": 1,
+          "supports_float16": True, "supports_int16": True, "supports_16bit_buffer": True}
 
 TARGETS: dict[str, MlcTarget] = {t.name: t for t in [
     MlcTarget("cpu", {"kind": "llvm", "mtriple": "x86_64-pc-linux-gnu"}, None, "so"),
@@ -58,8 +63,13 @@ TARGETS: dict[str, MlcTarget] = {t.name: t for t in [
                                "thread_warp_size": 32, "max_shared_memory_per_block": 32768},
               MAC_X86_HOST, "dylib", NO_MATMUL_RULES, object_arch="x86_64-macho", pass_config=NO_CSE,
               deferred="link: the .dylib is linked on macOS (native executor); Linux builds the objects"),
+    # linked in the webgpu image with TVM's web runtime into the .wasm web-llm loads (compile.link_tvmjs_wasm)
     MlcTarget("webgpu", {"kind": "webgpu", "max_num_threads": 256}, WASM_HOST, "wasm", GPU_RULES,
-              system_lib=True, object_arch="wasm", pass_config=NO_CSE),
+              system_lib=True, object_arch="wasm", pass_config=NO_CSE, image="webgpu", link="emcc-tvmjs"),
+    # a TVM built with USE_VULKAN=ON (image mlc-vulkan, from a pinned source): on CI runners unless a local
+    # source is given (builders/backends/mlc/tvm_source.py)
+    MlcTarget("vulkan", VULKAN, LINUX_HOST, "so", GPU_RULES, object_arch="x86_64-elf", pass_config=NO_CSE,
+              image="mlc-vulkan", ci_runner=True),
+    MlcTarget("vulkan-windows", VULKAN, WINDOWS_HOST, "dll", GPU_RULES, object_arch="x86_64-pe",
+              pass_config=NO_CSE, image="mlc-vulkan", link="mingw", ci_runner=True),
 ]}
-
-UNAVAILABLE: dict[str, str] = {"vulkan": VULKAN_REASON, "vulkan-windows": VULKAN_REASON}
