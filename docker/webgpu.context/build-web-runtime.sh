@@ -21,8 +21,11 @@ cp "$here/support_serializer.h" "$root/include/tvm/support/serializer.h"
 cp "$here/bytes_io.h" "$here/base64.h" "$here/ring_buffer.h" "$here/arena.h" "$here/utils.h" "$root/src/support/"
 flags="-I$root -I$root/include -I$root/3rdparty/tvm-ffi/include -I$root/3rdparty/tvm-ffi/3rdparty/dlpack/include \
  -O3 -std=c++17 -Wno-ignored-attributes"
-for unit in wasm_runtime tvmjs_support webgpu_runtime; do
+pids=""
+for unit in wasm_runtime tvmjs_support webgpu_runtime; do  # in parallel: three independent units
   # shellcheck disable=SC2086
-  emcc $flags -emit-llvm -c -o "$out/$unit.bc" "$root/web/emcc/$unit.cc"
+  emcc $flags -emit-llvm -c -o "$out/$unit.bc" "$root/web/emcc/$unit.cc" &
+  pids="$pids $!"
 done
+for pid in $pids; do wait "$pid"; done
 ls -l "$out"
