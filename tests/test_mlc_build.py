@@ -112,7 +112,7 @@ def test_webgpu_wasm_has_the_web_runtime_linked_in(llama_out):
     assert not [i for i in iface["imports"] if i.startswith("env.TVMFFIEnv") or "SystemLib" in i], iface["imports"]
     structural = m["verification"]["checks"]["structural"]
     assert structural["unresolved_imports"] == [] and "not run" in structural["webgpu_run"]
-    compiled = ms["mlc.llama-" + m["library"]["config_sha"] + ".q4f16_1-ctx512.compile.webgpu"]
+    compiled = ms[m["extra"]["library"]["compiled_by"]]
     assert compiled["image"]["ref"].startswith("buildmatrix/webgpu:")
 
 
