@@ -38,7 +38,7 @@ class NodeOutcome:
 @dataclass
 class CellOutcome:
     id: str
-    status: str  # built | cached | failed | unsupported | unavailable
+    status: str  # built | cached | failed | unsupported | unavailable | ci-runner (built on CI runners)
     seconds: float = 0.0
     artifact: str | None = None
     reason: str | None = None

@@ -20,7 +20,7 @@ from builders.errors import EXIT_INTERRUPTED, EXIT_USAGE, BuildmatrixError
 
 console = Console(stderr=True, highlight=False)
 STATUS_STYLE = {"built": "green", "cached": "cyan", "failed": "red", "unavailable": "red",
-                "unsupported": "yellow", "skipped": "red"}
+                "unsupported": "yellow", "skipped": "red", "ci-runner": "blue"}
 
 
 # what a command is writing ("writing under OUT", "writing PATH"): an OSError without a file name names it
@@ -189,7 +189,9 @@ def ensure_images(matrix_path, names: str | None) -> None:
     from builders import images, matrix as matrix_mod
 
     m = matrix_mod.load(Path(matrix_path))
-    wanted = [n.strip() for n in names.split(",")] if names else sorted(m.images)
+    # by default every image but those built only where their source is reachable (`on_demand: true`)
+    wanted = ([n.strip() for n in names.split(",")] if names else
+              sorted(n for n in m.images if not (m.images[n] or {}).get("on_demand")))
     for n in wanted:
         if n not in m.images:
             raise BuildmatrixError(f"--names: unknown image '{n}'; matrix.yaml defines {', '.join(sorted(m.images))}")

@@ -96,12 +96,19 @@ def render(name: str, pins: dict) -> str:
                           f"({e.message})") from None
 
 
-def context_files(name: str) -> dict[str, Path]:
-    """File name in the build context -> source file (all part of the tag)."""
+def context_files(name: str, pins: dict | None = None) -> dict[str, Path]:
+    """File name in the build context -> source file (all part of the tag); for mlc-vulkan also the local TVM
+    source tarball its pins name (builders/backends/mlc/tvm_source.py)."""
+    from builders.backends.mlc import tvm_source
+
     files = {f: DOCKER_DIR / f for f in COMMON_CONTEXT}
     extra = DOCKER_DIR / f"{name}.context"
     if extra.is_dir():
         files.update({p.name: p for p in sorted(extra.iterdir()) if p.is_file()})
+    if name == tvm_source.IMAGE and pins is not None:
+        tarball = tvm_source.context_file(pins)
+        if tarball is not None:
+            files[tvm_source.TARBALL_NAME] = tarball
     return dict(sorted(files.items()))
 
 
@@ -110,7 +117,7 @@ def image_tag(name: str, pins: dict) -> str:
     if name == rootfs.NAME:
         return rootfs.tag(pins.get("base", {}))
     h = hashlib.sha256(render(name, pins).encode())
-    for rel, src in context_files(name).items():
+    for rel, src in context_files(name, pins).items():
         h.update(rel.encode() + b"\0" + hashlib.sha256(src.read_bytes()).digest())
     return f"buildmatrix/{name}:{h.hexdigest()[:12]}"
 
@@ -174,7 +181,7 @@ def _context(name: str, pins: dict, ctx: Path) -> None:
     """Write the build context: Dockerfile + context_files (tagged) + the host CA bundle (not tagged)."""
     ctx.mkdir(parents=True)
     (ctx / "Dockerfile").write_text(render(name, pins))
-    for rel, src in context_files(name).items():
+    for rel, src in context_files(name, pins).items():
         shutil.copy2(src, ctx / rel)
     ca = host_ca()
     if ca:

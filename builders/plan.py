@@ -55,7 +55,7 @@ class PlanNode:
 class PlanCell:
     cell: Cell
     nodes: list[str]  # node keys in run order; the last is the artifact node
-    status: str = "planned"  # planned | cached | unsupported | unavailable
+    status: str = "planned"  # planned | cached | unsupported | unavailable | ci-runner
     reason: str | None = None
 
 
@@ -224,6 +224,11 @@ class Planner:
             reason = backend.unavailable(cell)
             if reason:
                 cells.append(PlanCell(cell, [], "unavailable", reason))
+                continue
+            built_on_ci = getattr(backend, "built_on_ci", None)
+            reason = built_on_ci(cell, self.matrix.images) if built_on_ci else None
+            if reason:  # neither a failure nor verified: its toolchain builds on CI runners only
+                cells.append(PlanCell(cell, [], "ci-runner", reason))
                 continue
             ref = self._reference(model)
             done: dict[int, PlanNode] = {}

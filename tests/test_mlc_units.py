@@ -49,11 +49,45 @@ def test_quant_codes_and_legacy_codes():
     assert "use q0f16" in BACKEND.unavailable(Cell("m", "mlc", "q8f16_0", "cpu"))
 
 
-def test_vulkan_cells_fail_fast_with_the_reason():
+def test_vulkan_cells_are_built_on_ci_runners_unless_a_local_tvm_source_is_given(tmp_path):
+    images = {"mlc-vulkan": {"from": "base", "llvm": 15, "tvm_source": None}}
     for target in ("vulkan", "vulkan-windows"):
-        reason = BACKEND.unavailable(_cell(target=target))
-        assert "no Vulkan codegen" in reason and "\n" not in reason
-    assert BACKEND.unavailable(_cell(target="android")) is None
+        assert BACKEND.unavailable(_cell(target=target)) is None
+        reason = BACKEND.built_on_ci(_cell(target=target), images)
+        assert reason.startswith("built on CI runners") and "tvm_source" in reason and "\n" not in reason
+    assert BACKEND.built_on_ci(_cell(target="android"), images) is None
+    assert BACKEND.built_on_ci(_cell(target="webgpu"), images) is None
+    git = {"mlc-vulkan": {"tvm_source": {"git": "https://github.com/apache/tvm", "commit": "a" * 40}}}
+    assert "cloned there" in BACKEND.built_on_ci(_cell(target="vulkan"), git)
+    from builders.backends.mlc import tvm_source
+
+    assert tvm_source.ci_runner_reason(git, {"GITHUB_ACTIONS": "true"}) is None  # the runner builds it
+    tarball = tmp_path / "tvm.tar.gz"
+    tarball.write_bytes(b"x")
+    local = {"mlc-vulkan": {"tvm_source": {"tarball": str(tarball), "sha256": "b" * 64}}}
+    assert BACKEND.built_on_ci(_cell(target="vulkan"), local) is None
+    assert tvm_source.context_file(local) == tarball.resolve()
+
+
+@pytest.mark.parametrize("source, field", [
+    ({"git": "https://github.com/apache/tvm", "commit": "v0.22"}, "tvm_source.commit"),
+    ({"commit": "a" * 40}, "tvm_source.git"),
+    ({"tarball": "/nonexistent/tvm.tar.gz", "sha256": "b" * 64}, "tvm_source.tarball"),
+    ({"url": "x"}, "tvm_source:"),
+])
+def test_a_malformed_tvm_source_names_its_field(source, field):
+    with pytest.raises(MatrixError, match=field.replace(".", r"\.")):
+        BACKEND.built_on_ci(_cell(target="vulkan"), {"mlc-vulkan": {"tvm_source": source}})
+
+
+def test_library_files_per_target():
+    from builders.backends.mlc import lib_file_name
+
+    assert lib_file_name("m", "webgpu") == "m.wasm"  # linked here (webgpu image)
+    assert lib_file_name("m", "vulkan") == "m.so" and lib_file_name("m", "vulkan-windows") == "m.dll"
+    assert lib_file_name("m", "metal") == "m.tar" and lib_file_name("m", "android") == "m.tar"
+    nodes = BACKEND.expand(_cell(target="webgpu"), _model())
+    assert [n.image for n in nodes if n.kind == "mlc-compile"] == ["mlc", "webgpu"]
 
 
 def test_options_are_validated_with_the_location():

@@ -109,6 +109,10 @@ class Backend(Protocol):
     def unavailable(self, cell: Cell) -> str | None:
         """One-line reason this cell can't be built with the toolchains we have, else None."""
 
+    # optional: built_on_ci(cell, images) -> str | None: the cell's toolchain image builds only on CI runners
+    # (e.g. from a source fetched there); the planner lists it `ci-runner` with that reason - not a failure,
+    # not verified. `images` is matrix.yaml `images:`.
+
     def expand(self, cell: Cell, model: "ModelRef") -> list[NodeDef]:
         """Nodes for this cell; the last one is the cell's artifact node. Shared nodes use equal keys."""
 

@@ -27,7 +27,8 @@ from builders.backends.base import REFERENCE, Cell, ModelRef, NodeDef
 from builders.backends.mlc.conv_templates import CONV_TEMPLATES
 from builders.backends.mlc.models import ARCHS, ModelConfig
 from builders.backends.mlc.quant import QUANTS, REFUSED_LEGACY, describe
-from builders.backends.mlc.targets import TARGETS, UNAVAILABLE
+from builders.backends.mlc import tvm_source
+from builders.backends.mlc.targets import TARGETS
 from builders.options import Option, OptionSet
 
 MAX_CONTEXT = 131072  # tokens: the largest context of the supported families (Llama 3.x); the KV cache is sized by it
@@ -45,8 +46,10 @@ NUMERIC_TARGET = "cpu"  # the target whose library runs here: the weights' numer
 
 def lib_file_name(stem: str, target: str) -> str:
     """The library file a library node writes (steps.lib_file): objects are tarred where linking is deferred."""
-    suffix = TARGETS[target].suffix if target in TARGETS else "tar"
-    return f"{stem}.{'tar' if suffix in ('tar', 'dylib', 'wasm') else suffix}"
+    t = TARGETS.get(target)
+    suffix = t.suffix if t else "tar"
+    linked_here = suffix not in ("dylib", "wasm") or (t is not None and t.link is not None)
+    return f"{stem}.{suffix if linked_here else 'tar'}"
 
 
 class MlcBackend:
@@ -73,7 +76,12 @@ class MlcBackend:
                     f"use {REFUSED_LEGACY[cell.quant]}")
         if cell.quant not in QUANTS:
             return f"unknown mlc quant '{cell.quant}': use one of {', '.join(QUANTS)}"
-        return UNAVAILABLE.get(cell.target)
+        return None
+
+    def built_on_ci(self, cell: Cell, images: Mapping[str, Any]) -> str | None:
+        """Why this cell is built on CI runners instead of here (the planner lists it `ci-runner`), or None."""
+        t = TARGETS.get(cell.target)
+        return tvm_source.ci_runner_reason(dict(images)) if t is not None and t.ci_runner else None
 
     def expand(self, cell: Cell, model: ModelRef) -> list[NodeDef]:
         opts = dict(cell.options)
@@ -122,7 +130,8 @@ class MlcBackend:
         stem = f"{family}-{sha}-{cell.quant}{ctx_suffix}-{cell.target}"
         return NodeDef(
             key=f"mlc.{family}-{sha}.{cell.quant}{ctx_suffix}.compile.{cell.target}", kind="mlc-compile",
-            backend="mlc", image="mlc", uses_model=False, publish=None, unavailable=unavailable,
+            backend="mlc", image=TARGETS[cell.target].image, uses_model=False, publish=None,
+            unavailable=unavailable,
             # no verify_quant: verification thresholds are no input of a compile
             params={"quantization": cell.quant, "target": cell.target, "architecture": arch, "model_config": lib_config,
                     "config_sha": sha, "lib_stem": stem, "options": lib_opts},

@@ -2,8 +2,9 @@
 build it for one target with `relax.build`, write the library file.
 
 Outputs per target (see targets.py): cpu/cuda `.so`, android/iphone `.tar` of objects (static system
-library), metal/metal_x86_64 `.tar` of objects (the .dylib link is deferred to macOS), webgpu a
-`.tar` of wasm objects (a linked `.wasm` needs emscripten + TVM's web runtime, recorded as deferred).
+library), metal/metal_x86_64 `.tar` of objects (the .dylib link is deferred to macOS), webgpu the `.wasm` web-llm
+loads: the wasm objects linked with TVM's web runtime in the webgpu image (link_tvmjs_wasm), vulkan `.so`
+and vulkan-windows `.dll` in the mlc-vulkan image (a TVM built with Vulkan; mingw-w64 for the .dll).
 Archives are deterministic: sorted, owner 0, mtime SOURCE_DATE_EPOCH.
 """
 
@@ -149,6 +150,52 @@ def deterministic_tar(output: str, files: list[str], **_kwargs) -> None:
 deterministic_tar.output_format = "tar"
 
 
+WEB_RUNTIME = Path(os.environ.get("BUILDMATRIX_TVM_WEB", "/opt/tvm-web/dist/wasm"))  # webgpu image
+WEB_RUNTIME_UNITS = ("wasm_runtime.bc", "tvmjs_support.bc", "webgpu_runtime.bc")
+# the link of TVM's own tvm.support.emcc.create_tvmjs_wasm (apache-tvm 0.27.0.post1), flag for flag
+TVMJS_LINK_FLAGS = ("-O3", "-std=c++17", "--no-entry", "-s", "WASM_BIGINT=1", "-s", "ERROR_ON_UNDEFINED_SYMBOLS=0",
+                    "-s", "STANDALONE_WASM=1", "-s", "ALLOW_MEMORY_GROWTH=1", "-s", "TOTAL_MEMORY=160MB")
+
+
+def link_tvmjs_wasm(output: str, objects: list[str], **_kwargs) -> None:
+    """emcc-link the model's wasm objects after TVM's web runtime into the .wasm tvmjs/web-llm loads. TVM's
+    create_tvmjs_wasm asks export_library for LLVM bitcode, which Debian's emscripten (LLVM 14) cannot read
+    from TVM's LLVM 22; wasm objects link fine, so this is the same link with object files."""
+    import subprocess
+
+    libs = [WEB_RUNTIME / u for u in WEB_RUNTIME_UNITS]
+    missing = [str(p) for p in libs if not p.is_file()]
+    if missing:
+        raise RuntimeError(f"TVM web runtime not built: {', '.join(missing)} missing (the webgpu image builds them)")
+    cmd = ["emcc", *TVMJS_LINK_FLAGS, "-o", output, *map(str, libs), *objects]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError("emcc link of the .wasm failed:\n" + proc.stdout[-4000:])
+
+
+link_tvmjs_wasm.object_format = "o"
+
+
+def link_mingw_dll(output: str, objects: list[str], **_kwargs) -> None:
+    """Link a vulkan-windows .dll with mingw-w64 (mlc-vulkan image) against TVM's runtime import library."""
+    import subprocess
+
+    runtime = Path(os.environ.get("TVM_LIBRARY_PATH", "/opt/src/tvm/build"))
+    implib = sorted(runtime.glob("*tvm_runtime*.dll.a")) or sorted(runtime.glob("*tvm_runtime*.lib"))
+    if not implib:
+        raise RuntimeError(f"no Windows TVM runtime import library (tvm_runtime.dll.a) in {runtime}: the .dll "
+                           "must link against a Windows build of the same TVM")
+    cmd = ["x86_64-w64-mingw32-g++", "-shared", "-O2", "-static-libgcc", "-static-libstdc++", "-o", output,
+           *objects, str(implib[0])]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError("mingw-w64 link of the .dll failed:\n" + proc.stdout[-4000:])
+
+
+link_mingw_dll.object_format = "o"
+LINKERS = {"emcc-tvmjs": link_tvmjs_wasm, "mingw": link_mingw_dll}
+
+
 def compile_lib(hf_config: dict, c: ModelConfig, q: MlcQuant, t: MlcTarget, out_file: Path, log=print,
                 system_lib_prefix: str | None = None) -> dict:
     """Build the library into out_file; return timings and facts for the manifest."""
@@ -166,7 +213,9 @@ def compile_lib(hf_config: dict, c: ModelConfig, q: MlcQuant, t: MlcTarget, out_
         ex = relax.build(mod, target=target, relax_pipeline=pipeline(t, target), **kwargs)
     t_build = time.monotonic() - t0 - t_export
     with tempfile.TemporaryDirectory() as ws:
-        if out_file.suffix == ".tar":
+        if t.link is not None:
+            ex.export_library(str(out_file), fcompile=LINKERS[t.link], workspace_dir=ws)
+        elif out_file.suffix == ".tar":
             ex.export_library(str(out_file), fcompile=deterministic_tar, workspace_dir=ws)
         else:
             ex.export_library(str(out_file), workspace_dir=ws)

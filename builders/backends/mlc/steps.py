@@ -43,10 +43,14 @@ def _setup(ctx: NodeContext) -> tuple[dict, ModelConfig, MlcQuant]:
     return hf, ModelConfig.from_hf(hf, ctx.params.get("options") or {}), q
 
 
+def _tools_json() -> dict:
+    return json.loads(TOOLS_JSON.read_text()) if TOOLS_JSON.is_file() else {}
+
+
 def tool_versions() -> dict:
     import tvm
 
-    info = json.loads(TOOLS_JSON.read_text()) if TOOLS_JSON.is_file() else {}
+    info = _tools_json()
     pip = info.get("pip", {})
     return {"apache-tvm": getattr(tvm, "__version__", None), "apache-tvm-ffi": pip.get("apache-tvm-ffi"),
             "cuda_toolkit": info.get("cuda"), "python": platform.python_version()}
@@ -161,11 +165,15 @@ def step_compile(ctx: NodeContext) -> None:
     deferred = []
     if t.deferred:
         deferred.append({"step": "link", "reason": t.deferred})
-    if t.suffix == "wasm":
-        deferred.append({"step": "link", "reason": "a .wasm needs emcc and TVM's web runtime (tvmjs); the tar "
-                                                   "holds the wasm32 objects to link"})
+    glue = None
+    if t.link == "emcc-tvmjs":  # what tvmjs's emcc glue (built in the webgpu image) provides as imports
+        glue = inspect_lib.glue_imports((compile_mod.WEB_RUNTIME / "tvmjs_runtime.wasi.js").read_text())
+        facts["wasm"], link_failures = inspect_lib.check_wasm(out, glue)
+        if link_failures:
+            raise NodeFailed("; ".join(link_failures))
+        versions["emscripten"] = _tools_json().get("emscripten")
     record = {"file": out.name, "architecture": p["architecture"], "config_sha": p["config_sha"],
-              "tool_versions": versions, "deferred": deferred,
+              "tool_versions": versions, "deferred": deferred, "tvmjs_glue_imports": glue,
               "runtime_abi": {"tvm": versions["apache-tvm"], "target": t.name, "tvm_target": t.tvm,
                               "tvm_host": t.host, "quantization": q.code, "system_lib_prefix": prefix,
                               "requires_cpu": _requires_cpu(t),
@@ -216,6 +224,12 @@ def step_verify(ctx: NodeContext) -> None:
         return _verify_cpu(ctx, path)
     if t.name == "cuda":
         facts, failures = inspect_lib.check_cuda_so(path)
+    elif t.link == "emcc-tvmjs":
+        record = ctx.load_json(ctx.inputs["compiled"] / COMPILED_JSON)
+        facts, failures = inspect_lib.check_wasm(path, record.get("tvmjs_glue_imports"))
+        facts["webgpu_run"] = WEBGPU_NOT_RUN
+    elif t.name.startswith("vulkan"):
+        facts, failures = inspect_lib.check_vulkan_lib(path, t.object_arch)
     else:
         facts, failures = inspect_lib.check_tar(path, t.object_arch)
     weights = _weights_verification(ctx)
@@ -230,6 +244,10 @@ def step_verify(ctx: NodeContext) -> None:
     ctx.log(f"verify {t.name}: structural {'ok' if not failures else failures}; weights verified by {weights['node']}")
 
 
+# why the .wasm is checked structurally and not run (README "mlc", webgpu); kept in the manifest
+WEBGPU_NOT_RUN = ("not run: loading the .wasm with tvmjs in Node on WebGPU (npm `webgpu`/Dawn on Mesa lavapipe) "
+                  "was not attempted in the session that built this link; the .wasm's imports/exports are checked "
+                  "against tvmjs instead")
 WEIGHTS_VERIFICATION = ".verification.json"  # next to the cpu library: its numeric figures, for other targets
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-VULKAN_REASON = ("the PyPI apache-tvm wheel has no Vulkan codegen (built without USE_VULKAN); "
-                 "vulkan libraries need an image with a TVM built with Vulkan")
 
 
 @dataclass(frozen=True)
@@ -22,6 +20,9 @@ class MlcTarget:
     notes: tuple[str, ...] = field(default_factory=tuple)
     pass_config: tuple[tuple[str, object], ...] = ()  # tvm PassContext config for this target
     requires_cpu: str | None = None  # a CPU baseline (cpu_features.BASELINES) the library's code needs
+    image: str = "mlc"  # toolchain image of the compile node
+    link: str | None = None  # how the library file is linked in that image: "emcc-tvmjs" (compile.py) | None
+    ci_runner: bool = False  # built only where a Vulkan TVM can be built (tvm_source.py), else "built on CI runners"
 
 
 CPU_BASELINE = "x86-64-v3"  # LLVM's name for the x86-64 psABI level 3 (builders/backends/mlc/cpu_features.py)
@@ -40,6 +41,10 @@ IOS_HOST = {"kind": "llvm", "mtriple": "arm64-apple-ios14.0.0"}
 MAC_HOST = {"kind": "llvm", "mtriple": "arm64-apple-macos"}
 MAC_X86_HOST = {"kind": "llvm", "mtriple": "x86_64-apple-darwin"}
 WASM_HOST = {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"}
+LINUX_HOST = {"kind": "llvm", "mtriple": "x86_64-pc-linux-gnu"}
+WINDOWS_HOST = {"kind": "llvm", "mtriple": "x86_64-w64-windows-gnu"}
+VULKAN = {"kind": "vulkan", "max_threads_per_block": 256, "max_num_threads": 256, "thread_warp_size": 1,
+          "supports_float16": True, "supports_int16": True, "supports_16bit_buffer": True}
 
 TARGETS: dict[str, MlcTarget] = {t.name: t for t in [
     # pinned baseline: x86-64-v3 (AVX2, FMA, F16C, BMI1/2, LZCNT, MOVBE; Haswell and later, Zen 1 and
@@ -65,8 +70,13 @@ TARGETS: dict[str, MlcTarget] = {t.name: t for t in [
                                "thread_warp_size": 32, "max_shared_memory_per_block": 32768},
               MAC_X86_HOST, "dylib", NO_MATMUL_RULES, object_arch="x86_64-macho", pass_config=NO_CSE,
               deferred="link: the .dylib is linked on macOS (native executor); Linux builds the objects"),
+    # linked in the webgpu image with TVM's web runtime into the .wasm web-llm loads (compile.link_tvmjs_wasm)
     MlcTarget("webgpu", {"kind": "webgpu", "max_num_threads": 256}, WASM_HOST, "wasm", GPU_RULES,
-              system_lib=True, object_arch="wasm", pass_config=NO_CSE),
+              system_lib=True, object_arch="wasm", pass_config=NO_CSE, image="webgpu", link="emcc-tvmjs"),
+    # a TVM built with USE_VULKAN=ON (image mlc-vulkan, from a pinned source): on CI runners unless a local
+    # source is given (builders/backends/mlc/tvm_source.py)
+    MlcTarget("vulkan", VULKAN, LINUX_HOST, "so", GPU_RULES, object_arch="x86_64-elf", pass_config=NO_CSE,
+              image="mlc-vulkan", ci_runner=True),
+    MlcTarget("vulkan-windows", VULKAN, WINDOWS_HOST, "dll", GPU_RULES, object_arch="x86_64-pe",
+              pass_config=NO_CSE, image="mlc-vulkan", link="mingw", ci_runner=True),
 ]}
-
-UNAVAILABLE: dict[str, str] = {"vulkan": VULKAN_REASON, "vulkan-windows": VULKAN_REASON}
