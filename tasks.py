@@ -51,14 +51,18 @@ def images(c, names=None, matrix=MATRIX):
     cli.ensure_images(matrix, names)
 
 
-@task(help={"k": "pytest -k expression", "fast": "only the tests that need no Docker engine"})
-def test(c, k=None, fast=False):
+@task(help={"k": "pytest -k expression", "fast": "only the tests that need no Docker engine",
+            "toolchains": "only the tests of the per-target toolchain images (gguf-vulkan/windows/arm64, webgpu; "
+                          "their images take 20-40 min each to build on 2 cores, so the default run leaves them out)"})
+def test(c, k=None, fast=False, toolchains=False):
     """Run the test suite (real Docker engine, real converters)."""
     args = ["python", "-m", "pytest", "-q", "tests"]
     if k:
         args += ["-k", repr(k)]
     if fast:
-        args += ["-m", "'not docker'"]
+        args += ["-m", "'not docker and not toolchains'"]
+    elif toolchains:
+        args += ["-m", "toolchains"]
     c.run(" ".join(args), pty=False)
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from helpers import assert_outputs_match_manifest, invoke, manifests
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.toolchains]
 
 TARGETS = ("vulkan", "vulkan-windows", "android")
 
