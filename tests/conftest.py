@@ -2,12 +2,19 @@
 answers, and when that is impossible those tests FAIL - they are never skipped."""
 
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+# A run started in the background by a non-interactive shell (`cmd &`, CI wrappers) inherits SIGINT ignored,
+# and so would every build a test interrupts with Ctrl-C. Python's own handler back: a handled signal is
+# reset to the default in the children at exec, so they get their KeyboardInterrupt again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERD_LOG = Path("/tmp/buildmatrix-tests-dockerd.log")
