@@ -119,7 +119,7 @@ def node_rows(out: Path, plan, direct: bool) -> list[dict]:
             rows.append({"node": key, "kind": pn.node.kind, "missing": "not built"})
             continue
         manifest = json.loads(mf.read_text())
-        extra = manifest.get("timings", {})  # peak memory figures (contract.StepResult)
+        timings = manifest.get("timings", {})  # peak memory figures (contract.StepResult)
         model = plan.models.get(pn.model)
         if model is not None and model.name not in model_elements:
             src = store / plan.nodes[model.node].digest / "out" if model.node else plan.model_dirs[model.name]
@@ -127,13 +127,13 @@ def node_rows(out: Path, plan, direct: bool) -> list[dict]:
         bf16_mb = model_elements.get(model.name, 0) * 2 / MB if model is not None else 0
         # the sampled cgroup figure can miss a spike shorter than its 1 s period; the largest process's own
         # high-water mark cannot: the larger of the two, and which one it was
-        sampled, proc = extra.get("container_peak_rss_mb"), extra.get("peak_rss_mb")
+        sampled, proc = timings.get("container_peak_rss_mb"), timings.get("peak_rss_mb")
         peak, how = max(((v, k) for k, v in (("cgroup", sampled), ("proc", proc)) if v is not None),
                         default=(None, "none"))
         row: dict[str, Any] = {
             "node": key, "kind": pn.node.kind, "wall_s": manifest["timings"]["seconds"],
             "steps_s": {k: v.get("seconds") for k, v in manifest["timings"]["steps"].items()},
-            "peak_rss_mb": peak, "peak_rss_source": how, "container_peak_mem_mb": extra.get("container_peak_mem_mb"),
+            "peak_rss_mb": peak, "peak_rss_source": how, "container_peak_mem_mb": timings.get("container_peak_mem_mb"),
             "model_bf16_mb": round(bf16_mb, 1),
             "peak_over_model": round(peak / bf16_mb, 2) if peak and bf16_mb else None,
             "output_mb": round(sum(o.get("size", 0) for o in manifest.get("outputs", [])) / MB, 1),

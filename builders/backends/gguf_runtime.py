@@ -13,7 +13,6 @@ weights, the `runtime_*` figures) with the quant's thresholds, as the cpu node d
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from builders.backends.base import REFERENCE, NodeContext, NodeDef
 from builders.errors import NodeFailed
+from builders.hashcache import sha256_file
 
 BUNDLE = Path("/opt/gguf-runtime")  # in every gguf-<runtime> image: bin/, lib/, runtime.json
 RUN_TIMEOUT_S = 1800  # one driver run over every prompt (qemu and wine are slow; tiny models take seconds)
@@ -62,14 +62,6 @@ def node(model_name: str, quant: str, target: str, gguf: NodeDef, verify: dict) 
 
 # ---- run side (inside a gguf-<runtime> image) -----------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _binary_kind(path: Path) -> str:
     """elf-aarch64, elf-x86_64, pe-x86_64 or unknown, from the file's header."""
     head = path.read_bytes()[:4096]
@@ -97,7 +89,8 @@ def step_bundle(ctx: NodeContext) -> None:
     src = srcs[0]
     dst = ctx.out / src.name
     shutil.copyfile(src, dst)
-    if _sha256(src) != _sha256(dst):
+    gguf_sha256 = sha256_file(dst)
+    if sha256_file(src) != gguf_sha256:
         raise NodeFailed(f"copy of {src.name} differs from the quant node's file")
     runtime = ctx.out / "runtime"
     if runtime.exists():
@@ -105,7 +98,7 @@ def step_bundle(ctx: NodeContext) -> None:
     shutil.copytree(BUNDLE, runtime, symlinks=True)
     info = json.loads((runtime / "runtime.json").read_text())["gguf_runtime"]
     for rel, digest in info["files"].items():
-        if rel != "runtime.json" and _sha256(runtime / rel) != digest:
+        if rel != "runtime.json" and sha256_file(runtime / rel) != digest:
             raise NodeFailed(f"runtime bundle file {rel} does not match the image's runtime.json")
     tools = _tools()
     rt = RUNTIMES[ctx.params["target"]]
@@ -116,7 +109,7 @@ def step_bundle(ctx: NodeContext) -> None:
     ctx.result["tool_versions"] = {"llama.cpp": tools.get("llama_cpp", {}), "runtime": info}
     ctx.result["runtime_abi"] = {"target": ctx.params["target"], "bundle": info["target"],
                                  "toolchain": info["toolchain"], "llama.cpp": tools.get("llama_cpp", {}).get("commit"),
-                                 "gguf_sha256": _sha256(dst), "runs_here_on": rt.runs_on, "binary": kind}
+                                 "gguf_sha256": gguf_sha256, "runs_here_on": rt.runs_on, "binary": kind}
     ctx.result["runs_elsewhere"] = list(rt.elsewhere)
     ctx.result["notes"] = [f"verified here: {rt.runs_on}"] + [f"not checked here: {e}" for e in rt.elsewhere]
     ctx.log(f"bundle {info['target']} ({info['toolchain']}): {', '.join(sorted(info['files']))}")

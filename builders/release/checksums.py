@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
+from builders.hashcache import sha256_file
 
 NAME = "SHA256SUMS"
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256_of = sha256_file  # the store's own file hash (builders/hashcache.py)
 
 
 def render(entries: dict[str, str]) -> str:
