@@ -154,7 +154,7 @@ def _direct(out: Path, plan, pn, manifest: dict) -> dict:
     model = plan.models[pn.model]
     mounts["/in/model"] = str(out / ".store" / plan.nodes[model.node].digest / "out") if model.node \
         else str(plan.model_dirs[model.name])
-    for role, parent in pn.node.parents.items():
+    for role, parent in pn.parents.items():  # the planned parents (PlanNode keys), REFERENCE resolved
         mounts[f"/in/{role}"] = str(out / ".store" / plan.nodes[parent].digest / "out")
     image = manifest["image"]["ref"]
     run = direct_run(image, cmd, mounts)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from builders import gguf_file
 from builders.backends.coreml import meta
 from builders.backends.mlc import gen_config
 from builders.backends.mlc import steps as mlc_steps
@@ -75,7 +76,7 @@ def test_spm_leading_space_kept(vocab_files, tmp_path):
 
 
 def test_gguf_kv_reader_reads_the_vocab(vocab_files):
-    kv = vocab.read_gguf_kv(vocab.gguf_path("qwen2"))
+    kv = gguf_file.read_kv(vocab.gguf_path("qwen2"))
     assert kv["tokenizer.ggml.pre"] == "qwen2" and len(kv["tokenizer.ggml.tokens"]) == 151936
     assert kv["tokenizer.ggml.merges"][2] == "i n" and kv["tokenizer.ggml.eos_token_id"] == 151643
 

@@ -58,7 +58,8 @@ OPTIONS = OptionSet("gguf", [
     Option("n_threads", int, 256, "most threads llama.cpp verifies with (capped by the CPUs the node may use)",
            what="a positive integer at most 256",
            check=lambda v: 0 < v <= 256),
-    Option("n_ctx", int, 512, "llama.cpp context (KV cache tokens) for verification",
+    Option("n_ctx", int, 512, "most llama.cpp context (KV cache tokens) for verification; the check sizes it to the "
+           "longest sequence it scores",
            what="a positive integer at most 131072", check=lambda v: 0 < v <= 131072),
 ])
 
@@ -87,7 +88,7 @@ class GgufBackend:
                        for t, rt in gguf_runtime.RUNTIMES.items()},
                     **{t: "the cpu cell's file (no runtime built or run for this target)"
                        for t in ("cuda", "iphone", "metal", "metal_x86_64")}}
-    code = ("backends/gguf.py", "backends/gguf_runtime.py", "verify/tokenizer_check.py", "verify/gguf_types.py",
+    code = ("backends/gguf.py", "backends/gguf_runtime.py", "gguf_file.py", "verify/tokenizer_check.py", "verify/gguf_types.py",
             "verify/gguf_weights.py",
             "verify/hf_forward.py", "verify/fp32_compute.py")
 
@@ -183,15 +184,10 @@ def step_quantize(ctx: NodeContext) -> None:
     ctx.result["tool_versions"] = _tool_versions()
 
 
-def _file_facts(path: Path) -> dict:
-    from gguf import GGUFReader  # noqa: PLC0415
-
-    r = GGUFReader(str(path))
-    field = r.fields.get("GGUF.version")
-    version = int(field.parts[field.data[0]][0]) if field else None
-    tensors = [(t.name, t.tensor_type.name, len(t.shape)) for t in r.tensors]
-    arch = r.fields["general.architecture"]
-    return {"gguf_version": version, "architecture": bytes(arch.parts[arch.data[0]]).decode(),
+def _file_facts(gf) -> dict:
+    """Format facts of the file for the manifest (gf: builders.gguf_file.GgufFile)."""
+    tensors = [(t.name, gf.type_name(t), len(t.dims)) for t in gf.tensors]
+    return {"gguf_version": gf.version, "architecture": gf.kv.get("general.architecture"),
             "tensor_types": gguf_types.histogram(tensors), "tensors": len(tensors), "_tensors": tensors}
 
 
@@ -205,7 +201,7 @@ def _threads(vp: dict) -> int:
     return max(1, min(vp["n_threads"], _cpus()))
 
 
-def _runtime_figures(ctx: NodeContext, path: Path, ref_dir: Path, art_logits: list) -> tuple[dict, dict]:
+def _runtime_figures(ctx: NodeContext, gf, ref_dir: Path, art_logits: list) -> tuple[dict, dict]:
     """llama.cpp's logits vs transformers fp32 carrying the file's own dequantized weights, on the same
     positions: separates "the converter/runtime is wrong" from "the quantization lost accuracy". The
     weights are dequantized when their module runs, all prompts in one batched pass (verify/hf_forward.py):
@@ -218,7 +214,7 @@ def _runtime_figures(ctx: NodeContext, path: Path, ref_dir: Path, art_logits: li
 
     hf = HfModel(ctx.model_dir, threads=_threads(ctx.params["verify"]))
     try:
-        loaded = gguf_weights.load_into(path, list(hf.params), hf.put, lazy=True)
+        loaded = gguf_weights.load_into(gf, list(hf.params), hf.put, lazy=True)
     except (gguf_weights.WeightsError, KeyError, ValueError) as e:
         raise NodeFailed(f"dequantized-weights check: {e}") from None
     missing = hf.missing()
@@ -235,6 +231,20 @@ def _runtime_figures(ctx: NodeContext, path: Path, ref_dir: Path, art_logits: li
     return {f"runtime_{k}": v for k, v in figures.items() if k != "positions"}, info
 
 
+def _context(ref_dir: Path, most: int) -> int:
+    """llama.cpp's context for the check: the longest sequence it evaluates, rounded up to 64, and at most the
+    n_ctx option. With logits for every position llama.cpp and llama-cpp-python each hold n_ctx x vocab floats
+    (512 x 152k x 4 B = 311 MB each for Qwen2.5): sized to what is scored, not to a fixed 512."""
+    from builders.verify.metrics import load_reference  # noqa: PLC0415
+
+    ref = load_reference(ref_dir)
+    longest = max([len(tokens) for tokens, _, _ in ref["prompts"]] + [len(ref["text_tokens"])])
+    if longest > most:
+        raise NodeFailed(f"the check evaluates {longest} tokens but gguf option n_ctx is {most}: raise n_ctx in "
+                         f"matrix.yaml (backends.gguf.options.n_ctx) to at least {longest}")
+    return min(most, -(-longest // 64) * 64)
+
+
 def step_verify(ctx: NodeContext) -> None:
     import numpy as np  # noqa: PLC0415
     from llama_cpp import Llama  # noqa: PLC0415
@@ -242,8 +252,11 @@ def step_verify(ctx: NodeContext) -> None:
     from builders.verify.metrics import evaluate, verdict  # noqa: PLC0415
 
     quant = ctx.params["quant"]
+    from builders.gguf_file import GgufFile  # noqa: PLC0415
+
     path = _gguf_file(ctx.out)
-    facts = _file_facts(path)
+    gf = GgufFile(path)
+    facts = _file_facts(gf)
     fallback = gguf_types.fallback(quant, facts.pop("_tensors"))
     ctx.result["runtime_abi"] = {"gguf_version": facts["gguf_version"], "architecture": facts["architecture"],
                                  "llama.cpp": (ctx.result.get("tool_versions") or {}).get("llama.cpp")}
@@ -251,7 +264,8 @@ def step_verify(ctx: NodeContext) -> None:
     ctx.result["tensor_types"] = facts["tensor_types"]
     ctx.result["quant_fallback"] = fallback
     vp = ctx.params["verify"]
-    llm = Llama(model_path=str(path), n_ctx=vp["n_ctx"], n_batch=vp["n_ctx"], logits_all=True,
+    n_ctx = _context(ctx.inputs["reference"], vp["n_ctx"])
+    llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
                 n_threads=_threads(vp), seed=0, verbose=False)
 
     def forward(tokens):
@@ -262,7 +276,7 @@ def step_verify(ctx: NodeContext) -> None:
     art_logits: list = []
     figures = evaluate(ctx.inputs["reference"], forward, keep=art_logits)
     del llm
-    runtime, info = _runtime_figures(ctx, path, ctx.inputs["reference"], art_logits)
+    runtime, info = _runtime_figures(ctx, gf, ctx.inputs["reference"], art_logits)
     figures.update(runtime)
     ver = verdict(figures, ctx.params.get("thresholds"), where=f"gguf {quant}", require=("runtime_",))
     ver["runtime_check"] = info

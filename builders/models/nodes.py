@@ -174,7 +174,7 @@ class ModelBackend:
     targets: tuple[str, ...] = ()
     archs: tuple[str, ...] = tuple(sorted(a.hf_arch for a in tiny.TINY_ARCHS.values()))
     code: tuple[str, ...] = ("models/corpus.py", "models/tiny.py", "models/vocab.py", "models/nodes.py",
-                             "models/synthetic.py",
+                             "models/synthetic.py", "gguf_file.py",
                              "verify/prompts.py", "verify/reference.py", "verify/metrics.py",
                              "verify/fp32_compute.py")
 

@@ -109,59 +109,13 @@ class GgufVocab:
     ids: dict[str, int]  # bos/eos/unk/pad ids as the file says
 
 
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1", 10: "<u8", 11: "<i8", 12: "<f8"}
-GGUF_STRING, GGUF_ARRAY = 8, 9
-
-
-def read_gguf_kv(path: Path) -> dict[str, Any]:
-    """The key/value section of a (little-endian) GGUF file (no gguf-py needed). gguf-py's GGUFReader indexes every array
-    element first (17 s for Llama 3's 280k merges); this reads the values straight into lists."""
-    import struct  # noqa: PLC0415
-
-    import numpy as np  # noqa: PLC0415
-
-    data = Path(path).read_bytes()
-    if data[:4] != b"GGUF":
-        raise NodeFailed(f"{path}: not a GGUF file")
-    (version,), pos = struct.unpack_from("<I", data, 4), 8
-    if version < 2:
-        raise NodeFailed(f"{path}: GGUF version {version} not supported")
-    _tensors, n_kv = struct.unpack_from("<QQ", data, pos)
-    pos += 16
-
-    def string(pos):
-        (n,) = struct.unpack_from("<Q", data, pos)
-        return data[pos + 8: pos + 8 + n].decode("utf-8"), pos + 8 + n
-
-    def value(typ, pos):
-        if typ == GGUF_STRING:
-            return string(pos)
-        if typ == GGUF_ARRAY:
-            etyp, count = struct.unpack_from("<IQ", data, pos)
-            pos += 12
-            if etyp in _NUMPY:
-                arr = np.frombuffer(data, dtype=_NUMPY[etyp], count=count, offset=pos)
-                return arr.tolist(), pos + arr.nbytes
-            out = []
-            for _ in range(count):
-                v, pos = value(etyp, pos)
-                out.append(v)
-            return out, pos
-        if typ not in _SCALARS:
-            raise NodeFailed(f"{path}: unknown GGUF value type {typ}")
-        return struct.unpack_from(_SCALARS[typ], data, pos)[0], pos + struct.calcsize(_SCALARS[typ])
-
-    kv = {}
-    for _ in range(n_kv):
-        key, pos = string(pos)
-        (typ,) = struct.unpack_from("<I", data, pos)
-        kv[key], pos = value(typ, pos + 4)
-    return kv
-
-
 def read_gguf(path: Path) -> GgufVocab:
-    kv = read_gguf_kv(path)
+    from builders.gguf_file import GgufFormatError, read_kv  # noqa: PLC0415
+
+    try:
+        kv = read_kv(path)
+    except GgufFormatError as e:
+        raise NodeFailed(str(e)) from None
     ids = {k: kv.get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "unknown", "padding")}
     tokens = kv["tokenizer.ggml.tokens"]
     return GgufVocab(tokens, [int(t) for t in kv["tokenizer.ggml.token_type"]],

@@ -9,7 +9,6 @@ Runs inside the gguf image (gguf-py); one tensor is dequantized at a time, when 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
@@ -31,24 +30,16 @@ def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
             .reshape(w.shape))
 
 
-def _field(reader, key: str):
-    f = reader.fields.get(key)
-    if f is None:
-        return None
-    value = f.parts[f.data[0]]
-    return bytes(value).decode() if f.types and f.types[0].name == "STRING" else value[0].item()
-
-
-def hf_names(reader, hf_params: Iterable[str]) -> dict[str, str]:
+def hf_names(gf, hf_params: Iterable[str]) -> dict[str, str]:
     """GGUF tensor name -> HF parameter name, for every tensor of the file (WeightsError otherwise)."""
     import gguf  # noqa: PLC0415
 
-    arch_name = _field(reader, "general.architecture")
+    arch_name = gf.kv.get("general.architecture")
     arch = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}.get(arch_name)
     if arch is None or arch_name not in ROPE_PERMUTED:
         raise WeightsError(f"no dequantized-weights mapping for GGUF architecture '{arch_name}' "
                            f"(known: {', '.join(ROPE_PERMUTED)})")
-    n_blocks = int(_field(reader, f"{arch_name}.block_count"))
+    n_blocks = int(gf.kv[f"{arch_name}.block_count"])
     tmap = gguf.get_tensor_name_map(arch, n_blocks)
     to_hf = {}
     for hf in hf_params:
@@ -56,7 +47,7 @@ def hf_names(reader, hf_params: Iterable[str]) -> dict[str, str]:
         if name is not None:
             to_hf[name] = hf
     mapping, unmapped = {}, []
-    for t in reader.tensors:
+    for t in gf.tensors:
         if t.name in to_hf:
             mapping[t.name] = to_hf[t.name]
         elif t.name not in NOT_PARAMETERS:
@@ -66,21 +57,21 @@ def hf_names(reader, hf_params: Iterable[str]) -> dict[str, str]:
     return mapping
 
 
-def loaders(path: Path, hf_params: Iterable[str]) -> dict[str, tuple[Callable[[], np.ndarray], str]]:
-    """{hf_name: (load, gguf type name)} for every tensor of `path`: `load()` dequantizes that one tensor
-    from the memory-mapped file (q/k permutation undone) and returns it as float32; nothing is read before."""
-    from gguf import GGUFReader  # noqa: PLC0415
+def loaders(gf, hf_params: Iterable[str]) -> dict[str, tuple[Callable[[], np.ndarray], str]]:
+    """{hf_name: (load, gguf type name)} for every tensor of the file (gf: builders.gguf_file.GgufFile):
+    `load()` dequantizes that one tensor from the memory-mapped file (q/k permutation undone) and returns
+    it as float32; nothing is read before."""
+    from gguf.constants import GGMLQuantizationType  # noqa: PLC0415
     from gguf.quants import dequantize  # noqa: PLC0415
 
-    reader = GGUFReader(str(path))
-    arch_name = _field(reader, "general.architecture")
-    mapping = hf_names(reader, hf_params)
-    n_head = int(_field(reader, f"{arch_name}.attention.head_count"))
-    n_kv = int(_field(reader, f"{arch_name}.attention.head_count_kv") or n_head)
+    arch_name = gf.kv.get("general.architecture")
+    mapping = hf_names(gf, hf_params)
+    n_head = int(gf.kv[f"{arch_name}.attention.head_count"])
+    n_kv = int(gf.kv.get(f"{arch_name}.attention.head_count_kv") or n_head)
 
     def load_fn(t, hf):
         def load() -> np.ndarray:
-            w = np.array(dequantize(t.data, t.tensor_type), dtype=np.float32)  # a writable copy of the memmap
+            w = np.array(dequantize(gf.data(t), GGMLQuantizationType(t.type)), dtype=np.float32)  # a writable copy
             if ROPE_PERMUTED[arch_name] and hf.endswith(("q_proj.weight", "q_proj.bias")):
                 w = unpermute(w, n_head)
             elif ROPE_PERMUTED[arch_name] and hf.endswith(("k_proj.weight", "k_proj.bias")):
@@ -88,16 +79,16 @@ def loaders(path: Path, hf_params: Iterable[str]) -> dict[str, tuple[Callable[[]
             return w
         return load
 
-    return {mapping[t.name]: (load_fn(t, mapping[t.name]), t.tensor_type.name)
-            for t in reader.tensors if t.name in mapping}
+    return {mapping[t.name]: (load_fn(t, mapping[t.name]), gf.type_name(t))
+            for t in gf.tensors if t.name in mapping}
 
 
-def load_into(path: Path, hf_params: Iterable[str], put: Callable[[str, object], None], lazy: bool = False) -> dict:
-    """Hand every tensor of `path` to `put(hf_name, array)`, dequantized one at a time with the q/k
+def load_into(gf, hf_params: Iterable[str], put: Callable[[str, object], None], lazy: bool = False) -> dict:
+    """Hand every tensor of the file (gf: builders.gguf_file.GgufFile) to `put(hf_name, array)`, dequantized one at a time with the q/k
     permutation undone; with lazy=True `put` gets the loader instead (dequantized when it is called).
     Returns {hf_name: gguf type name} of what was handed over."""
     loaded = {}
-    for hf, (load, type_name) in loaders(path, hf_params).items():
+    for hf, (load, type_name) in loaders(gf, hf_params).items():
         put(hf, load if lazy else load())
         loaded[hf] = type_name
     return loaded

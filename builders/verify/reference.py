@@ -28,7 +28,7 @@ from builders.verify import budget, prompts
 
 THREADS = 1
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-FORMAT = 2  # 2: text_logits cover the first budget.TEXT_POSITIONS text tokens
+FORMAT = 3  # 2: text_logits cover the first budget.TEXT_POSITIONS text tokens; 3: batched passes
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -112,27 +112,50 @@ def load_model(model_dir: Path):
     return load_fp32_compute(model_dir, THREADS)
 
 
-def greedy(model, ids: list[int], steps: int, n_ids: int | None = None) -> list[int]:
-    """`steps` greedy tokens after ids (KV cache; never stops early). With n_ids, the arg-max is taken
-    over ids < n_ids only: a config vocab larger than the tokenizer has rows (padding) whose ids the
-    tokenizer cannot decode, and no artifact's runtime would sample them."""
+def greedy_batch(model, prompts: list[list[int]], steps: int, n_ids: int | None = None) -> list[list[int]]:
+    """`steps` greedy tokens after each prompt (never stopping early), all prompts in one left-padded batch
+    with a KV cache: `steps` forward passes in all, however many prompts. Padding is masked out and the
+    positions count from each prompt's first real token, so a prompt's tokens are those it would get alone
+    (up to float summation order). With n_ids, the arg-max is taken over ids < n_ids only: a config vocab
+    larger than the tokenizer has rows (padding) whose ids the tokenizer cannot decode, and no artifact's
+    runtime would sample them. Only the last position goes through the LM head (logits_to_keep=1)."""
     import torch
 
-    out, past, feed = [], None, torch.tensor([ids])
-    for _ in range(steps):
-        res = model(input_ids=feed, past_key_values=past, use_cache=True)
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros((len(prompts), width), dtype=torch.int64)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out: list[list[int]] = [[] for _ in prompts]
+    past = None
+    for step in range(steps):
+        res = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
+                    use_cache=True, logits_to_keep=1)
         past = res.past_key_values
-        nxt = int(res.logits[0, -1, :n_ids].argmax())
-        out.append(nxt)
-        feed = torch.tensor([[nxt]])
+        nxt = res.logits[:, -1, :n_ids].argmax(-1)
+        for i, t in enumerate(nxt.tolist()):
+            out[i].append(int(t))
+        ids = nxt[:, None]
+        mask = torch.cat([mask, torch.ones((len(prompts), 1), dtype=mask.dtype)], dim=1)
+        positions = positions[:, -1:] + 1
     return out
 
 
-def logits_of(model, ids: list[int]) -> np.ndarray:
-    """fp32 logits [len(ids), vocab], one teacher-forced pass."""
+def logits_batch(model, sequences: list[list[int]]) -> list[np.ndarray]:
+    """fp32 logits [len(seq), vocab] of every sequence, teacher-forced, in one right-padded pass (a position
+    attends only to earlier ones: the padding after a sequence changes none of its logits)."""
     import torch
 
-    return model(input_ids=torch.tensor([ids]), use_cache=False).logits[0].float().numpy()
+    width = max(len(s) for s in sequences)
+    ids = torch.zeros((len(sequences), width), dtype=torch.int64)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(sequences):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    return [logits[i, :len(s)].float().numpy() for i, s in enumerate(sequences)]
 
 
 def compute_reference(model_dir: Path, out: Path) -> dict:
@@ -150,18 +173,21 @@ def compute_reference(model_dir: Path, out: Path) -> dict:
     arrays: dict[str, np.ndarray] = {}
     entries = []
     with torch.no_grad():
-        for i, text in enumerate(prompts.PROMPTS):
-            ids = tok.encode(text)
-            cont = greedy(model, ids, prompts.DECODE_STEPS, n_ids)
-            tokens = ids + cont
-            arrays[f"tokens_{i}"] = np.asarray(tokens, dtype=np.int32)
+        # three kinds of pass, whatever the number of prompts: the greedy continuations (DECODE_STEPS batched
+        # passes), the teacher-forced logits of all prompts + continuations (one pass), the text (one pass)
+        prompt_ids = [tok.encode(text) for text in prompts.PROMPTS]
+        conts = greedy_batch(model, prompt_ids, prompts.DECODE_STEPS, n_ids)
+        sequences = [ids + cont for ids, cont in zip(prompt_ids, conts)]
+        for i, (text, ids, cont, logits) in enumerate(zip(prompts.PROMPTS, prompt_ids, conts,
+                                                           logits_batch(model, sequences))):
+            arrays[f"tokens_{i}"] = np.asarray(ids + cont, dtype=np.int32)
             arrays[f"prompt_len_{i}"] = np.asarray(len(ids), dtype=np.int32)
-            arrays[f"logits_{i}"] = logits_of(model, tokens).astype(np.float32)
+            arrays[f"logits_{i}"] = logits.astype(np.float32, copy=False)
             entries.append({"text": text, "prompt_tokens": len(ids), "continuation": tok.decode(cont)})
         text_ids = tok.encode(prompts.PERPLEXITY_TEXT)
         scored = text_ids[: budget.text_positions(len(text_ids))]
         arrays["text_tokens"] = np.asarray(text_ids, dtype=np.int32)  # whole text: the tokenizer check reads it
-        arrays["text_logits"] = logits_of(model, scored).astype(np.float32)
+        arrays["text_logits"] = logits_batch(model, [scored])[0].astype(np.float32, copy=False)
     vocab = int(arrays["logits_0"].shape[1])
     info = {
         "format": FORMAT,

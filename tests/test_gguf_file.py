@@ -1,0 +1,77 @@
+"""builders/gguf_file.py, the GGUF header reader the checks use instead of gguf-py's GGUFReader.
+
+Without Docker: one-line errors for what is not GGUF (a real vocabulary: test_vocab_models.py).
+With Docker (the gguf image has gguf-py): every key/value and every tensor's bytes, shape and type
+equal GGUFReader's on a file gguf-py's own writer made with plain and block-quantized tensors."""
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from builders import gguf_file
+from builders.images import ensure
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"", "empty file"),
+    (b"GGML" + bytes(40), "not a GGUF file"),
+    (b"GGUF" + struct.pack("<I", 1) + bytes(16), "version 1 not supported"),
+    (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1000) + b"key", "truncated or malformed"),
+])
+def test_bad_files_are_one_line_errors_naming_the_file(tmp_path, content, says):
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(content)
+    with pytest.raises(gguf_file.GgufFormatError) as e:
+        gguf_file.GgufFile(path)
+    assert says in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+SCRIPT = r"""
+import numpy as np, sys
+import gguf
+from gguf.quants import quantize
+from builders.gguf_file import GgufFile
+
+path = "/tmp/t.gguf"
+w = gguf.GGUFWriter(path, "llama")
+w.add_block_count(1)
+w.add_string("test.string", "héllo")
+w.add_array("test.strings", ["a", "bc", "", "日本"])
+w.add_array("test.ints", [1, -2, 3])
+w.add_float32("test.f32", 0.25)
+w.add_bool("test.bool", True)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(8, 256)).astype(np.float32)
+w.add_tensor("plain.f32", x)
+w.add_tensor("plain.f16", x.astype(np.float16))
+w.add_tensor("vec", x[0])
+for qt in (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.BF16, gguf.GGMLQuantizationType.Q4_0):
+    w.add_tensor("q." + qt.name, quantize(x, qt), raw_dtype=qt)
+w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+
+ours, theirs = GgufFile(path), gguf.GGUFReader(path)
+for key, field in theirs.fields.items():
+    if not key.startswith("GGUF."):
+        assert ours.kv[key] == field.contents(), key
+assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
+for a, b in zip(ours.tensors, theirs.tensors):
+    assert a.type == int(b.tensor_type) and ours.type_name(a) == b.tensor_type.name, a.name
+    assert ours.data(a).shape == b.data.shape, (a.name, ours.data(a).shape, b.data.shape)
+    assert ours.data(a).tobytes() == np.asarray(b.data).tobytes(), a.name
+    assert np.array_equal(gguf.quants.dequantize(ours.data(a), b.tensor_type),
+                          gguf.quants.dequantize(b.data, b.tensor_type)), a.name
+print("equal", len(ours.tensors), len(ours.kv))
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.fresh_store  # no seed store: it runs no node
+def test_equal_to_gguf_py_reader_on_quantized_file(docker_engine, pins):
+    ref = ensure(["gguf"], pins)["gguf"]["ref"]
+    builders = Path(__file__).resolve().parents[1] / "builders"
+    out = docker_engine.containers.run(
+        ref, ["python", "-c", SCRIPT], remove=True, network_mode="none",
+        volumes={str(builders): {"bind": "/opt/buildmatrix/builders", "mode": "ro"}},
+        environment={"PYTHONPATH": "/opt/buildmatrix"})
+    assert out.decode().split()[:2] == ["equal", "6"]
