@@ -235,7 +235,8 @@ def _checkpoint(request, arch: str) -> tuple[Path, dict]:
     return request.getfixturevalue("hf_dir" if arch == "llama" else f"{arch}_dir"), CONFIGS[arch]
 
 
-@pytest.mark.parametrize("code, arch", [("q0f32", "llama"), ("q4f16_1", "llama"), ("q3f16_0", "llama")])
+@pytest.mark.parametrize("code, arch", [("q0f32", "llama"), ("q4f16_1", "llama"), ("q3f16_0", "llama"),
+                                        ("q0f32", "phi3"), ("q4f16_1", "phi3")])
 def test_convert_weight_writes_mlc_tensor_cache(request, tmp_path, code, arch):
     from safetensors.torch import load_file
 
@@ -347,7 +348,7 @@ def test_structural_library_check_fails_closed_without_weights_figures(tmp_path,
         _weights_verification(_lib_ctx(tmp_path, record, with_parent))
 
 
-@pytest.mark.parametrize("code, arch", [("q4f16_1", "llama"), ("q0f32", "llama")])
+@pytest.mark.parametrize("code, arch", [("q4f16_1", "llama"), ("q0f32", "llama"), ("q4f16_1", "phi3")])
 def test_layer_streamed_reference_equals_the_whole_fp32_model(request, tmp_path, code, arch):
     """The library-vs-dequantized reference is computed layer by layer (no second full fp32 model):
     it must give the logits of the whole HF model carrying the same dequantized weights."""

@@ -34,11 +34,8 @@ def tiny_node(arch: str, train_steps: int = tiny.TRAIN_STEPS) -> NodeDef:
                        params={"arch": arch, "vocab": tiny.VOCAB_ARCHS[arch].vocab}, publish=None,
                        uses_model=False, outputs=("config.json", "*.safetensors", "tokenizer.json",
                                                   "tokenizer_config.json"))
-    params = {"arch": arch, "train_steps": train_steps}
-    if tiny.added_tokens(arch):  # in the digest: a model made before its tokenizer had them is not reused
-        params["added_tokens"] = tiny.added_tokens(arch)
     return NodeDef(key=f"tiny-{arch}.model", kind="tiny-model", backend="model", image=IMAGE,
-                   params=params, publish=None, uses_model=False,
+                   params={"arch": arch, "train_steps": train_steps}, publish=None, uses_model=False,
                    outputs=("config.json", "*.safetensors", "tokenizer.model", "tokenizer.json"))
 
 

@@ -38,6 +38,8 @@ ARCHS: dict[str, Arch] = {a.hf_arch: a for a in [
     Arch("LlamaForCausalLM", "llama", "llama", "llama-3"),
     Arch("Qwen2ForCausalLM", "qwen2", "qwen2", "qwen2"),
     Arch("MistralForCausalLM", "mistral", "mistral", "mistral_default"),
+    # Phi-3 (no partial rotary, no LongRoPE): the Llama module; the checkpoint is already fused as ours
+    Arch("Phi3ForCausalLM", "phi3", "llama", "phi-3", unfused={}),
 ]}
 
 
