@@ -409,3 +409,18 @@ def test_a_host_without_the_baseline_gets_one_line_naming_what_it_lacks(tmp_path
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\nflags\t\t: other\n")
     assert cpu_features.host_flags(info) == {"fpu", "sse", "avx2", "fma"}
     assert cpu_features.host_flags(tmp_path / "none") == set()
+
+
+def test_phi3_chat_config_uses_mlcs_phi3_template(hf_dir, phi3_dir, tmp_path):
+    import shutil
+
+    from builders.backends.mlc import gen_config
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(hf_dir / name, phi3_dir / name)
+    c = ModelConfig.from_hf(PHI3_CFG, {"context_window_size": 128})
+    cfg = gen_config.chat_config(phi3_dir, PHI3_CFG, c, q_mod.QUANTS["q4f16_1"], None)
+    conv = cfg["conv_template"]
+    assert cfg["model_type"] == "phi3" and conv["name"] == "phi-3"
+    assert conv["roles"] == {"user": "<|user|>", "assistant": "<|assistant|>"} and conv["seps"] == ["<|end|>\n"]
+    assert conv["system_prefix_token_ids"] == [1] and conv["stop_token_ids"] == [2]  # the model's bos / eos
