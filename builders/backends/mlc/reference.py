@@ -129,8 +129,8 @@ def streamed_logits(model_dir: Path, weights: Path, c: ModelConfig, q: MlcQuant,
                             position_embeddings=rope[j])
                 hidden[j] = out[0] if isinstance(out, tuple) else out
             layer.to("meta")  # frees this layer's float32 weights
-        _load(inner.norm, "model.norm.", {"model.norm.weight": dequantized(arrays, "model.norm.weight",
-                                                                          shapes["model.norm.weight"], q)}, c, hf_arch)
+        norm = dequantized(arrays, "model.norm.weight", shapes["model.norm.weight"], q)
+        _load(inner.norm, "model.norm.", {"model.norm.weight": norm}, c, hf_arch)
         final = [inner.norm(h)[0] for h in hidden]
         head = "model.embed_tokens.weight" if c.tie_word_embeddings else "lm_head.weight"
         logits = [np.empty((len(s), c.vocab_size), dtype=np.float32) for s in seqs]

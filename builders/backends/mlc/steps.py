@@ -311,7 +311,8 @@ def _verify_cpu(ctx: NodeContext, path: Path) -> None:
     ver = verdict(figures, ctx.params.get("thresholds"), where=f"mlc {q.code}")
     # (b) library correctness alone: the same dequantized weights through transformers, layer by layer
     t0 = time.monotonic()
-    dq = np.concatenate(reference.streamed_logits(ctx.model_dir, ctx.inputs["weights"], c, q, hf["architectures"][0],
+    dq = np.concatenate(reference.streamed_logits(ctx.model_dir, ctx.inputs["weights"], c, q,
+                                                  hf["architectures"][0],
                                                   [tokens for tokens, _, _ in ref["prompts"]]))
     t_ref = time.monotonic() - t0
     lib_vs_dq = float(np.abs(dq - np.concatenate(lib_logits)).max())

@@ -57,15 +57,16 @@ def parameters(c: "ModelConfig", hf_arch: str) -> list[Param]:
     checks the two agree): what convert_weight.py writes and reference.py reads back into HF names."""
     unfused = ARCHS[hf_arch].unfused
     h, d, inter = c.hidden_size, c.head_dim, c.intermediate_size
-    rows = {"self_attn.qkv_proj": (c.num_attention_heads * d, c.num_key_value_heads * d, c.num_key_value_heads * d),
-            "mlp.gate_up_proj": (inter, inter)}
+    q_rows, kv_rows = c.num_attention_heads * d, c.num_key_value_heads * d
+    rows = {"self_attn.qkv_proj": (q_rows, kv_rows, kv_rows), "mlp.gate_up_proj": (inter, inter)}
 
     def param(name: str, shape: tuple[int, ...]) -> Param:
         m = re.fullmatch(r"(model\.layers\.\d+)\.(.+)\.(weight|bias)", name)
         if not m or m.group(2) not in unfused:
             return Param(name, shape, ((name, shape[0]),))
         layer, module, kind = m.groups()
-        return Param(name, shape, tuple((f"{layer}.{src}.{kind}", n) for src, n in zip(unfused[module], rows[module])))
+        return Param(name, shape, tuple((f"{layer}.{src}.{kind}", n)
+                                        for src, n in zip(unfused[module], rows[module])))
 
     qkv = sum(rows["self_attn.qkv_proj"])
     out = [param("model.embed_tokens.weight", (c.vocab_size, h))]
