@@ -51,13 +51,13 @@ FAMILIES: dict[str, Family] = {f.hf_arch: f for f in [
     Family("llama", "LlamaForCausalLM", "llama", support=ALL, drops=GGUF_NO_WINDOW),
     Family("qwen2", "Qwen2ForCausalLM", "qwen2", qkv_bias=True, support=ALL, drops=GGUF_NO_WINDOW),
     Family("mistral", "MistralForCausalLM", "mistral", support=ALL, drops=GGUF_NO_WINDOW),
-    # Phi-3: a Llama-style decoder whose checkpoint stores q/k/v and gate/up fused. The converter writes
-    # Phi-3's sliding window, but llama.cpp's loader disables it ("Phi SWA is currently disabled")
-    Family("phi3", "Phi3ForCausalLM", "phi3", drops=GGUF_NO_WINDOW, support={
-        "gguf": None,
-        "mlc": "no Phi-3 model definition in builders/backends/mlc/models (fused qkv/gate_up checkpoint names)",
-        "coreml": "the Core ML parts read separate q/k/v and gate/up projections; Phi-3 stores them fused",
-    }),
+    # Phi-3: a Llama-style decoder whose checkpoint stores q/k/v and gate/up fused (MLC: its parameter map
+    # in mlc/models ARCHS; Core ML: coreml/weights.py splits them). llama.cpp's converter writes Phi-3's
+    # sliding window but its loader disables it ("Phi SWA is currently disabled"); MLC refuses a context
+    # wider than the window and Core ML one wider than its context option, so neither drops it. Not
+    # implemented by MLC / Core ML: partial rotary (Phi-4-mini's partial_rotary_factor; their logit checks
+    # fail such a model) and LongRoPE (MLC refuses rope types other than llama3 at plan time).
+    Family("phi3", "Phi3ForCausalLM", "phi3", support=ALL, drops=GGUF_NO_WINDOW),
 ]}
 
 

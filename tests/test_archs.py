@@ -19,10 +19,23 @@ def test_every_tiny_model_is_the_family_of_its_name():
 @pytest.mark.parametrize("backend", archs.BACKENDS)
 def test_backends_read_their_architectures_from_the_table(backend):
     assert backends.get(backend).archs == archs.supported(backend)
-    for hf_arch in ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"):
+    for hf_arch in ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "Phi3ForCausalLM"):
         assert archs.unsupported_reason(backend, hf_arch) is None
-    phi3 = archs.unsupported_reason(backend, "Phi3ForCausalLM")
-    assert (phi3 is None) == (backend == "gguf"), phi3  # Phi-3: llama.cpp only, the others say why not
+    assert archs.supported(backend) == tuple(FAMILIES)
+
+
+def test_every_mlc_family_has_a_parameter_map_and_a_model_module():
+    """The MLC side of a family row: an ARCHS entry naming an nn.Module file and the checkpoint names of the
+    fused parameters (Phi-3: none to un-fuse, its checkpoint stores qkv_proj / gate_up_proj as MLC does)."""
+    from pathlib import Path
+
+    from builders.backends.mlc.models import ARCHS, SEPARATE
+
+    models_dir = Path(archs.__file__).parent / "backends" / "mlc" / "models"
+    for hf_arch in archs.supported("mlc"):
+        assert (models_dir / f"{ARCHS[hf_arch].module}.py").is_file()
+        assert ARCHS[hf_arch].model_type == FAMILIES[hf_arch].model_type
+    assert ARCHS["Phi3ForCausalLM"].unfused == {} and ARCHS["LlamaForCausalLM"].unfused == SEPARATE
 
 
 def test_the_gguf_window_rule_reads_the_table():

@@ -53,3 +53,64 @@ def test_tied_qwen2_answers_the_lm_head_with_the_embedding_table(tmp_path):
     (d / "model.safetensors").unlink()
     with pytest.raises(NodeFailed, match="qwen2: no \\*.safetensors files"):
         Weights(d)
+
+
+def test_phi3_fused_projections_are_split_and_the_programs_match_transformers(tmp_path):
+    """Phi-3 stores q/k/v and gate/up fused: Weights.layer splits them by rows into the projections the
+    parts read, and the converted programs (numpy interpreter) compute transformers' Phi-3 logits."""
+    import numpy as np
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    from builders.backends.coreml import checks, options, runtime
+    from builders.backends.coreml.layout import layout_of
+    from builders.verify.metrics import compare
+
+    cfg = Phi3Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=128, original_max_position_embeddings=128,
+                     tie_word_embeddings=False, pad_token_id=None, bos_token_id=1, eos_token_id=2)
+    d, model = _save(tmp_path, "phi3", cfg, Phi3ForCausalLM)
+    with torch.no_grad():  # larger weights than the init so the logits are far from flat
+        for p in model.parameters():
+            p.mul_(4.0)
+    model.save_pretrained(d)
+    layer = Weights(d).layer(1)
+    fused = model.model.layers[1]
+    q, k, v = fused.self_attn.qkv_proj.weight.split([64, 32, 32])
+    gate, up = fused.mlp.gate_up_proj.weight.split([128, 128])
+    want = {"self_attn.q_proj.weight": q, "self_attn.k_proj.weight": k, "self_attn.v_proj.weight": v,
+            "mlp.gate_proj.weight": gate, "mlp.up_proj.weight": up}
+    assert {n for n in layer if "proj" in n} == {*want, "self_attn.o_proj.weight", "mlp.down_proj.weight"}
+    assert all(torch.equal(layer[n], t) for n, t in want.items())
+
+    params = {"model_name": "p", "luts": options.luts_for("fp16", {}), "chunks": 1,
+              "options": options.normalize({"context": 32, "batch": 8}, "test")}
+    layout = layout_of(params, d)
+    src = convert.Source(d, 32)
+    out, n = tmp_path / "out", layout.names
+    out.mkdir()
+    convert.save(convert.embeddings(src, 8), out / n["embeddings"])
+    convert.save(convert.lm_head(src, 1, False), out / n["lm_head"])
+    convert.save(convert.chunk(src, range(2), True, 1), out / n["ffn"][0])
+    convert.save(convert.chunk(src, range(2), True, 8), out / n["prefill"][0])
+    convert.combine(out / n["ffn"][0], out / n["prefill"][0], out / n["ffn_pf"][0])
+    tokens = [int(t) for t in np.random.RandomState(1).randint(3, 96, size=15)]
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([tokens])).logits[0].numpy()
+    pre, dec = runtime.teacher_forced(checks.load_parts(out, layout), tokens, 9)
+    figures = compare(ref, np.concatenate([pre, dec]))
+    assert figures["rel_l2"] < 1e-2 and figures["top1"] >= 0.9, figures
+
+
+def test_a_fused_tensor_of_the_wrong_size_is_a_node_failure(tmp_path):
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    cfg = Phi3Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                     num_key_value_heads=2, original_max_position_embeddings=128, pad_token_id=None)
+    d, _ = _save(tmp_path, "phi3", cfg, Phi3ForCausalLM)
+    import json
+
+    bad = json.loads((d / "config.json").read_text())
+    bad["num_key_value_heads"] = 4  # the config now implies 192 qkv rows, the checkpoint has 128
+    (d / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(NodeFailed, match="qkv_proj.weight: 128 rows, the config implies 192"):
+        Weights(d).layer(0)

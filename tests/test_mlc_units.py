@@ -28,6 +28,12 @@ TINY_CFG = {
 }
 
 
+# Phi-3 with the same sizes: its checkpoint stores qkv_proj / gate_up_proj fused (models.ARCHS: unfused={})
+PHI3_CFG = {**TINY_CFG, "architectures": ["Phi3ForCausalLM"], "model_type": "phi3",
+            "original_max_position_embeddings": 256, "pad_token_id": None}
+CONFIGS = {"llama": TINY_CFG, "phi3": PHI3_CFG}
+
+
 def _model(cfg=TINY_CFG, name="tiny-test") -> ModelRef:
     return ModelRef(name, "local", "local-abc1234", "d" * 64, cfg, cfg["architectures"][0])
 
@@ -212,16 +218,36 @@ def hf_dir(tmp_path_factory):
 
 
 
-@pytest.mark.parametrize("code", ["q0f32", "q4f16_1", "q3f16_0"])
-def test_convert_weight_writes_mlc_tensor_cache(hf_dir, tmp_path, code):
+@pytest.fixture(scope="module")
+def phi3_dir(tmp_path_factory):
+    """A Phi-3 checkpoint (weights + config only) of PHI3_CFG."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    d = tmp_path_factory.mktemp("hf-phi3")
+    torch.manual_seed(0)
+    cfg = dict(PHI3_CFG)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg)).save_pretrained(d)
+    return d
+
+
+def _checkpoint(request, arch: str) -> tuple[Path, dict]:
+    return request.getfixturevalue("hf_dir" if arch == "llama" else f"{arch}_dir"), CONFIGS[arch]
+
+
+@pytest.mark.parametrize("code, arch", [("q0f32", "llama"), ("q4f16_1", "llama"), ("q3f16_0", "llama"),
+                                        ("q0f32", "phi3"), ("q4f16_1", "phi3")])
+def test_convert_weight_writes_mlc_tensor_cache(request, tmp_path, code, arch):
     from safetensors.torch import load_file
 
     from builders.backends.mlc import convert_weight
     from builders.backends.mlc.reference import dequantized_params, hf_state
 
+    hf_dir, cfg = _checkpoint(request, arch)
+    hf_arch = cfg["architectures"][0]
     q = q_mod.QUANTS[code]
-    c = ModelConfig.from_hf(TINY_CFG, {"context_window_size": 128})
-    summary = convert_weight.convert(hf_dir, tmp_path, c, q, log=lambda *_: None)
+    c = ModelConfig.from_hf(cfg, {"context_window_size": 128})
+    summary = convert_weight.convert(hf_dir, tmp_path, c, q, hf_arch, log=lambda *_: None)
     cache = json.loads((tmp_path / "tensor-cache.json").read_text())
     assert set(cache["metadata"]) == {"ParamSize", "ParamBytes", "BitsPerParam"}
     names = []
@@ -232,7 +258,7 @@ def test_convert_weight_writes_mlc_tensor_cache(hf_dir, tmp_path, code):
         for r in shard["records"]:
             assert set(r) == {"name", "shape", "dtype", "format", "nbytes", "byteOffset"}
             names.append(r["name"])
-    plan = convert_weight.param_plan(c, q)
+    plan = convert_weight.param_plan(c, q, hf_arch)
     assert names == [p.name for p in plan] and summary["params"] == len(plan)
     arrays = convert_weight.read_cache(tmp_path)
     for p in plan:
@@ -241,9 +267,11 @@ def test_convert_weight_writes_mlc_tensor_cache(hf_dir, tmp_path, code):
         assert "model.layers.0.self_attn.qkv_proj.q_weight" in arrays
         # 4 bits + a float16 scale per 32 values (+ float16 norms); 3-bit groups of 40 pad the 64-wide rows to 80
         assert 4.5 < summary["bits_per_param"] < 4.6 if q.bits == 4 else 3.0 < summary["bits_per_param"] < 4.6
-    # un-fusing the stored (dequantized) params gives back the original tensors (exactly for q0f32)
+    # un-fusing the stored (dequantized) params gives back the original tensors (exactly for q0f32); a
+    # Phi-3 checkpoint's fused tensors come back under their own names
     original = {k: v.numpy() for k, v in load_file(str(hf_dir / "model.safetensors")).items()}
-    back = hf_state(dequantized_params(tmp_path, c, q), c)
+    assert ("model.layers.0.mlp.gate_up_proj.weight" in original) == (arch == "phi3")
+    back = hf_state(dequantized_params(tmp_path, c, q, hf_arch), c, hf_arch)
     assert set(back) == set(original)
     for k, v in original.items():
         if q.bits == 0:
@@ -320,18 +348,21 @@ def test_structural_library_check_fails_closed_without_weights_figures(tmp_path,
         _weights_verification(_lib_ctx(tmp_path, record, with_parent))
 
 
-@pytest.mark.parametrize("code", ["q4f16_1", "q0f32"])
-def test_layer_streamed_reference_equals_the_whole_fp32_model(hf_dir, tmp_path, code):
+@pytest.mark.parametrize("code, arch", [("q4f16_1", "llama"), ("q0f32", "llama"), ("q4f16_1", "phi3")])
+def test_layer_streamed_reference_equals_the_whole_fp32_model(request, tmp_path, code, arch):
     """The library-vs-dequantized reference is computed layer by layer (no second full fp32 model):
     it must give the logits of the whole HF model carrying the same dequantized weights."""
     from builders.backends.mlc import convert_weight, reference
 
+    hf_dir, cfg = _checkpoint(request, arch)
+    hf_arch = cfg["architectures"][0]
     q = q_mod.QUANTS[code]
-    c = ModelConfig.from_hf(TINY_CFG, {"context_window_size": 128})
-    convert_weight.convert(hf_dir, tmp_path, c, q, log=lambda *_: None)
+    c = ModelConfig.from_hf(cfg, {"context_window_size": 128})
+    convert_weight.convert(hf_dir, tmp_path, c, q, hf_arch, log=lambda *_: None)
     sequences = [np.array([1, 5, 9, 33, 95, 7, 7, 2]), np.array([3]), np.arange(40) % 96]
-    streamed = reference.streamed_logits(hf_dir, tmp_path, c, q, sequences)
-    whole = reference.forward_fn(hf_dir, reference.hf_state(reference.dequantized_params(tmp_path, c, q), c))
+    streamed = reference.streamed_logits(hf_dir, tmp_path, c, q, hf_arch, sequences)
+    whole = reference.forward_fn(hf_dir, reference.hf_state(reference.dequantized_params(tmp_path, c, q, hf_arch),
+                                                            c, hf_arch))
     for tokens, logits in zip(sequences, streamed):
         expected = whole(tokens)
         assert logits.shape == (len(tokens), 96) and logits.dtype == np.float32
@@ -340,7 +371,7 @@ def test_layer_streamed_reference_equals_the_whole_fp32_model(hf_dir, tmp_path, 
     saved = reference.LM_HEAD_ROWS
     try:
         reference.LM_HEAD_ROWS = 40
-        again = reference.streamed_logits(hf_dir, tmp_path, c, q, sequences[:1])
+        again = reference.streamed_logits(hf_dir, tmp_path, c, q, hf_arch, sequences[:1])
     finally:
         reference.LM_HEAD_ROWS = saved
     assert np.array_equal(again[0], streamed[0])
@@ -378,3 +409,18 @@ def test_a_host_without_the_baseline_gets_one_line_naming_what_it_lacks(tmp_path
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\nflags\t\t: other\n")
     assert cpu_features.host_flags(info) == {"fpu", "sse", "avx2", "fma"}
     assert cpu_features.host_flags(tmp_path / "none") == set()
+
+
+def test_phi3_chat_config_uses_mlcs_phi3_template(hf_dir, phi3_dir, tmp_path):
+    import shutil
+
+    from builders.backends.mlc import gen_config
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(hf_dir / name, phi3_dir / name)
+    c = ModelConfig.from_hf(PHI3_CFG, {"context_window_size": 128})
+    cfg = gen_config.chat_config(phi3_dir, PHI3_CFG, c, q_mod.QUANTS["q4f16_1"], None)
+    conv = cfg["conv_template"]
+    assert cfg["model_type"] == "phi3" and conv["name"] == "phi-3"
+    assert conv["roles"] == {"user": "<|user|>", "assistant": "<|assistant|>"} and conv["seps"] == ["<|end|>\n"]
+    assert conv["system_prefix_token_ids"] == [1] and conv["stop_token_ids"] == [2]  # the model's bos / eos

@@ -171,6 +171,18 @@ def test_model_loads_with_advertised_features(few_step_models, arch):
     if arch == "phi3":  # the checkpoint stores the projections fused
         assert {"model.layers.0.self_attn.qkv_proj.weight", "model.layers.0.mlp.gate_up_proj.weight"} <= names
         assert "model.layers.0.self_attn.q_proj.weight" not in names and cfg.sliding_window is None
+        # Phi-3's added special tokens after the SentencePiece pieces (llama.cpp's phi3 vocabulary needs
+        # <|endoftext|>), its EOS and PAD; the reference tokenizer is the whole HF tokenizer, not tokenizer.model
+        tok = AutoTokenizer.from_pretrained(d)
+        assert len(tok) == cfg.vocab_size == tiny.VOCAB_SIZE + len(tiny.PHI3_ADDED_TOKENS)
+        assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|end|>", "<|user|>"]) == [512, 519, 522]
+        assert tok.eos_token == tok.pad_token == "<|endoftext|>" and tok.eos_token_id == cfg.eos_token_id == 512
+        assert json.loads((d / "added_tokens.json").read_text()) == tiny.added_tokens("phi3")
+        ref = Tokenizer(d)
+        assert ref.kind == "transformers" and ref.specials()["eos_token_id"] == 512
+        assert ref.encode(prompts.PROMPTS[0]) == Tokenizer(few_step_models["llama"]).encode(prompts.PROMPTS[0])
+    else:
+        assert not (d / "added_tokens.json").exists() and tiny.added_tokens(arch) == {}
 
 
 def test_tokenizer_files_agree(few_step_models):

@@ -131,7 +131,7 @@ def step_corpus(ctx: NodeContext) -> None:
 
 
 def step_tokenizer(ctx: NodeContext) -> None:
-    tiny.train_tokenizer(_corpus_txt(ctx), ctx.out)
+    tiny.train_tokenizer(_corpus_txt(ctx), ctx.out, _arch(ctx))
 
 
 def step_train(ctx: NodeContext) -> None:

@@ -83,11 +83,21 @@ class TinyArch:
     hf_arch: str  # config["architectures"][0]: a row of builders/archs.py FAMILIES
     fields: dict[str, Any] = field(default_factory=dict)  # on top of COMMON
     features: tuple[str, ...] = ()  # what this arch exercises (docs/tests)
+    # tokens added after the SentencePiece vocabulary (ids VOCAB_SIZE, VOCAB_SIZE + 1, ...), all special,
+    # and the special-token names of tokenizer_config.json that differ from SPECIAL_TOKENS
+    added_tokens: tuple[str, ...] = ()
+    specials: dict[str, str] = field(default_factory=dict)
 
     @property
     def model_type(self) -> str:
         return FAMILIES[self.hf_arch].model_type
 
+
+# Phi-3's added tokens in its order (ids 32000-32010 there): llama.cpp's phi3 vocabulary needs
+# <|endoftext|> (and takes <|end|> as end of turn), MLC's phi-3 conversation template <|user|> ...
+PHI3_ADDED_TOKENS = ("<|endoftext|>", "<|assistant|>", "<|placeholder1|>", "<|placeholder2|>",
+                     "<|placeholder3|>", "<|placeholder4|>", "<|system|>", "<|end|>", "<|placeholder5|>",
+                     "<|placeholder6|>", "<|user|>")
 
 TINY_ARCHS: dict[str, TinyArch] = {
     "llama": TinyArch(
@@ -132,16 +142,20 @@ TINY_ARCHS: dict[str, TinyArch] = {
     "phi3": TinyArch(
         "Phi3ForCausalLM",
         {
+            "vocab_size": VOCAB_SIZE + len(PHI3_ADDED_TOKENS),
+            "eos_token_id": VOCAB_SIZE,  # <|endoftext|>, as Phi-3's config (32000)
             "max_position_embeddings": 4096,
             "original_max_position_embeddings": 4096,  # llama.cpp's PHI3 converter requires it
             "rope_theta": 10000.0,
             "sliding_window": None,  # llama.cpp ignores Phi-3's window: none, so the GGUF cells are built
             "tie_word_embeddings": False,
-            "pad_token_id": None,  # Phi3Config's default (32000) is outside the tiny vocabulary
+            "pad_token_id": VOCAB_SIZE,  # <|endoftext|>
             "resid_pdrop": 0.0,
             "embd_pdrop": 0.0,
         },
-        ("gqa", "fused_qkv_gate_up"),
+        ("gqa", "fused_qkv_gate_up", "added_special_tokens"),
+        added_tokens=PHI3_ADDED_TOKENS,
+        specials={"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
     ),
 }
 
@@ -268,8 +282,31 @@ def write_corpus(work: Path) -> Path:
     return path
 
 
-def train_tokenizer(corpus_txt: Path, out: Path) -> None:
-    """tokenizer.model (SentencePiece BPE) + the HF tokenizer files, into out."""
+def added_tokens(arch: str) -> dict[str, int]:
+    """The special tokens `tiny:<arch>` adds after its SentencePiece vocabulary: token -> id."""
+    return {t: VOCAB_SIZE + i for i, t in enumerate(_arch(arch).added_tokens)}
+
+
+def tokenizer_configs(arch: str) -> dict[str, dict]:
+    """file name -> content of the HF tokenizer files written next to tokenizer.model (tokenizer.json aside):
+    the specials named as the family's own tokenizer names them, its added tokens (as Phi-3 ships them:
+    added_tokens.json and tokenizer_config.json's added_tokens_decoder)."""
+    a = _arch(arch)
+    specials = {**SPECIAL_TOKENS, **{k: v for k, v in a.specials.items() if k != "pad_token"}}
+    files = {"tokenizer_config.json": {**TOKENIZER_CONFIG, **a.specials},
+             "special_tokens_map.json": {**specials, **({"pad_token": a.specials["pad_token"]}
+                                                         if "pad_token" in a.specials else {})}}
+    added = added_tokens(arch)
+    if added:
+        files["added_tokens.json"] = added
+        files["tokenizer_config.json"]["added_tokens_decoder"] = {
+            str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False, "normalized": False,
+                     "single_word": False} for t, i in added.items()}
+    return files
+
+
+def train_tokenizer(corpus_txt: Path, out: Path, arch: str = "llama") -> None:
+    """tokenizer.model (SentencePiece BPE, the same for every arch) + the HF tokenizer files of `arch`, into out."""
     import sentencepiece as spm
 
     lines = Path(corpus_txt).read_text().splitlines()
@@ -278,14 +315,15 @@ def train_tokenizer(corpus_txt: Path, out: Path) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tokenizer.model").write_bytes(buf.getvalue())
-    write_json(out / "tokenizer_config.json", TOKENIZER_CONFIG)
-    write_json(out / "special_tokens_map.json", SPECIAL_TOKENS)
-    _write_tokenizer_json(out)
+    files = tokenizer_configs(arch)
+    for name, data in files.items():
+        write_json(out / name, data)
+    _write_tokenizer_json(out, tuple(files), added_tokens(arch))
 
 
-def _write_tokenizer_json(out: Path) -> None:
-    """tokenizer.json converted by transformers from tokenizer.model alone (in a scratch dir, so a
-    stale tokenizer.json is never picked up), re-serialized with sorted keys."""
+def _write_tokenizer_json(out: Path, config_files: tuple[str, ...], added: dict[str, int]) -> None:
+    """tokenizer.json converted by transformers from tokenizer.model and the config files alone (in a
+    scratch dir, so a stale tokenizer.json is never picked up), re-serialized with sorted keys."""
     import shutil
     import tempfile
 
@@ -293,7 +331,7 @@ def _write_tokenizer_json(out: Path) -> None:
     from transformers import AutoTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+        for name in ("tokenizer.model", *config_files):
             shutil.copy(out / name, Path(tmp) / name)
         tok = AutoTokenizer.from_pretrained(tmp)
         data = json.loads(tok.backend_tokenizer.to_str())
@@ -303,6 +341,9 @@ def _write_tokenizer_json(out: Path) -> None:
     if len(vocab) != sp.get_piece_size() or wrong:
         raise NodeFailed(f"tokenizer.json conversion disagrees with tokenizer.model ({len(vocab)} tokens, "
                            f"{len(wrong)} with other ids)")
+    got = {t["content"]: t["id"] for t in data["added_tokens"] if t["id"] >= sp.get_piece_size()}
+    if got != added or not all(t["special"] for t in data["added_tokens"] if t["content"] in added):
+        raise NodeFailed(f"tokenizer.json conversion: added tokens {got}, expected {added} (all special)")
     write_json(out / "tokenizer.json", data)
 
 
@@ -489,7 +530,7 @@ def generate(arch: str, out: Path, steps: int = TRAIN_STEPS, work: Path | None =
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(work or tmp)
         corpus_txt = write_corpus(work)
-        train_tokenizer(corpus_txt, out)
+        train_tokenizer(corpus_txt, out, arch)
         figures = train_pinned(arch, corpus_txt, out / "tokenizer.model", work / "state.pt", steps)
         save(arch, work / "state.pt", out)
     return figures

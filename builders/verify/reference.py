@@ -47,7 +47,7 @@ class Tokenizer:
 
     def __init__(self, model_dir: Path):
         spm_file = Path(model_dir) / "tokenizer.model"
-        if spm_file.is_file() and self._is_sentencepiece(spm_file):
+        if spm_file.is_file() and self._is_sentencepiece(spm_file) and not self._adds_tokens(model_dir, spm_file):
             import sentencepiece as spm
 
             self.sp = spm.SentencePieceProcessor(model_file=str(spm_file))
@@ -67,6 +67,17 @@ class Tokenizer:
             return True
         except (RuntimeError, OSError):
             return False
+
+    @staticmethod
+    def _adds_tokens(model_dir: Path, spm_file: Path) -> bool:
+        """True when tokenizer_config.json adds tokens after tokenizer.model's pieces (Phi-3's <|endoftext|>
+        ... and its EOS among them): then tokenizer.model alone is not the model's tokenizer."""
+        import sentencepiece as spm
+
+        cfg_file = Path(model_dir) / "tokenizer_config.json"
+        cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+        pieces = spm.SentencePieceProcessor(model_file=str(spm_file)).get_piece_size()
+        return any(int(i) >= pieces for i in cfg.get("added_tokens_decoder") or {})
 
     def __len__(self) -> int:
         """Ids this tokenizer has (a model's config vocab may be larger: Qwen2 151936 vs 151646)."""

@@ -1,5 +1,7 @@
 """The checkpoint's tensors, read one at a time from its safetensors files (memory-mapped, no model
-instance, no copies): the conversion steps take the few tensors each part needs."""
+instance, no copies): the conversion steps take the few tensors each part needs. A layer's projections
+are named as the parts read them (q/k/v, gate/up apart): a checkpoint that stores them fused (Phi-3's
+`qkv_proj`, `gate_up_proj`) is split by rows here (FUSED)."""
 
 from __future__ import annotations
 
@@ -7,10 +9,21 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from builders.archs import DecoderConfig
 from builders.errors import NodeFailed
 
 EMBED = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
+
+# a fused checkpoint module in a decoder layer -> the modules the parts read, in row order
+FUSED = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+         "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
+
+
+def fused_rows(d: DecoderConfig) -> dict[str, tuple[int, ...]]:
+    """Rows of each part of a FUSED module."""
+    q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
+    return {"self_attn.qkv_proj": (q, kv, kv), "mlp.gate_up_proj": (d.intermediate, d.intermediate)}
 
 
 class Weights(Mapping):
@@ -34,6 +47,7 @@ class Weights(Mapping):
                     self._where.update({k: f.name for k in h.keys()})
         self._files = {name: safe_open(str(model_dir / name), "pt") for name in sorted(set(self._where.values()))}
         self.tied = LM_HEAD not in self._where
+        self._rows = fused_rows(DecoderConfig.read(model_dir))
 
     def _key(self, name: str) -> str:
         return EMBED if name == LM_HEAD and self.tied else name
@@ -55,6 +69,20 @@ class Weights(Mapping):
         return len(self._where) + int(self.tied and EMBED in self._where)
 
     def layer(self, i: int) -> dict:
-        """The tensors of decoder layer i, named relative to the layer (`self_attn.q_proj.weight` ...)."""
+        """The tensors of decoder layer i, named relative to the layer (`self_attn.q_proj.weight` ...),
+        fused projections split into their parts."""
         prefix = f"model.layers.{i}."
-        return {k[len(prefix):]: self[k] for k in self._where if k.startswith(prefix)}
+        out = {}
+        for key in (k for k in self._where if k.startswith(prefix)):
+            name = key[len(prefix):]
+            module, _, kind = name.rpartition(".")
+            if module not in FUSED:
+                out[name] = self[key]
+                continue
+            t, rows = self[key], self._rows[module]
+            if t.shape[0] != sum(rows):
+                raise NodeFailed(f"{key}: {t.shape[0]} rows, the config implies {sum(rows)} "
+                                 f"({' + '.join(map(str, rows))}); fix config.json or the checkpoint")
+            for part, piece in zip(FUSED[module], t.split(list(rows), dim=0)):
+                out[f"{part}.{kind}"] = piece.contiguous()
+        return out

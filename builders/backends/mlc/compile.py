@@ -21,7 +21,7 @@ from pathlib import Path
 
 from builders.backends.mlc import cpu_schedule
 from builders.backends.mlc.convert_weight import param_plan
-from builders.backends.mlc.models import ARCHS, ModelConfig
+from builders.backends.mlc.models import ARCHS, Arch, ModelConfig
 from builders.backends.mlc.quant import MlcQuant
 from builders.backends.mlc.targets import MlcTarget
 
@@ -58,10 +58,10 @@ def tvm_target(t: MlcTarget):
     return tvm.target.Target(spec)
 
 
-def metadata(c: ModelConfig, q: MlcQuant, model_type: str, kv_dtype: str) -> dict:
+def metadata(c: ModelConfig, q: MlcQuant, arch: Arch, kv_dtype: str) -> dict:
     """The `_metadata` JSON MLC's runtime reads (plus `hidden_size`/`model_dtype` for our harness)."""
     return {
-        "model_type": model_type,
+        "model_type": arch.model_type,
         "quantization": q.code,
         "context_window_size": c.context_window_size,
         "sliding_window_size": c.sliding_window_size,
@@ -76,7 +76,7 @@ def metadata(c: ModelConfig, q: MlcQuant, model_type: str, kv_dtype: str) -> dic
                      "num_attention_heads": c.num_attention_heads,
                      "num_key_value_heads": c.num_key_value_heads},
         "params": [{"name": p.name, "shape": list(p.shape), "dtype": p.dtype, "preprocs": []}
-                   for p in param_plan(c, q)],
+                   for p in param_plan(c, q, arch.hf_arch)],
         "memory_usage": {},
         "hidden_size": c.hidden_size,
         "model_dtype": kv_dtype,
@@ -93,12 +93,12 @@ def export(hf_config: dict, c: ModelConfig, q: MlcQuant, target):
     model = cls(c, q, target)
     mod, named = model.export_tvm(spec=model.get_default_spec())
     names = [n for n, _ in named]
-    expected = [p.name for p in param_plan(c, q)]
+    expected = [p.name for p in param_plan(c, q, arch.hf_arch)]
     if names != expected:
         raise RuntimeError(f"module parameters differ from the weights plan: {names[:4]}... vs {expected[:4]}...")
     bb = relax.BlockBuilder(mod)
     with bb.function("_metadata", params=[]):
-        text = json.dumps(metadata(c, q, arch.model_type, q.model_dtype), sort_keys=True)
+        text = json.dumps(metadata(c, q, arch, q.model_dtype), sort_keys=True)
         bb.emit_func_output(StringImm(text))
     return bb.get(), names
 

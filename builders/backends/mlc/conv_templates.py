@@ -26,6 +26,14 @@ CONV_TEMPLATES: dict[str, dict] = {
         "seps": [" "], "role_content_sep": " ", "role_empty_sep": "", "stop_str": ["</s>"],
         "add_role_after_system_message": False,
     },
+    "phi-3": {  # MLC's "phi-3" (stop ids come from the model: Phi-3's <|endoftext|> <|assistant|> <|end|>)
+        "system_template": "<|system|>\n{system_message}",
+        "system_message": "You are a helpful digital assistant. Please provide safe, ethical and accurate "
+                          "information to the user.",
+        "roles": {"user": "<|user|>", "assistant": "<|assistant|>"},
+        "seps": ["<|end|>\n"], "role_content_sep": "\n", "role_empty_sep": "\n",
+        "stop_str": ["<|endoftext|>"], "add_role_after_system_message": True,
+    },
     "LM": {  # plain language model: no roles, no system prompt
         "system_template": "{system_message}", "system_message": "",
         "roles": {"user": "", "assistant": ""}, "seps": [""], "role_content_sep": "", "role_empty_sep": "",

@@ -3,8 +3,8 @@
 Streams: each output parameter is read from the safetensors files with `safe_open` (only its source
 tensors), converted (fused, cast, quantized) and appended to the current shard, which is written out
 as soon as it reaches the shard cap. The parameter list (names, shapes, dtypes, order) is the one the
-relax nn.Module declares, computed here with numpy only (`param_plan`) so the weights node needs no
-compiler.
+relax nn.Module declares, described once in `models.parameters` (with the checkpoint tensors each is
+made of) and quantized here with numpy only (`param_plan`), so the weights node needs no compiler.
 
 tensor-cache.json (the format TVM's `vm.builtin.tensor_cache.load` and MLC's loaders read):
   {"metadata": {"ParamSize", "ParamBytes", "BitsPerParam"},
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from builders.backends.mlc import quant as quant_mod
-from builders.backends.mlc.models import ModelConfig, hf_sources
+from builders.backends.mlc.models import ModelConfig, Param, parameters
 from builders.backends.mlc.quant import MlcQuant
 from builders.errors import NodeFailed
 
@@ -39,34 +39,13 @@ class ParamPlan:
     dtype: str
 
 
-def unquantized_params(c: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, shape) of every parameter in the nn.Module's declaration order."""
-    h, d = c.hidden_size, c.head_dim
-    qkv = (c.num_attention_heads + 2 * c.num_key_value_heads) * d
-    out = [("model.embed_tokens.weight", (c.vocab_size, h))]
-    for i in range(c.num_hidden_layers):
-        p = f"model.layers.{i}"
-        out.append((f"{p}.input_layernorm.weight", (h,)))
-        out.append((f"{p}.self_attn.qkv_proj.weight", (qkv, h)))
-        if c.qkv_bias:
-            out.append((f"{p}.self_attn.qkv_proj.bias", (qkv,)))
-        out += [(f"{p}.self_attn.o_proj.weight", (h, c.num_attention_heads * d)),
-                (f"{p}.post_attention_layernorm.weight", (h,)),
-                (f"{p}.mlp.gate_up_proj.weight", (2 * c.intermediate_size, h)),
-                (f"{p}.mlp.down_proj.weight", (h, c.intermediate_size))]
-    out.append(("model.norm.weight", (h,)))
-    if not c.tie_word_embeddings:
-        out.append(("lm_head.weight", (c.vocab_size, h)))
-    return out
-
-
 def is_quantized(name: str, shape: tuple[int, ...], q: MlcQuant) -> bool:
     return bool(q.bits) and len(shape) == 2 and not name.endswith(NORM_AND_BIAS)
 
 
-def param_plan(c: ModelConfig, q: MlcQuant) -> list[ParamPlan]:
+def param_plan(c: ModelConfig, q: MlcQuant, hf_arch: str) -> list[ParamPlan]:
     plans = []
-    for name, shape in unquantized_params(c):
+    for name, shape in ((p.name, p.shape) for p in parameters(c, hf_arch)):
         if not is_quantized(name, shape, q):
             plans.append(ParamPlan(name, name, "weight", shape, q.model_dtype))
             continue
@@ -109,10 +88,16 @@ class SafetensorsSource:
         return t.float().numpy()  # bf16/f16/f32 sources all go through float32
 
 
-def source_tensor(src: SafetensorsSource, name: str, c: ModelConfig) -> np.ndarray:
-    if name == "lm_head.weight" and "lm_head.weight" not in src.weight_map:
-        name = "model.embed_tokens.weight"  # untied config but the checkpoint stores only one table
-    parts = [src.get(s) for s in hf_sources(name)]
+def source_tensor(src: SafetensorsSource, param: Param) -> np.ndarray:
+    """Our unquantized parameter from its checkpoint tensors (models.parameters), checked for shape."""
+    sources = param.sources
+    if param.name == "lm_head.weight" and "lm_head.weight" not in src.weight_map:
+        sources = (("model.embed_tokens.weight", param.shape[0]),)  # untied config, one table stored
+    parts = [src.get(name) for name, _ in sources]
+    for (name, rows), part in zip(sources, parts):
+        if part.shape[0] != rows or tuple(part.shape[1:]) != tuple(param.shape[1:]):
+            raise NodeFailed(f"{name}: shape {tuple(part.shape)} in the checkpoint, the config implies "
+                             f"{(rows, *param.shape[1:])}")
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
 
@@ -141,20 +126,18 @@ class ShardWriter:
         self.pending, self.buf = [], bytearray()
 
 
-def convert(model_dir: Path, out: Path, c: ModelConfig, q: MlcQuant, log=print) -> dict:
+def convert(model_dir: Path, out: Path, c: ModelConfig, q: MlcQuant, hf_arch: str, log=print) -> dict:
     """Write shards + tensor-cache.json; return summary figures."""
     src = SafetensorsSource(model_dir)
     writer = ShardWriter(out)
-    plans = param_plan(c, q)
+    plans = param_plan(c, q, hf_arch)
+    layout = {p.name: p for p in parameters(c, hf_arch)}
     by_source: dict[str, list[ParamPlan]] = {}
     for p in plans:
         by_source.setdefault(p.source, []).append(p)
     n_params = n_bytes = 0
     for source, parts in by_source.items():
-        w = source_tensor(src, source, c)
-        expect = next(s for n, s in unquantized_params(c) if n == source)
-        if tuple(w.shape) != tuple(expect):
-            raise NodeFailed(f"{source}: shape {tuple(w.shape)} in the checkpoint, config implies {tuple(expect)}")
+        w = source_tensor(src, layout[source])
         n_params += w.size
         if parts[0].part == "weight":
             arrays = {"weight": w.astype(q.model_dtype)}

@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from builders.backends.mlc import quant as quant_mod
-from builders.backends.mlc.convert_weight import read_cache, unquantized_params
-from builders.backends.mlc.models import ModelConfig, hf_sources
+from builders.backends.mlc.convert_weight import read_cache
+from builders.backends.mlc.models import ModelConfig, parameters
 from builders.backends.mlc.quant import MlcQuant
 
 
-def dequantized_params(weights: Path, c: ModelConfig, q: MlcQuant) -> dict[str, np.ndarray]:
+def dequantized_params(weights: Path, c: ModelConfig, q: MlcQuant, hf_arch: str) -> dict[str, np.ndarray]:
     """Our (unquantized) parameter name -> float32 array, as the library sees it."""
     arrays = read_cache(weights)
-    return {name: dequantized(arrays, name, shape, q) for name, shape in unquantized_params(c)}
+    return {p.name: dequantized(arrays, p.name, p.shape, q) for p in parameters(c, hf_arch)}
 
 
 def dequantized(arrays: dict[str, np.ndarray], name: str, shape: tuple, q: MlcQuant,
@@ -46,19 +46,14 @@ def _nk(q: MlcQuant) -> MlcQuant:
     return dataclasses.replace(q, layout="NK")
 
 
-def hf_state(params: dict[str, np.ndarray], c: ModelConfig) -> dict[str, np.ndarray]:
-    """Un-fuse qkv_proj / gate_up_proj back to HF tensor names."""
-    d = c.head_dim
-    split = {"qkv_proj": [c.num_attention_heads * d, c.num_key_value_heads * d, c.num_key_value_heads * d],
-             "gate_up_proj": [c.intermediate_size, c.intermediate_size]}
+def hf_state(params: dict[str, np.ndarray], c: ModelConfig, hf_arch: str) -> dict[str, np.ndarray]:
+    """Our parameters split back into the checkpoint's tensors (models.parameters: un-fused where the
+    family stores q/k/v and gate/up apart)."""
+    layout = {p.name: p for p in parameters(c, hf_arch)}
     state = {}
     for name, arr in params.items():
-        sources = hf_sources(name)
-        if len(sources) == 1:
-            state[sources[0]] = arr
-            continue
-        sizes = next(v for k, v in split.items() if f".{k}." in name)
-        for src, part in zip(sources, np.split(arr, np.cumsum(sizes)[:-1], axis=0)):
+        sources = layout[name].sources
+        for (src, _), part in zip(sources, np.split(arr, np.cumsum([n for _, n in sources])[:-1], axis=0)):
             state[src] = part
     return state
 
@@ -92,7 +87,7 @@ def forward_fn(model_dir: Path, state: dict[str, np.ndarray], dtype: str = "floa
 LM_HEAD_ROWS = 16384  # vocabulary rows dequantized at a time for the LM head (16k x hidden x 4 B)
 
 
-def streamed_logits(model_dir: Path, weights: Path, c: ModelConfig, q: MlcQuant,
+def streamed_logits(model_dir: Path, weights: Path, c: ModelConfig, q: MlcQuant, hf_arch: str,
                     sequences: list[np.ndarray]) -> list[np.ndarray]:
     """float32 logits [n_i, vocab] of each token sequence through the HF model carrying the library's
     dequantized weights, computed layer by layer in float32 (see the module docstring)."""
@@ -103,7 +98,7 @@ def streamed_logits(model_dir: Path, weights: Path, c: ModelConfig, q: MlcQuant,
 
     torch.set_num_threads(threads())
     arrays = read_cache(weights)
-    shapes = dict(unquantized_params(c))
+    shapes = {p.name: p.shape for p in parameters(c, hf_arch)}
     config = AutoConfig.from_pretrained(str(model_dir))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
@@ -128,14 +123,14 @@ def streamed_logits(model_dir: Path, weights: Path, c: ModelConfig, q: MlcQuant,
         for i, layer in enumerate(inner.layers):
             prefix = f"model.layers.{i}."
             _load(layer, prefix, {n: dequantized(arrays, n, shp, q) for n, shp in shapes.items()
-                                  if n.startswith(prefix)}, c)
+                                  if n.startswith(prefix)}, c, hf_arch)
             for j, s in enumerate(seqs):
                 out = layer(hidden[j], attention_mask=masks[j], position_ids=torch.arange(len(s))[None],
                             position_embeddings=rope[j])
                 hidden[j] = out[0] if isinstance(out, tuple) else out
             layer.to("meta")  # frees this layer's float32 weights
-        _load(inner.norm, "model.norm.", {"model.norm.weight": dequantized(arrays, "model.norm.weight",
-                                                                          shapes["model.norm.weight"], q)}, c)
+        norm = dequantized(arrays, "model.norm.weight", shapes["model.norm.weight"], q)
+        _load(inner.norm, "model.norm.", {"model.norm.weight": norm}, c, hf_arch)
         final = [inner.norm(h)[0] for h in hidden]
         head = "model.embed_tokens.weight" if c.tie_word_embeddings else "lm_head.weight"
         logits = [np.empty((len(s), c.vocab_size), dtype=np.float32) for s in seqs]
@@ -147,11 +142,12 @@ def streamed_logits(model_dir: Path, weights: Path, c: ModelConfig, q: MlcQuant,
     return logits
 
 
-def _load(module, prefix: str, params: dict[str, np.ndarray], c: ModelConfig) -> None:
+def _load(module, prefix: str, params: dict[str, np.ndarray], c: ModelConfig, hf_arch: str) -> None:
     """Materialize a meta module on the CPU with these (our-name) parameters, un-fused to HF names."""
     import torch
 
-    state = {k[len(prefix):]: torch.from_numpy(np.ascontiguousarray(v)) for k, v in hf_state(params, c).items()}
+    state = {k[len(prefix):]: torch.from_numpy(np.ascontiguousarray(v))
+             for k, v in hf_state(params, c, hf_arch).items()}
     module.to_empty(device="cpu")
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:

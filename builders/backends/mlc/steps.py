@@ -20,7 +20,7 @@ import numpy as np
 from builders.backends.base import NodeContext
 from builders.backends.mlc import compile as compile_mod
 from builders.backends.mlc import convert_weight, gen_config, inspect_lib
-from builders.backends.mlc.models import ModelConfig
+from builders.backends.mlc.models import ModelConfig, parameters
 from builders.backends.mlc.quant import QUANTS, MlcQuant, error_bound
 from builders.backends.mlc.targets import TARGETS
 from builders.errors import NodeFailed
@@ -60,7 +60,7 @@ def tool_versions() -> dict:
 
 def step_convert_weight(ctx: NodeContext) -> None:
     hf, c, q = _setup(ctx)
-    ctx.result["weights"] = convert_weight.convert(ctx.model_dir, ctx.out, c, q, ctx.log)
+    ctx.result["weights"] = convert_weight.convert(ctx.model_dir, ctx.out, c, q, hf["architectures"][0], ctx.log)
     ctx.result["runtime_abi"] = {"weights_format": "tensor-cache.json (raw-shard)", "quantization": q.code,
                                  "layout": q.layout if q.bits else None}
 
@@ -78,13 +78,14 @@ def step_verify_quant(ctx: NodeContext) -> None:
     unquantized tensors must equal the original cast to the model dtype."""
     from builders.backends.mlc.reference import dequantized
 
-    _, c, q = _setup(ctx)
+    hf, c, q = _setup(ctx)
     src = convert_weight.SafetensorsSource(ctx.model_dir)
     packed = convert_weight.read_cache(ctx.out)  # one tensor dequantized at a time below
     checks, failures = {}, []
     worst = 0.0
-    for name, shape in convert_weight.unquantized_params(c):
-        w = convert_weight.source_tensor(src, name, c)
+    for param in parameters(c, hf["architectures"][0]):
+        name, shape = param.name, param.shape
+        w = convert_weight.source_tensor(src, param)
         stored = dequantized(packed, name, shape, q)
         err = np.abs(stored - w)
         if convert_weight.is_quantized(name, shape, q):
@@ -291,7 +292,7 @@ def _verify_cpu(ctx: NodeContext, path: Path) -> None:
     from builders.backends.mlc import cpu_features, cpu_schedule, harness, reference
     from builders.verify.metrics import compare, load_reference, perplexity, verdict
 
-    _, c, q = _setup(ctx)
+    hf, c, q = _setup(ctx)
     cpu_features.check(TARGETS["cpu"].requires_cpu, path.name)
     ref = load_reference(ctx.inputs["reference"])
     t0 = time.monotonic()
@@ -311,6 +312,7 @@ def _verify_cpu(ctx: NodeContext, path: Path) -> None:
     # (b) library correctness alone: the same dequantized weights through transformers, layer by layer
     t0 = time.monotonic()
     dq = np.concatenate(reference.streamed_logits(ctx.model_dir, ctx.inputs["weights"], c, q,
+                                                  hf["architectures"][0],
                                                   [tokens for tokens, _, _ in ref["prompts"]]))
     t_ref = time.monotonic() - t0
     lib_vs_dq = float(np.abs(dq - np.concatenate(lib_logits)).max())

@@ -1,6 +1,8 @@
 """Architectures as data: HF `architectures` value -> the relax nn.Module that implements it, MLC's
 `model_type`, the default conversation template, and how HF tensor names map to ours.
 
+`parameters(config, hf_arch)` is the one description of the parameter layout (names, shapes, and the
+checkpoint tensors each is made of) that the weights converter, the library check and compile read.
 `ModelConfig.from_hf(config, options)` is plan-side safe (no tvm import); the nn.Modules live in
 llama.py / qwen2.py / mistral.py and are imported only when a library is compiled.
 """
@@ -9,9 +11,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from builders.archs import DecoderConfig
+
+
+# The checkpoint names of our fused parameters: our module in a decoder layer -> the HF modules whose
+# rows it concatenates (q/k/v and gate/up stored apart, as Llama, Qwen2 and Mistral do). A family that
+# stores a module fused under our name (Phi-3's qkv_proj and gate_up_proj) leaves it out.
+SEPARATE: dict[str, tuple[str, ...]] = {
+    "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+}
 
 
 @dataclass(frozen=True)
@@ -20,28 +31,59 @@ class Arch:
     model_type: str  # MLC's model_type
     module: str  # module under builders.backends.mlc.models exposing the nn.Module class `CausalLM`
     conv_template: str  # MLC conversation template name used by default
+    unfused: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: SEPARATE)  # see SEPARATE
 
 
 ARCHS: dict[str, Arch] = {a.hf_arch: a for a in [
     Arch("LlamaForCausalLM", "llama", "llama", "llama-3"),
     Arch("Qwen2ForCausalLM", "qwen2", "qwen2", "qwen2"),
     Arch("MistralForCausalLM", "mistral", "mistral", "mistral_default"),
+    # Phi-3 (no partial rotary, no LongRoPE): the Llama module; the checkpoint is already fused as ours
+    Arch("Phi3ForCausalLM", "phi3", "llama", "phi-3", unfused={}),
 ]}
 
-# our parameter name -> HF source tensor names, concatenated along dim 0 (fused projections as in MLC)
-FUSED: list[tuple[str, tuple[str, ...]]] = [
-    (r"(model\.layers\.\d+\.self_attn)\.qkv_proj\.(weight|bias)", ("{0}.q_proj.{1}", "{0}.k_proj.{1}", "{0}.v_proj.{1}")),
-    (r"(model\.layers\.\d+\.mlp)\.gate_up_proj\.(weight)", ("{0}.gate_proj.{1}", "{0}.up_proj.{1}")),
-]
+
+@dataclass(frozen=True)
+class Param:
+    """One unquantized parameter of the model library and the checkpoint tensors it is made of."""
+
+    name: str  # ours (MLC's), e.g. model.layers.0.self_attn.qkv_proj.weight
+    shape: tuple[int, ...]
+    sources: tuple[tuple[str, int], ...]  # (HF tensor name, rows), concatenated along dim 0 in this order
 
 
-def hf_sources(name: str) -> tuple[str, ...]:
-    """HF tensor names that make our (unquantized) parameter `name`."""
-    for pattern, sources in FUSED:
-        m = re.fullmatch(pattern, name)
-        if m:
-            return tuple(s.format(*m.groups()) for s in sources)
-    return (name,)
+def parameters(c: "ModelConfig", hf_arch: str) -> list[Param]:
+    """The parameter layout, in the nn.Module's declaration order (models/llama.py declares it; compile.py
+    checks the two agree): what convert_weight.py writes and reference.py reads back into HF names."""
+    unfused = ARCHS[hf_arch].unfused
+    h, d, inter = c.hidden_size, c.head_dim, c.intermediate_size
+    q_rows, kv_rows = c.num_attention_heads * d, c.num_key_value_heads * d
+    rows = {"self_attn.qkv_proj": (q_rows, kv_rows, kv_rows), "mlp.gate_up_proj": (inter, inter)}
+
+    def param(name: str, shape: tuple[int, ...]) -> Param:
+        m = re.fullmatch(r"(model\.layers\.\d+)\.(.+)\.(weight|bias)", name)
+        if not m or m.group(2) not in unfused:
+            return Param(name, shape, ((name, shape[0]),))
+        layer, module, kind = m.groups()
+        return Param(name, shape, tuple((f"{layer}.{src}.{kind}", n)
+                                        for src, n in zip(unfused[module], rows[module])))
+
+    qkv = sum(rows["self_attn.qkv_proj"])
+    out = [param("model.embed_tokens.weight", (c.vocab_size, h))]
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}"
+        out.append(param(f"{p}.input_layernorm.weight", (h,)))
+        out.append(param(f"{p}.self_attn.qkv_proj.weight", (qkv, h)))
+        if c.qkv_bias:
+            out.append(param(f"{p}.self_attn.qkv_proj.bias", (qkv,)))
+        out += [param(f"{p}.self_attn.o_proj.weight", (h, c.num_attention_heads * d)),
+                param(f"{p}.post_attention_layernorm.weight", (h,)),
+                param(f"{p}.mlp.gate_up_proj.weight", (2 * inter, h)),
+                param(f"{p}.mlp.down_proj.weight", (h, inter))]
+    out.append(param("model.norm.weight", (h,)))
+    if not c.tie_word_embeddings:
+        out.append(param("lm_head.weight", (c.vocab_size, h)))
+    return out
 
 
 @dataclass
