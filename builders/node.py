@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from builders import rss
 from builders.backends import get as get_backend
 from builders.backends.base import NodeContext
 from builders.contract import ContractError, NodeSpec, StepResult
@@ -126,7 +126,8 @@ def run(spec: dict) -> dict:
             t0 = time.monotonic()
             ctx.log(f"step {names.index(name) + 1}/{len(names)} {name}")
             fn(ctx)
-            timings[name] = {"status": "ran", "seconds": round(time.monotonic() - t0, 3)}
+            # the process's high-water mark after the step: the step where it grows is where the peak is
+            timings[name] = {"status": "ran", "seconds": round(time.monotonic() - t0, 3), "peak_rss_mb": rss.peak_mb()}
             if name not in state["done"]:
                 state["done"].append(name)
             state["after"][name] = fingerprint(out, hashes)
@@ -146,14 +147,14 @@ def run(spec: dict) -> dict:
         traceback.print_exc()
         line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         status, reason = "failed", f"{type(e).__name__}: {line}"[:300]
-    peak_kb = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    peak = rss.peak_mb()
     done = state["done"] if state else []
     try:
-        result = StepResult.from_steps(status, reason, timings, done, round(peak_kb / 1024, 1), ctx.result)
+        result = StepResult.from_steps(status, reason, timings, done, peak, ctx.result)
     except ContractError as e:  # a step reported a field the contract does not know: fail, keep nothing silent
         filled = {k: v for k, v in ctx.result.items() if k != "verification"}
         result = StepResult.from_steps("failed", f"result of step code: {e}", timings, done,
-                                       round(peak_kb / 1024, 1), filled)
+                                       peak, filled)
     return result.to_json()
 
 

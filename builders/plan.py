@@ -29,7 +29,7 @@ from builders.targets import TARGETS
 PKG = Path(__file__).resolve().parent
 SOURCE_DATE_EPOCH = int(os.environ.get("SOURCE_DATE_EPOCH", "315532800"))  # 1980-01-01: valid for zip too
 COMMON_CODE = ("archs.py", "contract.py", "node.py", "backends/base.py", "backends/__init__.py", "verify/metrics.py",
-               "verify/budget.py", "errors.py")
+               "verify/budget.py", "errors.py", "rss.py")
 
 
 @dataclass

@@ -14,10 +14,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from builders import rss
 from builders.archs import DecoderConfig, drops, supported
 from builders.backends import gguf_runtime
 from builders.backends.base import REFERENCE, Cell, ModelRef, NodeContext, NodeDef
@@ -274,9 +276,14 @@ def step_verify(ctx: NodeContext) -> None:
         return np.array(llm.scores[: len(tokens)], dtype=np.float32)
 
     art_logits: list = []
+    t0 = time.monotonic()
     figures = evaluate(ctx.inputs["reference"], forward, keep=art_logits)
     del llm
+    t_llama, peak_llama = time.monotonic() - t0, rss.peak_mb()
+    t0 = time.monotonic()
     runtime, info = _runtime_figures(ctx, gf, ctx.inputs["reference"], art_logits)
+    ctx.log(f"verify: llama.cpp {t_llama:.1f}s (peak {peak_llama} MiB), dequantized-weights reference "
+            f"{time.monotonic() - t0:.1f}s (peak {rss.peak_mb()} MiB)")
     figures.update(runtime)
     ver = verdict(figures, ctx.params.get("thresholds"), where=f"gguf {quant}", require=("runtime_",))
     ver["runtime_check"] = info

@@ -25,7 +25,7 @@ from pathlib import Path
 from builders.container_limits import ContainerLimits, default_limits
 from builders.contract import StepResult
 from builders.errors import ToolchainError
-from builders.executors import Mount, echo, fixed_addresses, node_dir, sigterm_raises, signals_deferred
+from builders.executors import MALLOC_ENV, Mount, echo, fixed_addresses, node_dir, sigterm_raises, signals_deferred
 from builders.executors.container_memory import MemorySampler
 from builders.executors.node_user import chown_tree, container_user, require_readable
 
@@ -45,6 +45,7 @@ CONTAINER_ENV = {
     "MPLCONFIGDIR": "/node/work/cache/matplotlib",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
+    **MALLOC_ENV,
 }
 
 

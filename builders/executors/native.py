@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from builders.executors import Mount, echo, node_dir, sigterm_raises, signals_deferred
+from builders.executors import MALLOC_ENV, Mount, echo, node_dir, sigterm_raises, signals_deferred
 
 PROJECT = Path(__file__).resolve().parents[2]
 PATH_KEYS = ("out", "work", "result")
@@ -56,7 +56,8 @@ class NativeExecutor:
         spec_path = node_dir(mounts) / "spec.native.json"
         spec_path.write_text(json.dumps(native_spec(spec, mounts), indent=1, sort_keys=True))
         pythonpath = os.pathsep.join(p for p in (str(PROJECT), os.environ.get("PYTHONPATH")) if p)
-        env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+               **MALLOC_ENV}
         with sigterm_raises(), open(log_path, "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", "builders.node", "run", str(spec_path)],
                                     stdout=subprocess.PIPE if self.echo else log, stderr=subprocess.STDOUT,

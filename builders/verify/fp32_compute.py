@@ -58,8 +58,11 @@ def _blocked_linear_forward(module):
 
     def forward(x):
         w, b = module.weight, module.bias
-        return torch.cat([F.linear(x, w[i:i + BLOCK_ROWS].float(), None if b is None else b[i:i + BLOCK_ROWS].float())
-                          for i in range(0, w.shape[0], BLOCK_ROWS)], dim=-1)
+        out = torch.empty((*x.shape[:-1], w.shape[0]), dtype=torch.float32)  # filled in place: no concatenated copy
+        for i in range(0, w.shape[0], BLOCK_ROWS):
+            out[..., i:i + BLOCK_ROWS] = F.linear(x, w[i:i + BLOCK_ROWS].float(),
+                                                  None if b is None else b[i:i + BLOCK_ROWS].float())
+        return out
     return forward
 
 

@@ -16,6 +16,7 @@ CPU: their figures go to the manifest only; no digest holds them - parents enter
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import platform
@@ -188,15 +189,19 @@ def compute_reference(model_dir: Path, out: Path) -> dict:
         # passes), the teacher-forced logits of all prompts + continuations (one pass), the text (one pass)
         prompt_ids = [tok.encode(text) for text in prompts.PROMPTS]
         conts = greedy_batch(model, prompt_ids, prompts.DECODE_STEPS, n_ids)
+        text_ids = tok.encode(prompts.PERPLEXITY_TEXT)
+        scored = text_ids[: budget.text_positions(len(text_ids))]
+        continuations = [tok.decode(cont) for cont in conts]
+        tokenizer_kind, specials = tok.kind, tok.specials()
+        del tok  # a real vocabulary's tokenizer is 100-200 MB: gone before the passes with vocabulary-wide logits
+        gc.collect()
         sequences = [ids + cont for ids, cont in zip(prompt_ids, conts)]
         for i, (text, ids, cont, logits) in enumerate(zip(prompts.PROMPTS, prompt_ids, conts,
                                                            logits_batch(model, sequences))):
             arrays[f"tokens_{i}"] = np.asarray(ids + cont, dtype=np.int32)
             arrays[f"prompt_len_{i}"] = np.asarray(len(ids), dtype=np.int32)
             arrays[f"logits_{i}"] = logits.astype(np.float32, copy=False)
-            entries.append({"text": text, "prompt_tokens": len(ids), "continuation": tok.decode(cont)})
-        text_ids = tok.encode(prompts.PERPLEXITY_TEXT)
-        scored = text_ids[: budget.text_positions(len(text_ids))]
+            entries.append({"text": text, "prompt_tokens": len(ids), "continuation": continuations[i]})
         arrays["text_tokens"] = np.asarray(text_ids, dtype=np.int32)  # whole text: the tokenizer check reads it
         arrays["text_logits"] = logits_batch(model, [scored])[0].astype(np.float32, copy=False)
     vocab = int(arrays["logits_0"].shape[1])
@@ -209,8 +214,8 @@ def compute_reference(model_dir: Path, out: Path) -> dict:
         "text_tokens": len(text_ids),
         "text_positions": len(scored),
         "ppl": round(perplexity(arrays["text_logits"], arrays["text_tokens"][: len(scored)]), 6),
-        "tokenizer": tok.kind,
-        "tokenizer_specials": tok.specials(),
+        "tokenizer": tokenizer_kind,
+        "tokenizer_specials": specials,
         # greedy decode took the arg-max over the ids the tokenizer has (null: the whole config vocab)
         "greedy_argmax_ids": n_ids,
         "config_vocab_size": config_vocab,

@@ -289,6 +289,7 @@ def library_logits(sess, ref: dict) -> tuple[list[np.ndarray], np.ndarray, np.nd
 
 
 def _verify_cpu(ctx: NodeContext, path: Path) -> None:
+    from builders import rss
     from builders.backends.mlc import cpu_features, cpu_schedule, harness, reference
     from builders.verify.metrics import compare, load_reference, perplexity, verdict
 
@@ -298,6 +299,7 @@ def _verify_cpu(ctx: NodeContext, path: Path) -> None:
     t0 = time.monotonic()
     sess = harness.Session(path, ctx.inputs["weights"])
     lib_logits, text_lib, prefill_last = library_logits(sess, ref)
+    rss_lib = rss.current_mb()
     sess.close()  # the library's weights and TVM's memory pool go before the reference below
     t_lib = time.monotonic() - t0
     figures = compare(np.concatenate([r for _, _, r in ref["prompts"]]), np.concatenate(lib_logits))
@@ -336,7 +338,8 @@ def _verify_cpu(ctx: NodeContext, path: Path) -> None:
               "failures": ver["failures"]}
     (ctx.out / (ctx.params["lib_stem"] + WEIGHTS_VERIFICATION)).write_text(
         json.dumps(record, indent=1, sort_keys=True) + "\n")
-    ctx.log(f"verify cpu: library {t_lib:.1f}s, dequantized reference {t_ref:.1f}s; "
+    ctx.log(f"verify cpu: library {t_lib:.1f}s ({rss_lib} MiB resident after it), dequantized reference {t_ref:.1f}s "
+            f"({rss.current_mb()} MiB resident after it, peak {rss.peak_mb()} MiB); "
             + ", ".join(f"{k}={v:.4g}" for k, v in ver["checks"].items() if isinstance(v, float)))
 
 
