@@ -112,6 +112,50 @@ def test_hf_model_streams_weights_and_batches_sequences(arch, tmp_path):
     assert all(p.device.type == "meta" for p in hf.model.parameters())
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_hf_model_reads_only_the_rows_it_needs_from_row_loaders(arch, tmp_path, monkeypatch):
+    """Loaders with a `rows` method (GGUF tensors): the embedding reads only the looked-up ids' rows and the
+    LM head reads BLOCK_ROWS rows at a time; neither is ever loaded whole, and the logits are unchanged."""
+    from builders.verify import hf_forward
+
+    monkeypatch.setattr(hf_forward, "BLOCK_ROWS", 48)  # the tiny vocabulary spans several blocks
+    d = _random_model(arch, torch.float32, tmp_path / arch)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32,
+                                                            attn_implementation="eager").eval()
+    state = {k: v.numpy().copy() for k, v in ref.state_dict().items()}
+    hf = hf_forward.HfModel(d, threads=1)
+    assert hf.params["model.embed_tokens.weight"][0] > 2 * 48
+    whole, rows_read = [], []
+
+    class RowLoader:
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self):
+            whole.append(self.name)
+            return state[self.name]
+
+        def rows(self, sel):
+            rows_read.append((self.name, len(np.arange(len(state[self.name]))[sel])))
+            return state[self.name][sel]
+
+    for name in hf.params:
+        if name in state and not (hf.tied and name == "lm_head.weight"):
+            hf.put(name, RowLoader(name))
+    seqs = [np.array([1, 5, 9, 200, 31, 77, 12]), np.array([4, 8, 5])]
+    got = hf.forward_batch(seqs)
+    with torch.no_grad():
+        want = [ref(input_ids=torch.tensor(s[None]), use_cache=False).logits[0].numpy() for s in seqs]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-5)
+    assert not any(n.endswith(("embed_tokens.weight", "lm_head.weight")) for n in whole)
+    head = "model.embed_tokens.weight" if hf.tied else "lm_head.weight"
+    vocab = hf.params[head][0]
+    assert ("model.embed_tokens.weight", 10) in rows_read  # the 9 distinct ids of the batch and padding id 0
+    blocks = [min(48, vocab - i) for i in range(0, vocab, 48)]
+    assert [n for name, n in rows_read if name == head][-len(blocks):] == blocks
+
+
 def test_hf_model_names_a_missing_weight(tmp_path):
     from builders.verify.hf_forward import HfModel
 

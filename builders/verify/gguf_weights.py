@@ -57,29 +57,48 @@ def hf_names(gf, hf_params: Iterable[str]) -> dict[str, str]:
     return mapping
 
 
-def loaders(gf, hf_params: Iterable[str]) -> dict[str, tuple[Callable[[], np.ndarray], str]]:
-    """{hf_name: (load, gguf type name)} for every tensor of the file (gf: builders.gguf_file.GgufFile):
-    `load()` dequantizes that one tensor from the memory-mapped file (q/k permutation undone) and returns
-    it as float32; nothing is read before."""
-    from gguf.constants import GGMLQuantizationType  # noqa: PLC0415
-    from gguf.quants import dequantize  # noqa: PLC0415
+class TensorLoader:
+    """One tensor of the file, dequantized to float32 when called (q/k permutation undone); `rows(sel)`
+    dequantizes only the rows `sel` selects (an embedding's looked-up rows, a block of LM-head rows): GGUF
+    blocks run along a row, so rows dequantize independently."""
 
+    def __init__(self, gf, t, unpermute_heads: int | None):
+        self.gf, self.t, self.heads = gf, t, unpermute_heads
+
+    def __call__(self) -> np.ndarray:
+        return self.rows(None)
+
+    def rows(self, sel) -> np.ndarray:
+        from gguf.constants import GGMLQuantizationType  # noqa: PLC0415
+        from gguf.quants import dequantize  # noqa: PLC0415
+
+        data = self.gf.data(self.t)
+        if sel is not None:
+            if self.heads is not None:
+                raise ValueError(f"{self.t.name}: rows of a q/k tensor stored permuted cannot be read apart")
+            data = data[sel]
+        w = np.asarray(dequantize(data, GGMLQuantizationType(self.t.type)), dtype=np.float32)
+        if self.heads is not None:
+            return unpermute(w, self.heads)
+        return w if w.flags.writeable else w.copy()  # F32 data are a read-only view of the map
+
+
+def loaders(gf, hf_params: Iterable[str]) -> dict[str, tuple[TensorLoader, str]]:
+    """{hf_name: (loader, gguf type name)} for every tensor of the file (gf: builders.gguf_file.GgufFile);
+    nothing is read before a loader is called."""
     arch_name = gf.kv.get("general.architecture")
     mapping = hf_names(gf, hf_params)
     n_head = int(gf.kv[f"{arch_name}.attention.head_count"])
     n_kv = int(gf.kv.get(f"{arch_name}.attention.head_count_kv") or n_head)
 
-    def load_fn(t, hf):
-        def load() -> np.ndarray:
-            w = np.array(dequantize(gf.data(t), GGMLQuantizationType(t.type)), dtype=np.float32)  # a writable copy
-            if ROPE_PERMUTED[arch_name] and hf.endswith(("q_proj.weight", "q_proj.bias")):
-                w = unpermute(w, n_head)
-            elif ROPE_PERMUTED[arch_name] and hf.endswith(("k_proj.weight", "k_proj.bias")):
-                w = unpermute(w, n_kv)
-            return w
-        return load
+    def heads(hf: str) -> int | None:
+        if ROPE_PERMUTED[arch_name] and hf.endswith(("q_proj.weight", "q_proj.bias")):
+            return n_head
+        if ROPE_PERMUTED[arch_name] and hf.endswith(("k_proj.weight", "k_proj.bias")):
+            return n_kv
+        return None
 
-    return {mapping[t.name]: (load_fn(t, mapping[t.name]), gf.type_name(t))
+    return {mapping[t.name]: (TensorLoader(gf, t, heads(mapping[t.name])), gf.type_name(t))
             for t in gf.tensors if t.name in mapping}
 
 

@@ -3,11 +3,13 @@ dequantized weights), without ever holding the whole fp32 model.
 
 A weight is handed over as an array or as a loader (a callable that returns the array, e.g. one tensor
 dequantized from a .gguf file). The model's parameters are placeholders on torch's meta device; each
-module's parameters are materialized in fp32 for its own forward call and dropped after it. So the
-peak memory is the largest single tensor in fp32 (the embedding / LM head) plus activations, and
-`forward_batch` runs all sequences through one batched pass: every loader runs once per module call,
-i.e. once per pass. Threads: every CPU this process may use (the figures are manifest-only, never part
-of a digest)."""
+module's parameters are materialized in fp32 for its own forward call and dropped after it. The two
+vocabulary-sized tables never are whole: the embedding materializes the rows of the ids looked up and
+the LM head BLOCK_ROWS rows at a time (a loader with a `rows(sel)` method reads just those rows; see
+verify/gguf_weights.TensorLoader). So the peak is one decoder matrix in fp32 plus activations and the
+logits, and `forward_batch` runs all sequences through one batched pass: every loader runs once per
+module call, i.e. once per pass. Threads: every CPU this process may use (the figures are
+manifest-only, never part of a digest)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from builders.verify.fp32_compute import cpu_threads
+from builders.verify.fp32_compute import BLOCK_ROWS, cpu_threads
 
 
 class HfModel:
@@ -43,6 +45,12 @@ class HfModel:
             for n in local:
                 module._parameters[n] = torch.nn.Parameter(
                     torch.empty(module._parameters[n].shape, device="meta"), requires_grad=False)
+            if type(module) is torch.nn.Embedding:
+                module.forward = self._embedding_forward(module, local["weight"])
+                continue
+            if type(module) is torch.nn.Linear and module.out_features == self.config.vocab_size:  # the LM head
+                module.forward = self._blocked_linear_forward(module, local)
+                continue
             module.register_forward_pre_hook(self._materialize)
             module.register_forward_hook(self._release)
             self._owners.append((module, local))
@@ -76,6 +84,49 @@ class HfModel:
         if tuple(array.shape) != self.params[name]:
             raise ValueError(f"{name}: shape {tuple(array.shape)} does not fit the HF parameter {self.params[name]}")
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+    def _rows(self, name: str, sel, whole: dict):
+        """Rows `sel` of parameter `name` as float32: a loader with a `rows` method reads only those rows;
+        any other source is loaded whole once per pass (kept in `whole` for the pass) and sliced."""
+        import torch  # noqa: PLC0415
+
+        src = self._source(name)
+        if callable(src) and hasattr(src, "rows"):
+            array = np.asarray(src.rows(sel))
+        else:
+            key = id(src)
+            if key not in whole:
+                whole[key] = np.asarray(src() if callable(src) else src)
+                if tuple(whole[key].shape) != self.params[name]:
+                    raise ValueError(f"{name}: shape {tuple(whole[key].shape)} does not fit the HF parameter "
+                                     f"{self.params[name]}")
+            array = whole[key][sel]
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+    def _embedding_forward(self, module, name: str):
+        """Only the rows of the ids looked up are materialized (a vocabulary-sized table never is)."""
+        import torch  # noqa: PLC0415
+
+        def forward(ids):
+            unique, inverse = torch.unique(ids, return_inverse=True)
+            return self._rows(name, unique.numpy(), {})[inverse]
+        return forward
+
+    def _blocked_linear_forward(self, module, local: dict):
+        """A vocabulary-sized linear layer (the LM head) BLOCK_ROWS output rows at a time, written in place."""
+        import torch  # noqa: PLC0415
+        import torch.nn.functional as F  # noqa: PLC0415
+
+        def forward(x):
+            whole: dict = {}
+            n = module.out_features
+            out = torch.empty((*x.shape[:-1], n), dtype=torch.float32)
+            for i in range(0, n, BLOCK_ROWS):
+                rows = slice(i, min(n, i + BLOCK_ROWS))
+                bias = self._rows(local["bias"], rows, whole) if "bias" in local else None
+                out[..., rows] = F.linear(x, self._rows(local["weight"], rows, whole), bias)
+            return out
+        return forward
 
     def _materialize(self, module, _args):
         import torch  # noqa: PLC0415
