@@ -10,6 +10,8 @@ every node of that plan - found by the node's digest, never by kind - and prints
                 node built before the sampler), the largest single process's own peak (peak_rss_mb),
                 marked `proc`
     x model     peak RSS / the model's size in bfloat16 (2 bytes x the elements of its safetensors)
+    rule        the memory rule (builders/memory_rule.py): peak RSS <= 1.5 x the bf16 model + the node's
+                output; `ok` or `OVER` with the limit
     upstream    for conversion steps: the step's seconds / the same conversion by the upstream tool called
                 directly in the same image with the same container limits (DIRECT below), and that run's
                 own peak RSS
@@ -26,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from builders import memory_rule
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1 << 20
@@ -138,6 +142,7 @@ def node_rows(out: Path, plan, direct: bool) -> list[dict]:
             "peak_over_model": round(peak / bf16_mb, 2) if peak and bf16_mb else None,
             "output_mb": round(sum(o.get("size", 0) for o in manifest.get("outputs", [])) / MB, 1),
         }
+        row["memory_rule"] = memory_rule.check(row)
         if direct and pn.node.kind in DIRECT:
             row.update(_direct(out, plan, pn, manifest))
         rows.append(row)
@@ -170,7 +175,8 @@ def _fmt(v, spec: str = "") -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'node':44} {'wall s':>7}  {'peak RSS MB':>12} {'x model':>7}  {'step/upstream':>22}  phases (s)"]
+    lines = [f"{'node':44} {'wall s':>7}  {'peak RSS MB':>12} {'x model':>7} {'rule (limit MB)':>16}  "
+             f"{'step/upstream':>22}  phases (s)"]
     for r in rows:
         if "missing" in r:
             lines.append(f"{r['node']:44} {r['missing']}")
@@ -179,8 +185,10 @@ def table(rows: list[dict]) -> str:
               if "step_over_upstream" in r else ("FAILED" if "upstream_failed" in r else ""))
         peak = f"{_fmt(r['peak_rss_mb'], '.0f')}{' proc' if r['peak_rss_source'] == 'proc' else ''}"
         phases = " ".join(f"{k} {v:.1f}" for k, v in r["steps_s"].items() if v is not None)
-        lines.append(f"{r['node']:44} {r['wall_s']:7.1f}  {peak:>12} {_fmt(r['peak_over_model'], '.2f'):>7}  "
-                     f"{up:>22}  {phases}")
+        rule = r.get("memory_rule") or {}
+        verdict = "-" if rule.get("within") is None else f"{'ok' if rule['within'] else 'OVER'} ({rule['limit_mb']:.0f})"
+        lines.append(f"{r['node']:44} {r['wall_s']:7.1f}  {peak:>12} {_fmt(r['peak_over_model'], '.2f'):>7} "
+                     f"{verdict:>16}  {up:>22}  {phases}")
     return "\n".join(lines)
 
 
