@@ -61,7 +61,7 @@ OPTIONS = OptionSet("gguf", [
            what="a positive integer at most 256",
            check=lambda v: 0 < v <= 256),
     Option("n_ctx", int, 512, "most llama.cpp context (KV cache tokens) for verification; the check sizes it to the "
-           "longest sequence it scores",
+           "tokens it scores (all sequences in one batch)",
            what="a positive integer at most 131072", check=lambda v: 0 < v <= 131072),
 ])
 
@@ -90,7 +90,7 @@ class GgufBackend:
                        for t, rt in gguf_runtime.RUNTIMES.items()},
                     **{t: "the cpu cell's file (no runtime built or run for this target)"
                        for t in ("cuda", "iphone", "metal", "metal_x86_64")}}
-    code = ("backends/gguf.py", "backends/gguf_runtime.py", "gguf_file.py", "verify/tokenizer_check.py", "verify/gguf_types.py",
+    code = ("backends/gguf.py", "backends/gguf_runtime.py", "gguf_file.py", "verify/llama_batch.py", "verify/tokenizer_check.py", "verify/gguf_types.py",
             "verify/gguf_weights.py",
             "verify/hf_forward.py", "verify/fp32_compute.py")
 
@@ -233,29 +233,12 @@ def _runtime_figures(ctx: NodeContext, gf, ref_dir: Path, art_logits: list) -> t
     return {f"runtime_{k}": v for k, v in figures.items() if k != "positions"}, info
 
 
-def _context(ref_dir: Path, most: int) -> int:
-    """llama.cpp's context for the check: the longest sequence it evaluates, rounded up to 64, and at most the
-    n_ctx option. With logits for every position llama.cpp and llama-cpp-python each hold n_ctx x vocab floats
-    (512 x 152k x 4 B = 311 MB each for Qwen2.5): sized to what is scored, not to a fixed 512."""
-    from builders.verify.metrics import load_reference  # noqa: PLC0415
-
-    ref = load_reference(ref_dir)
-    longest = max([len(tokens) for tokens, _, _ in ref["prompts"]] + [len(ref["text_tokens"])])
-    if longest > most:
-        raise NodeFailed(f"the check evaluates {longest} tokens but gguf option n_ctx is {most}: raise n_ctx in "
-                         f"matrix.yaml (backends.gguf.options.n_ctx) to at least {longest}")
-    return min(most, -(-longest // 64) * 64)
-
-
 def step_verify(ctx: NodeContext) -> None:
-    import numpy as np  # noqa: PLC0415
-    from llama_cpp import Llama  # noqa: PLC0415
-
-    from builders.verify.metrics import evaluate, verdict  # noqa: PLC0415
+    from builders.gguf_file import GgufFile  # noqa: PLC0415
+    from builders.verify import llama_batch  # noqa: PLC0415
+    from builders.verify.metrics import evaluate_many, verdict  # noqa: PLC0415
 
     quant = ctx.params["quant"]
-    from builders.gguf_file import GgufFile  # noqa: PLC0415
-
     path = _gguf_file(ctx.out)
     gf = GgufFile(path)
     facts = _file_facts(gf)
@@ -266,19 +249,21 @@ def step_verify(ctx: NodeContext) -> None:
     ctx.result["tensor_types"] = facts["tensor_types"]
     ctx.result["quant_fallback"] = fallback
     vp = ctx.params["verify"]
-    n_ctx = _context(ctx.inputs["reference"], vp["n_ctx"])
-    llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
-                n_threads=_threads(vp), seed=0, verbose=False)
 
-    def forward(tokens):
-        llm.reset()
-        llm.eval([int(t) for t in tokens])
-        return np.array(llm.scores[: len(tokens)], dtype=np.float32)
+    def forward_many(sequences):
+        """All sequences in one llama.cpp decode (verify/llama_batch.py), within the n_ctx option."""
+        n_ctx = llama_batch.context_size([len(s) for s in sequences])
+        if n_ctx > vp["n_ctx"]:
+            raise NodeFailed(f"the check evaluates {n_ctx} KV cells but gguf option n_ctx is {vp['n_ctx']}: raise "
+                             f"backends.gguf.options.n_ctx in matrix.yaml to at least {n_ctx}")
+        try:
+            return llama_batch.logits(path, sequences, _threads(vp))
+        except llama_batch.LlamaCppError as e:
+            raise NodeFailed(f"llama.cpp on {path.name}: {e}") from None
 
     art_logits: list = []
     t0 = time.monotonic()
-    figures = evaluate(ctx.inputs["reference"], forward, keep=art_logits)
-    del llm
+    figures = evaluate_many(ctx.inputs["reference"], forward_many, keep=art_logits)
     t_llama, peak_llama = time.monotonic() - t0, rss.peak_mb()
     t0 = time.monotonic()
     runtime, info = _runtime_figures(ctx, gf, ctx.inputs["reference"], art_logits)

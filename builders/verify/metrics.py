@@ -112,18 +112,26 @@ def evaluate(ref_dir: Path, forward: Callable[[np.ndarray], np.ndarray], with_te
     """Run `forward(tokens) -> logits [n, vocab]` on every reference prompt (teacher forced over the
     prompt and the reference's greedy continuation) and on the perplexity text; return figures.
     With `keep` (a list), the artifact's prompt logits are appended to it (for a second comparison)."""
+    return evaluate_many(ref_dir, lambda seqs: [forward(s) for s in seqs], with_text, keep)
+
+
+def evaluate_many(ref_dir: Path, forward_many: Callable[[list], list], with_text: bool = True,
+                  keep: list | None = None) -> dict:
+    """As `evaluate`, with `forward_many(sequences) -> [logits]` given every sequence at once (prompts,
+    then the perplexity text), for runtimes that evaluate a batch of sequences in one pass."""
     ref = load_reference(ref_dir)
-    refs, arts = [], []
-    for tokens, _, logits in ref["prompts"]:
-        refs.append(logits)
-        arts.append(np.asarray(forward(tokens))[: len(tokens)])
+    seqs = [tokens for tokens, _, _ in ref["prompts"]] + ([ref["text_tokens"]] if with_text else [])
+    outs = forward_many(seqs)
+    if len(outs) != len(seqs):
+        raise ValueError(f"{len(outs)} logits arrays for {len(seqs)} sequences")
+    arts = [np.asarray(o)[: len(s)] for o, s in zip(outs, seqs)]
+    prompt_arts = arts[: len(ref["prompts"])]
     if keep is not None:
-        keep.extend(arts)
-    figures = compare(np.concatenate(refs), np.concatenate(arts))
+        keep.extend(prompt_arts)
+    figures = compare(np.concatenate([logits for _, _, logits in ref["prompts"]]), np.concatenate(prompt_arts))
     if with_text:
-        text_art = np.asarray(forward(ref["text_tokens"]))
         figures["ppl_ref"] = perplexity(ref["text_logits"], ref["text_tokens"])
-        figures["ppl_art"] = perplexity(text_art, ref["text_tokens"])
+        figures["ppl_art"] = perplexity(arts[-1], ref["text_tokens"])
         figures["ppl_delta"] = figures["ppl_art"] - figures["ppl_ref"]
     return figures
 
