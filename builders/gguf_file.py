@@ -139,6 +139,24 @@ class GgufFile:
         arr = np.frombuffer(self._map, dtype=np.uint8, count=t.n_elements // block * size, offset=t.offset)
         return arr.reshape(t.shape[:-1] + (row_bytes,))
 
+    def release(self, t: TensorInfo) -> None:
+        """Drop the mapped pages of one tensor's data from this process's resident memory (madvise
+        MADV_DONTNEED on a read-only file mapping: the page cache keeps them, a later read faults them back
+        in). A check that dequantizes tensor after tensor so holds one tensor of the file, not all of it."""
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        if t.type in _PLAIN:
+            n = t.n_elements * np.dtype(_PLAIN[t.type]).itemsize
+        else:
+            from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType  # noqa: PLC0415
+
+            block, size = GGML_QUANT_SIZES[GGMLQuantizationType(t.type)]
+            n = t.n_elements // block * size
+        start = t.offset - t.offset % mmap.PAGESIZE
+        end = min(len(self._map), t.offset + n)
+        if end > start:
+            self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
+
     def type_name(self, t: TensorInfo) -> str:
         from gguf.constants import GGMLQuantizationType  # noqa: PLC0415
 

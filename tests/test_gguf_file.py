@@ -61,6 +61,10 @@ for a, b in zip(ours.tensors, theirs.tensors):
     assert ours.data(a).tobytes() == np.asarray(b.data).tobytes(), a.name
     assert np.array_equal(gguf.quants.dequantize(ours.data(a), b.tensor_type),
                           gguf.quants.dequantize(b.data, b.tensor_type)), a.name
+before = [ours.data(a).tobytes() for a in ours.tensors]
+for a in ours.tensors:
+    ours.release(a)  # pages dropped from the resident set are read back from the file on the next access
+assert [ours.data(a).tobytes() for a in ours.tensors] == before
 print("equal", len(ours.tensors), len(ours.kv))
 """
 

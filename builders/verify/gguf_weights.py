@@ -79,8 +79,12 @@ class TensorLoader:
             data = data[sel]
         w = np.asarray(dequantize(data, GGMLQuantizationType(self.t.type)), dtype=np.float32)
         if self.heads is not None:
-            return unpermute(w, self.heads)
-        return w if w.flags.writeable else w.copy()  # F32 data are a read-only view of the map
+            w = unpermute(w, self.heads)
+        elif not w.flags.writeable:
+            w = w.copy()  # F32 data are a read-only view of the map
+        del data
+        self.gf.release(self.t)  # the file's pages of this tensor leave the resident set (see GgufFile.release)
+        return w
 
 
 def loaders(gf, hf_params: Iterable[str]) -> dict[str, tuple[TensorLoader, str]]:
