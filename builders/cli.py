@@ -146,7 +146,7 @@ def plan(matrix_path, out, model, backends, quants, targets, only, executor, as_
     for col in ("cell", "status", "nodes / reason"):
         t.add_column(col)
     for c in data["cells"]:
-        nodes = ", ".join(f"{k}{' (cached)' if p.nodes[k].cached else ''}" for k in c["nodes"])
+        nodes = ", ".join(f"{p.nodes[d].key}{' (cached)' if p.nodes[d].cached else ''}" for d in c["nodes"])
         t.add_row(c["id"], f"[{STATUS_STYLE.get(c['status'], 'white')}]{c['status']}[/]", c["reason"] or nodes)
     Console().print(t)
 

@@ -28,7 +28,8 @@ def test_runtime_targets_get_a_runtime_node_on_the_shared_quant_node(tmp_path):
             assert cells[key]["artifact_node"] == key
             n = nodes[key]
             assert n["kind"] == "gguf-runtime" and n["image"] == images.image_tag(image, m.images)
-            assert n["parents"] == {"gguf": quant_node, "reference": "tiny-llama.reference"}
+            assert n["parents"] == {"gguf": nodes[quant_node]["digest"],  # parents by digest
+                                    "reference": nodes["tiny-llama.reference"]["digest"]}
             assert n["params"]["target"] == target and n["params"]["thresholds"] == m.thresholds_for("gguf", quant)
     # one quantization per quant, whatever the targets: the runtime nodes reuse it
     assert sum(1 for n in p["nodes"] if n["kind"] in ("gguf-convert", "gguf-quantize")) == 3  # F16, Q8_0, Q4_K_M

@@ -130,7 +130,7 @@ class ModelRef:
     digest: str  # snapshot digest (sha256 over per-file sha256s, or the generating node's digest)
     config: Mapping[str, Any]  # the model's config.json (empty if not yet generated for tiny: ones)
     arch: str  # config["architectures"][0]
-    node: str | None = None  # key of the node generating it (tiny: models), else None
+    node: str | None = None  # inputs digest of the node generating it (tiny: and synthetic: models), else None
 
     @property
     def decoder(self) -> DecoderConfig:
