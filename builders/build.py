@@ -254,6 +254,7 @@ class Builder:
 
     def _report(self) -> BuildReport:
         cells, index = [], []
+        earlier = self.store.previous_index()
         for pc in self.plan.cells:
             if not pc.nodes:
                 cells.append(CellOutcome(pc.cell.id, pc.status, reason=pc.reason))
@@ -264,6 +265,9 @@ class Builder:
             last = self.plan.nodes[pc.nodes[-1]]
             if bad:
                 cells.append(CellOutcome(pc.cell.id, "failed", seconds, reason=bad.reason))
+                kept = self._kept_entry(earlier.get(pc.cell.id), bad.reason)
+                if kept:
+                    index.append(kept)
                 continue
             manifest = self.store.manifest(last.digest)
             if not manifest.get("outputs"):  # never reached: promote and check refuse such entries
@@ -284,3 +288,10 @@ class Builder:
         report.index = self.store.write_index(index)
         self.store.save_hashes()
         return report
+
+    def _kept_entry(self, entry: dict | None, reason: str | None) -> dict | None:
+        """A failed cell's entry of the previous index.json, kept (never lose what was built) when its node is
+        still in the store; marked `status: earlier` with why, so a release refuses it unless left out."""
+        if not entry or not isinstance(entry.get("digest"), str) or not self.store.has(entry["digest"]):
+            return None
+        return {**entry, "status": "earlier", "kept_because": f"this build's run of the cell failed: {reason}"}
