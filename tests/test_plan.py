@@ -163,3 +163,16 @@ def test_phi3_plans_gguf_and_lists_what_other_backends_do_not_build(tmp_path):
     assert status[("mlc", "cpu")][0] == "unsupported" and "no Phi-3 model definition" in status[("mlc", "cpu")][1]
     assert status[("coreml", "ane")][0] == "unsupported" and "fused" in status[("coreml", "ane")][1]
     assert p["models"]["tiny-phi3"]["arch"] == "Phi3ForCausalLM"
+
+
+def test_plan_table_keeps_one_row_per_cell_when_piped(tmp_path):
+    """Not a TTY (a CI log, a pipe) and no COLUMNS: the table is not folded at rich's default 80 columns."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.run([sys.executable, "-m", "invoke", "plan", "--out", str(tmp_path), "--backends", "gguf",
+                           "--quants", "Q4_K_M", "--targets", "cpu"], cwd=ROOT, capture_output=True, text=True,
+                          env=env, check=True)
+    (row,) = [line for line in proc.stdout.splitlines() if "tiny-llama.gguf.Q4_K_M.cpu" in line]
+    assert len(row) > 80 and "planned │ tiny-llama.gguf.F16, tiny-llama.gguf.Q4_K_M │" in row
