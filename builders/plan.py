@@ -147,7 +147,7 @@ class Planner:
                 self.models[name] = ModelRef(name, src.source, f"synthetic-{pn.digest[:7]}", pn.digest, config,
                                              config["architectures"][0], node=pn.digest)
             elif src.kind == "local":
-                ref, path, files = resolve_local(src, cache)
+                ref, path, files = resolve_local(src, cache, self.store.root / ".models")
                 self.models[name], self.model_dirs[name], self.model_files[name] = ref, path, files
             else:
                 ref, path, files = resolve_hub(src, cache, self.store.root / ".models", self.hf_token, self.offline)
