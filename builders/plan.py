@@ -101,6 +101,11 @@ def _sha(obj) -> str:
 _code_cache: dict[tuple, str] = {}
 
 
+def node_code(backend, kind: str) -> tuple[str, ...]:
+    """The source paths a node of this kind runs: its backend's `code` and the kind's own `kind_code`."""
+    return tuple(backend.code) + tuple(getattr(backend, "kind_code", {}).get(kind, ()))
+
+
 def code_hash(paths: tuple[str, ...]) -> str:
     """Hash of the builder's own source files a node runs (all .py under a listed directory)."""
     key = tuple(sorted(set(COMMON_CODE + tuple(paths))))
@@ -164,7 +169,7 @@ class Planner:
         else:
             tag = images.image_tag(nd.image, self.matrix.images)
         digest = _sha({"source_date_epoch": SOURCE_DATE_EPOCH,
-            "builder": VERSION, "code": code_hash(tuple(backend.code)), "kind": nd.kind, "backend": nd.backend,
+            "builder": VERSION, "code": code_hash(node_code(backend, nd.kind)), "kind": nd.kind, "backend": nd.backend,
             "params": nd.params, "image": tag, "model": model_digest if nd.uses_model else "",
             "parents": {r: p.digest for r, p in sorted(parents.items())},
         })
