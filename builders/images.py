@@ -77,7 +77,9 @@ def parent_of(name: str, pins: dict) -> str:
     return chain[1]
 
 
+@functools.lru_cache(maxsize=1)
 def _template_env() -> jinja2.Environment:
+    """One environment per process: jinja2 keeps each compiled template (recompiled if its file changes)."""
     return jinja2.Environment(loader=jinja2.FileSystemLoader(str(DOCKER_DIR)), undefined=jinja2.StrictUndefined,
                               keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 

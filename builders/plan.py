@@ -29,7 +29,7 @@ from builders.targets import TARGETS
 PKG = Path(__file__).resolve().parent
 SOURCE_DATE_EPOCH = int(os.environ.get("SOURCE_DATE_EPOCH", "315532800"))  # 1980-01-01: valid for zip too
 COMMON_CODE = ("archs.py", "contract.py", "node.py", "backends/base.py", "backends/__init__.py", "verify/metrics.py",
-               "verify/budget.py", "errors.py")
+               "verify/budget.py", "verify/thresholds.py", "errors.py")
 
 
 @dataclass
@@ -131,6 +131,7 @@ class Planner:
         self.offline = offline
         self.nodes: dict[str, PlanNode] = {}  # a node's identity is its inputs digest
         self._keys: set[str] = set()  # printable names taken
+        self._image_tags: dict[str, str] = {}
         self.models: dict[str, ModelRef] = {}
         self.model_dirs: dict[str, Path] = {}
         self.model_files: dict[str, dict] = {}
@@ -166,8 +167,10 @@ class Planner:
         backend = backends.get(nd.backend)
         if self.executor == "native":  # the host's own tools, not an image: never shares a cache entry
             tag = f"native:{platform.machine()}-{platform.system()}-py{platform.python_version()}"
-        else:
-            tag = images.image_tag(nd.image, self.matrix.images)
+        else:  # rendered once per image and plan: the matrix's pins do not change while planning
+            if nd.image not in self._image_tags:
+                self._image_tags[nd.image] = images.image_tag(nd.image, self.matrix.images)
+            tag = self._image_tags[nd.image]
         digest = _sha({"source_date_epoch": SOURCE_DATE_EPOCH,
             "builder": VERSION, "code": code_hash(node_code(backend, nd.kind)), "kind": nd.kind, "backend": nd.backend,
             "params": nd.params, "image": tag, "model": model_digest if nd.uses_model else "",
