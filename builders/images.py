@@ -18,7 +18,6 @@ import configparser
 import fcntl
 import functools
 import hashlib
-import http.server
 import io
 import json
 import os
@@ -214,13 +213,19 @@ def _build_server(wheels: list[Path], pip_settings: dict[str, str]):
     """Serve, on 127.0.0.1 for the duration of one build (builds use the host network), this host's pinned
     `wheels` and its pip settings as a pip.conf under a random path. Yields (wheels URL or None, pip.conf URL
     or None). The URLs are build args; they hold no setting, and stop working when the build ends."""
+    import http.server  # noqa: PLC0415  (only an image build serves; a plan or a no-op build does not)
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
     with tempfile.TemporaryDirectory(prefix="buildmatrix-serve-") as tmp:
         token = secrets.token_hex(16)
         (Path(tmp) / token).mkdir()
         for w in wheels:
             (Path(tmp) / token / w.name).symlink_to(w.resolve())
         (Path(tmp) / f"{token}.conf").write_text(pip_conf(pip_settings))
-        handler = functools.partial(_QuietHandler, directory=tmp)
+        handler = functools.partial(QuietHandler, directory=tmp)
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
@@ -230,11 +235,6 @@ def _build_server(wheels: list[Path], pip_settings: dict[str, str]):
         finally:
             server.shutdown()
             server.server_close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
 
 
 # -- docker ---------------------------------------------------------------------------------------------
