@@ -116,7 +116,8 @@ def node_rows(out: Path, plan, direct: bool) -> list[dict]:
     store = out / ".store"
     model_elements: dict[str, int] = {}
     rows = []
-    for key, pn in plan.nodes.items():
+    for pn in plan.nodes.values():
+        key = pn.key
         entry = store / pn.digest
         mf = entry / "manifest.json"
         if not mf.is_file():
@@ -159,8 +160,8 @@ def _direct(out: Path, plan, pn, manifest: dict) -> dict:
     model = plan.models[pn.model]
     mounts["/in/model"] = str(out / ".store" / plan.nodes[model.node].digest / "out") if model.node \
         else str(plan.model_dirs[model.name])
-    for role, parent in pn.parents.items():  # the planned parents (PlanNode keys), REFERENCE resolved
-        mounts[f"/in/{role}"] = str(out / ".store" / plan.nodes[parent].digest / "out")
+    for role, digest in pn.parents.items():
+        mounts[f"/in/{role}"] = str(out / ".store" / digest / "out")
     image = manifest["image"]["ref"]
     run = direct_run(image, cmd, mounts)
     if run["rc"] != 0:

@@ -48,7 +48,7 @@ class CellOutcome:
 @dataclass
 class BuildReport:
     cells: list[CellOutcome]
-    nodes: dict[str, NodeOutcome] = field(default_factory=dict)
+    nodes: dict[str, NodeOutcome] = field(default_factory=dict)  # node digest -> outcome
     index: Path | None = None
 
     @property
@@ -65,7 +65,7 @@ class Builder:
         self.steps = {k: v for k, v in (steps or {}).items() if v}
         self.echo = echo
         self.log = log
-        self.outcomes: dict[str, NodeOutcome] = {}
+        self.outcomes: dict[str, NodeOutcome] = {}  # node digest -> outcome
         self.image_info: dict[str, dict] = {}
         self.image_errors: dict[str, str] = {}
 
@@ -77,9 +77,10 @@ class Builder:
         return {pc.nodes[-1] for pc in self.plan.cells if pc.nodes}
 
     def _deps(self, pn: PlanNode) -> list[str]:
+        """Digests of the nodes this one needs built: its parents and its model's generating node."""
         deps = list(pn.parents.values())
         model = self.plan.models[pn.model]
-        if model.node and model.node != pn.key:
+        if model.node and model.node != pn.digest:
             deps.append(model.node)
         return deps
 
@@ -104,7 +105,7 @@ class Builder:
             return NodeOutcome("failed", nd.unavailable)
         if nd.image in self.image_errors:
             return NodeOutcome("failed", f"toolchain image '{nd.image}' unavailable: {self.image_errors[nd.image]}")
-        forced = pn.key in self._forced()
+        forced = pn.digest in self._forced()
         stage = self.store.staging(pn.digest, reuse_store=forced)
         (stage / "result.json").unlink(missing_ok=True)
         mounts = [Mount(stage, "/node", False)]
@@ -122,14 +123,14 @@ class Builder:
                 model_dir = self.plan.model_dirs[pn.model]
             mounts.append(Mount(model_dir, "/in/model", True))
             inputs["model"] = "/in/model"
-        for role, pkey in sorted(pn.parents.items()):
-            parent = self.plan.nodes[pkey]
+        for role, pdigest in sorted(pn.parents.items()):
+            parent = self.plan.nodes[pdigest]
             mounts.append(Mount(self.store.out_dir(parent.digest), f"/in/{role}", True))
             inputs[role] = f"/in/{role}"
             pm = self.store.manifest(parent.digest)
-            parents_info[role] = {"key": pkey, "digest": parent.digest,
+            parents_info[role] = {"key": parent.key, "digest": parent.digest,
                                   "outputs": {o["path"]: o["sha256"] for o in pm["outputs"]}}
-            parents_spec[role] = ParentInfo(pkey, parent.digest, pm["model"]["name"])
+            parents_spec[role] = ParentInfo(parent.key, parent.digest, pm["model"]["name"])
         spec = NodeSpec(
             key=nd.key, kind=nd.kind, backend=nd.backend, digest=pn.digest, params=nd.params,
             model=ModelInfo(model.name, model.source, model.revision, model.digest),
@@ -176,7 +177,7 @@ class Builder:
         """Damaged entries moved aside (one line each), imports copied in after their check; what is left
         uncached runs."""
         for pn in self.plan.nodes.values():
-            if pn.key not in needed or pn.cached:
+            if pn.digest not in needed or pn.cached:
                 continue
             found = pn.lookup
             if found.status == "damaged":
@@ -211,18 +212,18 @@ class Builder:
     def run(self) -> BuildReport:
         forced = self._forced()
         order = list(self.plan.nodes.values())
-        needed = self._needed_keys()
+        needed = self._needed()
         self._settle_cache(needed)
-        to_run = [pn for pn in order if (not pn.cached or pn.key in forced) and pn.key in needed]
+        to_run = [pn for pn in order if (not pn.cached or pn.digest in forced) and pn.digest in needed]
         self._stop_orphans(bool(to_run) and self.executor_name == "docker")
         if to_run:
             self._ensure_images(to_run)
             self.executor = get_executor(self.executor_name, echo=self.echo, limits=getattr(self.matrix, "containers", None))
         for pn in order:
-            if pn.key not in needed:
+            if pn.digest not in needed:
                 continue
-            if pn.cached and pn.key not in forced:
-                self.outcomes[pn.key] = NodeOutcome("cached")
+            if pn.cached and pn.digest not in forced:
+                self.outcomes[pn.digest] = NodeOutcome("cached")
                 self._publish(pn)  # keep the published copies right (cheap when unchanged: hash cache)
                 continue
             failed = [d for d in self._deps(pn) if self.outcomes.get(d, NodeOutcome("failed")).status
@@ -230,38 +231,43 @@ class Builder:
             if failed:
                 cause = self.outcomes.get(failed[0])
                 why = cause.reason if cause and cause.reason else "it did not build"
-                self.outcomes[pn.key] = NodeOutcome("skipped", f"needs {failed[0]}: {why}")
+                self.outcomes[pn.digest] = NodeOutcome("skipped", f"needs {self.plan.nodes[failed[0]].key}: {why}")
                 continue
             self.log(f"[bold]run[/] {pn.key}  ({pn.node.kind}, {pn.digest[:12]})")
-            self.outcomes[pn.key] = outcome = self._run_node(pn)
+            self.outcomes[pn.digest] = outcome = self._run_node(pn)
             style = "green" if outcome.status == "built" else "red"
             self.log(f"[{style}]{outcome.status}[/] {pn.key} in {outcome.seconds:.1f}s"
                      + (f": {outcome.reason}" if outcome.reason else ""))
         return self._report()
 
-    def _needed_keys(self) -> set[str]:
+    def _needed(self) -> set[str]:
+        """Digests of the selected cells' nodes and everything they depend on."""
         needed: set[str] = set()
-        stack = [k for pc in self.plan.cells for k in pc.nodes]
+        stack = [d for pc in self.plan.cells for d in pc.nodes]
         while stack:
-            k = stack.pop()
-            if k in needed:
+            d = stack.pop()
+            if d in needed:
                 continue
-            needed.add(k)
-            stack.extend(self._deps(self.plan.nodes[k]))
+            needed.add(d)
+            stack.extend(self._deps(self.plan.nodes[d]))
         return needed
 
     def _report(self) -> BuildReport:
         cells, index = [], []
+        earlier = self.store.previous_index()
         for pc in self.plan.cells:
             if not pc.nodes:
                 cells.append(CellOutcome(pc.cell.id, pc.status, reason=pc.reason))
                 continue
-            outs = [self.outcomes[k] for k in pc.nodes]
+            outs = [self.outcomes[d] for d in pc.nodes]
             bad = next((o for o in outs if o.status not in ("cached", "built")), None)
             seconds = sum(o.seconds for o in outs)
             last = self.plan.nodes[pc.nodes[-1]]
             if bad:
                 cells.append(CellOutcome(pc.cell.id, "failed", seconds, reason=bad.reason))
+                kept = self._kept_entry(earlier.get(pc.cell.id), bad.reason)
+                if kept:
+                    index.append(kept)
                 continue
             manifest = self.store.manifest(last.digest)
             if not manifest.get("outputs"):  # never reached: promote and check refuse such entries
@@ -282,3 +288,10 @@ class Builder:
         report.index = self.store.write_index(index)
         self.store.save_hashes()
         return report
+
+    def _kept_entry(self, entry: dict | None, reason: str | None) -> dict | None:
+        """A failed cell's entry of the previous index.json, kept (never lose what was built) when its node is
+        still in the store; marked `status: earlier` with why, so a release refuses it unless left out."""
+        if not entry or not isinstance(entry.get("digest"), str) or not self.store.has(entry["digest"]):
+            return None
+        return {**entry, "status": "earlier", "kept_because": f"this build's run of the cell failed: {reason}"}

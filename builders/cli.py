@@ -18,7 +18,19 @@ from rich.table import Table
 
 from builders.errors import EXIT_INTERRUPTED, EXIT_USAGE, BuildmatrixError
 
-console = Console(stderr=True, highlight=False)
+NOT_A_TTY_WIDTH = 400  # columns when output goes to a file or a CI log: one row per cell, never wrapped at 80
+
+
+def make_console(stderr: bool = False, file=None) -> Console:
+    """A rich Console: the terminal's width on a TTY; NOT_A_TTY_WIDTH when the output is piped or logged
+    (rich would fold it at 80 columns) unless COLUMNS says otherwise."""
+    c = Console(stderr=stderr, file=file, highlight=False)
+    if not c.is_terminal and not os.environ.get("COLUMNS"):
+        c = Console(stderr=stderr, file=file, highlight=False, width=NOT_A_TTY_WIDTH)
+    return c
+
+
+console = make_console(stderr=True)
 STATUS_STYLE = {"built": "green", "cached": "cyan", "failed": "red", "unavailable": "red",
                 "unsupported": "yellow", "skipped": "red", "ci-runner": "blue"}
 
@@ -146,9 +158,9 @@ def plan(matrix_path, out, model, backends, quants, targets, only, executor, as_
     for col in ("cell", "status", "nodes / reason"):
         t.add_column(col)
     for c in data["cells"]:
-        nodes = ", ".join(f"{k}{' (cached)' if p.nodes[k].cached else ''}" for k in c["nodes"])
+        nodes = ", ".join(f"{p.nodes[d].key}{' (cached)' if p.nodes[d].cached else ''}" for d in c["nodes"])
         t.add_row(c["id"], f"[{STATUS_STYLE.get(c['status'], 'white')}]{c['status']}[/]", c["reason"] or nodes)
-    Console().print(t)
+    make_console().print(t)
 
 
 @guarded
@@ -180,7 +192,7 @@ def build(matrix_path, out, model, backends, quants, targets, only, executor, on
             detail = c.reason
         t.add_row(c.id, f"[{STATUS_STYLE.get(c.status, 'white')}]{c.status}[/]", f"{c.seconds:.1f}s", detail,
                   f"[yellow]{warnings}[/]" if warnings else "")
-    Console().print(t)
+    make_console().print(t)
     sys.exit(report.exit_code)
 
 

@@ -18,7 +18,6 @@ import configparser
 import fcntl
 import functools
 import hashlib
-import http.server
 import io
 import json
 import os
@@ -77,7 +76,9 @@ def parent_of(name: str, pins: dict) -> str:
     return chain[1]
 
 
+@functools.lru_cache(maxsize=1)
 def _template_env() -> jinja2.Environment:
+    """One environment per process: jinja2 keeps each compiled template (recompiled if its file changes)."""
     return jinja2.Environment(loader=jinja2.FileSystemLoader(str(DOCKER_DIR)), undefined=jinja2.StrictUndefined,
                               keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 
@@ -212,13 +213,19 @@ def _build_server(wheels: list[Path], pip_settings: dict[str, str]):
     """Serve, on 127.0.0.1 for the duration of one build (builds use the host network), this host's pinned
     `wheels` and its pip settings as a pip.conf under a random path. Yields (wheels URL or None, pip.conf URL
     or None). The URLs are build args; they hold no setting, and stop working when the build ends."""
+    import http.server  # noqa: PLC0415  (only an image build serves; a plan or a no-op build does not)
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
     with tempfile.TemporaryDirectory(prefix="buildmatrix-serve-") as tmp:
         token = secrets.token_hex(16)
         (Path(tmp) / token).mkdir()
         for w in wheels:
             (Path(tmp) / token / w.name).symlink_to(w.resolve())
         (Path(tmp) / f"{token}.conf").write_text(pip_conf(pip_settings))
-        handler = functools.partial(_QuietHandler, directory=tmp)
+        handler = functools.partial(QuietHandler, directory=tmp)
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
@@ -228,11 +235,6 @@ def _build_server(wheels: list[Path], pip_settings: dict[str, str]):
         finally:
             server.shutdown()
             server.server_close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
 
 
 # -- docker ---------------------------------------------------------------------------------------------

@@ -220,7 +220,7 @@ def _load_cells(y: LocatedYaml) -> dict[str, dict[str, Any]]:
 
 
 def _load_thresholds(y: LocatedYaml) -> dict[str, dict[str, dict[str, float]]]:
-    from builders.verify.metrics import THRESHOLD_KEYS
+    from builders.verify.thresholds import THRESHOLD_KEYS
 
     for k in _mapping(y, ("verify",), "thresholds: {...}"):
         _expect(k == "thresholds", y, ("verify", k), "unknown key; verify has only `thresholds:`")

@@ -29,13 +29,14 @@ from builders.targets import TARGETS
 PKG = Path(__file__).resolve().parent
 SOURCE_DATE_EPOCH = int(os.environ.get("SOURCE_DATE_EPOCH", "315532800"))  # 1980-01-01: valid for zip too
 COMMON_CODE = ("archs.py", "contract.py", "node.py", "backends/base.py", "backends/__init__.py", "verify/metrics.py",
-               "verify/budget.py", "errors.py", "rss.py")
+               "verify/budget.py", "verify/thresholds.py", "errors.py", "rss.py")
 
 
 @dataclass
 class PlanNode:
-    """A planned node. It is identified by `digest`; `key` is its printable name in this plan (the NodeDef's
-    key, or key@<digest8> when another node of this plan has that name with other inputs)."""
+    """A planned node. It is identified by `digest` (Plan.nodes, PlanCell.nodes and `parents` hold digests);
+    `key` is its printable name in this plan, for display only (the NodeDef's key, or key@<digest8> when
+    another node of this plan has that name with other inputs)."""
 
     node: NodeDef
     digest: str
@@ -45,7 +46,7 @@ class PlanNode:
     cached: bool = False  # this root's entry passed its check (store.Lookup "cached")
     lookup: Lookup = field(default_factory=lambda: Lookup("absent"))  # "damaged"/"import" are resolved by the build
     key: str = ""  # set by the planner ("" = node.key)
-    parents: dict[str, str] = field(default_factory=dict)  # role -> key of the parent PlanNode
+    parents: dict[str, str] = field(default_factory=dict)  # role -> digest of the parent PlanNode
 
     def __post_init__(self):
         self.key = self.key or self.node.key
@@ -54,7 +55,7 @@ class PlanNode:
 @dataclass
 class PlanCell:
     cell: Cell
-    nodes: list[str]  # node keys in run order; the last is the artifact node
+    nodes: list[str]  # node digests in run order; the last is the artifact node
     status: str = "planned"  # planned | cached | unsupported | unavailable | ci-runner
     reason: str | None = None
 
@@ -62,20 +63,22 @@ class PlanCell:
 @dataclass
 class Plan:
     cells: list[PlanCell]
-    nodes: dict[str, PlanNode]  # topological order
+    nodes: dict[str, PlanNode]  # digest -> node, topological order
     models: dict[str, ModelRef]
     model_dirs: dict[str, Path]  # host snapshot dir for local/hub models (tiny: from the store)
     model_files: dict[str, dict[str, str]]
 
     def to_json(self) -> dict:
+        """Nodes are named by digest (a cell's `nodes`, a node's `parents`, a model's `generated_by`); `key`
+        and a cell's `artifact_node` are the printable names."""
         return {
-            "schema": 1,
+            "schema": 2,
             "builder_version": VERSION,
             "models": {n: {"source": m.source, "revision": m.revision, "digest": m.digest, "arch": m.arch,
                            "generated_by": m.node} for n, m in sorted(self.models.items())},
             "cells": [{"id": c.cell.id, "model": c.cell.model, "backend": c.cell.backend, "quant": c.cell.quant,
                        "target": c.cell.target, "status": c.status, "reason": c.reason, "nodes": c.nodes,
-                       "artifact_node": c.nodes[-1] if c.nodes else None,
+                       "artifact_node": self.nodes[c.nodes[-1]].key if c.nodes else None,
                        "digest": self.nodes[c.nodes[-1]].digest if c.nodes else None} for c in self.cells],
             "nodes": [{"key": p.key, "kind": p.node.kind, "backend": p.node.backend, "digest": p.digest,
                        "image": p.image_tag, "parents": dict(sorted(p.parents.items())),
@@ -96,6 +99,11 @@ def _sha(obj) -> str:
 
 
 _code_cache: dict[tuple, str] = {}
+
+
+def node_code(backend, kind: str) -> tuple[str, ...]:
+    """The source paths a node of this kind runs: its backend's `code` and the kind's own `kind_code`."""
+    return tuple(backend.code) + tuple(getattr(backend, "kind_code", {}).get(kind, ()))
 
 
 def code_hash(paths: tuple[str, ...]) -> str:
@@ -121,11 +129,12 @@ class Planner:
         self.store = store
         self.hf_token = hf_token
         self.offline = offline
-        self.nodes: dict[str, PlanNode] = {}
+        self.nodes: dict[str, PlanNode] = {}  # a node's identity is its inputs digest
+        self._keys: set[str] = set()  # printable names taken
+        self._image_tags: dict[str, str] = {}
         self.models: dict[str, ModelRef] = {}
         self.model_dirs: dict[str, Path] = {}
         self.model_files: dict[str, dict] = {}
-        self._by_digest: dict[str, PlanNode] = {}  # a node's identity is its inputs digest
 
     # -- models ---------------------------------------------------------------------------------
     def _resolve_models(self, sel: Selection) -> None:
@@ -136,15 +145,15 @@ class Planner:
                 pn = self._add(nd, {}, model=name, model_digest="")
                 config = tiny_config(src.arch)
                 self.models[name] = ModelRef(name, src.source, f"tiny-{pn.digest[:7]}", pn.digest, config,
-                                             config["architectures"][0], node=pn.key)
+                                             config["architectures"][0], node=pn.digest)
             elif src.kind == "synthetic":
                 nd = model_nodes.synthetic_node(src.arch)
                 pn = self._add(nd, {}, model=name, model_digest="")
                 config = nd.params["config"]
                 self.models[name] = ModelRef(name, src.source, f"synthetic-{pn.digest[:7]}", pn.digest, config,
-                                             config["architectures"][0], node=pn.key)
+                                             config["architectures"][0], node=pn.digest)
             elif src.kind == "local":
-                ref, path, files = resolve_local(src, cache)
+                ref, path, files = resolve_local(src, cache, self.store.root / ".models")
                 self.models[name], self.model_dirs[name], self.model_files[name] = ref, path, files
             else:
                 ref, path, files = resolve_hub(src, cache, self.store.root / ".models", self.hf_token, self.offline)
@@ -158,20 +167,23 @@ class Planner:
         backend = backends.get(nd.backend)
         if self.executor == "native":  # the host's own tools, not an image: never shares a cache entry
             tag = f"native:{platform.machine()}-{platform.system()}-py{platform.python_version()}"
-        else:
-            tag = images.image_tag(nd.image, self.matrix.images)
+        else:  # rendered once per image and plan: the matrix's pins do not change while planning
+            if nd.image not in self._image_tags:
+                self._image_tags[nd.image] = images.image_tag(nd.image, self.matrix.images)
+            tag = self._image_tags[nd.image]
         digest = _sha({"source_date_epoch": SOURCE_DATE_EPOCH,
-            "builder": VERSION, "code": code_hash(tuple(backend.code)), "kind": nd.kind, "backend": nd.backend,
+            "builder": VERSION, "code": code_hash(node_code(backend, nd.kind)), "kind": nd.kind, "backend": nd.backend,
             "params": nd.params, "image": tag, "model": model_digest if nd.uses_model else "",
             "parents": {r: p.digest for r, p in sorted(parents.items())},
         })
-        if digest in self._by_digest:
-            return self._by_digest[digest]
-        key = nd.key if nd.key not in self.nodes else f"{nd.key}@{digest[:8]}"  # same name, other inputs
-        pn = PlanNode(nd, digest, tag, model, key=key, parents={r: p.key for r, p in parents.items()})
+        if digest in self.nodes:
+            return self.nodes[digest]
+        key = nd.key if nd.key not in self._keys else f"{nd.key}@{digest[:8]}"  # same name, other inputs
+        pn = PlanNode(nd, digest, tag, model, key=key, parents={r: p.digest for r, p in parents.items()})
         pn.lookup = self.store.lookup(digest)
         pn.cached = pn.lookup.status == "cached"
-        self.nodes[key] = self._by_digest[digest] = pn
+        self.nodes[digest] = pn
+        self._keys.add(key)
         return pn
 
     def _declared(self, nd: NodeDef, model: ModelRef, ref: PlanNode, done: dict[int, PlanNode]) -> PlanNode:
@@ -232,11 +244,11 @@ class Planner:
                 continue
             ref = self._reference(model)
             done: dict[int, PlanNode] = {}
-            keys = [self._declared(nd, model, ref, done).key for nd in backend.expand(cell, model)]
-            pc = PlanCell(cell, keys)
-            for k in keys:
-                self.nodes[k].cells.append(cell.id)
-            if all(self.nodes[k].cached for k in keys):
+            digests = [self._declared(nd, model, ref, done).digest for nd in backend.expand(cell, model)]
+            pc = PlanCell(cell, digests)
+            for d in digests:
+                self.nodes[d].cells.append(cell.id)
+            if all(self.nodes[d].cached for d in digests):
                 pc.status = "cached"
             cells.append(pc)
         return Plan(cells, self.nodes, self.models, self.model_dirs, self.model_files)

@@ -10,7 +10,8 @@ copies, index.json.
     <root>/.cache/file-sha256.json                          hash cache (builders/hashcache.py)
     <root>/.lock                                            held by the build using this root (lock.py)
     <root>/<model>/<rev7>/<publish>/<file>                  copies of store files, named as upstream does
-    <root>/index.json                                       every artifact of the last build
+    <root>/index.json                                       every artifact of the last build (a cell that
+                                                            failed in it keeps its earlier entry, marked)
 
 A node counts as cached only when its entry passes `check`: manifest.json lists at least one output and
 out/ holds exactly the listed files with the listed size and sha256 (hash cache: a no-op build reads
@@ -306,6 +307,15 @@ class Store:
         if st.st_size != o["size"] or (st.st_ino, st.st_dev) == (src.stat().st_ino, src.stat().st_dev):
             return False  # a hardlink into the store (older layout) is replaced by a copy
         return self.hashes.sha256(dest) == o["sha256"]
+
+    def previous_index(self) -> dict[str, dict]:
+        """The entries of the index.json an earlier build wrote here, by cell ({} when none or unreadable)."""
+        try:
+            data = json.loads((self.root / "index.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        entries = data.get("artifacts") if isinstance(data, dict) and data.get("schema") == 1 else None
+        return {e["cell"]: e for e in entries or [] if isinstance(e, dict) and isinstance(e.get("cell"), str)}
 
     def write_index(self, entries: list[dict]) -> Path:
         path = self.root / "index.json"

@@ -339,7 +339,7 @@ def test_a_linked_directory_outside_is_refused_too(tmp_path):
     (tmp_path / "elsewhere").mkdir()
     os.symlink(tmp_path / "elsewhere", d / "extra")
     with pytest.raises(ModelError, match="extra is a symlink to .*elsewhere, outside the model directory"):
-        resolve_local(parse_source(str(d)), HashCache(tmp_path / "h.json"))
+        resolve_local(parse_source(str(d)), HashCache(tmp_path / "h.json"), tmp_path / "models")
 
 
 def test_hub_cache_snapshot_links_into_its_blobs_stay_allowed(tmp_path):
@@ -355,7 +355,7 @@ def test_hub_cache_snapshot_links_into_its_blobs_stay_allowed(tmp_path):
     for i, (name, data) in enumerate(files.items()):
         (repo / "blobs" / f"blob{i}").write_bytes(data)
         os.symlink(f"../../blobs/blob{i}", snap / name)
-    ref, path, hashes = resolve_local(parse_source(str(snap)), HashCache(tmp_path / "h.json"))
+    ref, path, hashes = resolve_local(parse_source(str(snap)), HashCache(tmp_path / "h.json"), tmp_path / "models")
     assert sorted(hashes) == sorted(files) and ref.arch == "LlamaForCausalLM"
 
 

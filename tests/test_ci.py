@@ -200,8 +200,9 @@ def test_shared_nodes_build_once(tmp_path, big_matrix):
 
     _, _, p = _plan(str(big_matrix), str(tmp_path / "dist"), None, None, None, None, None, "docker")
     lay = layout.from_plan(p)
-    keys = [k for g in lay.groups.values() for k in g.nodes]
-    assert len(keys) == len(set(keys))
+    digests = [d for g in lay.groups.values() for d in g.nodes]  # groups hold nodes by digest (identity)
+    assert len(digests) == len(set(digests))
+    keys = [p.nodes[d].key for d in digests]
     assert {g for g in lay.groups if lay.groups[g].stage == "models"} == {
         "tiny-llama.model", "tiny-qwen2.model", "tiny-mistral.model"}
     assert "tiny-llama.gguf.F16+Q4_K_M" in lay.groups and "tiny-llama.gguf.Q8_0" in lay.groups

@@ -76,3 +76,27 @@ def test_dylib_check_reads_the_mach_o_header(tmp_path):
     for bad in (bundle, elf):
         with pytest.raises(finish.NodeFailed, match="not a 64-bit Mach-O dylib"):
             finish.dylib_check(bad)
+
+
+def test_a_finisher_step_sees_the_typed_node_spec(tmp_path, monkeypatch):
+    """The finisher hands its steps the contract's NodeSpec (builders/contract.py), not an ad-hoc dict: a
+    handed-off parent appears under parents and inputs, one that was not handed off appears in neither."""
+    from builders.contract import NodeSpec
+
+    store, p, cell = _handed_off(tmp_path, "mlc", "metal", [{"step": "look", "reason": "x"}], {"a.tar": b"x"})
+    pn = p.nodes[p.cells[0].nodes[-1]]
+    weights = p.nodes[pn.parents["weights"]]
+    stage = store.staging(weights.digest)
+    (stage / "out" / "w.bin").write_bytes(b"w")
+    store.promote(weights.digest, {"node": {"key": weights.key}, "model": {"name": "tiny-llama"},
+                                   "outputs": list_outputs(stage / "out")})
+    seen = {}
+    monkeypatch.setitem(finish.FINISHERS, ("mlc", "look"), lambda ctx: seen.setdefault("spec", ctx.spec) and {})
+    rec = finish.finish_cell(store, p, cell, tmp_path / "dist")
+    assert rec["status"] == "ok", rec
+    spec = NodeSpec.from_json(seen["spec"])
+    assert (spec.key, spec.digest, spec.params) == (pn.node.key, pn.digest, pn.node.params)
+    assert spec.model.name == "tiny-llama" and spec.out == str(tmp_path / "dist" / "finished" / cell)
+    assert spec.parents["weights"].digest == weights.digest and spec.parents["weights"].built_for == "tiny-llama"
+    assert spec.inputs["weights"] == str(store.out_dir(weights.digest))
+    assert "compiled" not in spec.parents and "compiled" not in spec.inputs  # not handed off

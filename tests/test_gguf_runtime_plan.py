@@ -28,7 +28,8 @@ def test_runtime_targets_get_a_runtime_node_on_the_shared_quant_node(tmp_path):
             assert cells[key]["artifact_node"] == key
             n = nodes[key]
             assert n["kind"] == "gguf-runtime" and n["image"] == images.image_tag(image, m.images)
-            assert n["parents"] == {"gguf": quant_node, "reference": "tiny-llama.reference"}
+            assert n["parents"] == {"gguf": nodes[quant_node]["digest"],  # parents by digest
+                                    "reference": nodes["tiny-llama.reference"]["digest"]}
             assert n["params"]["target"] == target and n["params"]["thresholds"] == m.thresholds_for("gguf", quant)
     # one quantization per quant, whatever the targets: the runtime nodes reuse it
     assert sum(1 for n in p["nodes"] if n["kind"] in ("gguf-convert", "gguf-quantize")) == 3  # F16, Q8_0, Q4_K_M
@@ -66,3 +67,29 @@ def test_binary_kind_refuses_a_bundle_for_another_machine(tmp_path):
     text.write_text("#!/bin/sh\n")
     assert [_binary_kind(p) for p in (aarch64, pe, text)] == ["elf-aarch64", "pe-x86_64", "unknown"]
     assert {rt.binary for rt in gguf_runtime.RUNTIMES.values()} == {"elf-x86_64", "pe-x86_64", "elf-aarch64"}
+
+
+def test_editing_the_runtime_code_re_digests_only_runtime_nodes(tmp_path, monkeypatch):
+    """Code is hashed per node kind: gguf_runtime.py is part of the gguf-runtime nodes' digest only, so editing
+    it never re-builds (or re-verifies) the GGUF files; editing gguf.py moves every gguf node."""
+    import shutil
+
+    from builders import plan as plan_mod
+
+    def digests(pkg):
+        monkeypatch.setattr(plan_mod, "PKG", pkg)
+        plan_mod._code_cache.clear()
+        return {n["key"]: n["digest"] for n in _plan(tmp_path / "out", "cpu,vulkan", quants="Q4_K_M")[1]["nodes"]}
+
+    pkg = tmp_path / "builders"
+    shutil.copytree(plan_mod.PKG, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    base = digests(pkg)
+    with open(pkg / "backends" / "gguf_runtime.py", "a") as f:
+        f.write("\n# an edit\n")
+    moved = {k for k, d in digests(pkg).items() if d != base[k]}
+    assert moved == {"tiny-llama.gguf.Q4_K_M.vulkan"}
+    with open(pkg / "backends" / "gguf.py", "a") as f:
+        f.write("\n# an edit\n")
+    moved = {k for k, d in digests(pkg).items() if d != base[k]}
+    assert moved == {"tiny-llama.gguf.F16", "tiny-llama.gguf.Q4_K_M", "tiny-llama.gguf.Q4_K_M.vulkan"}
+    plan_mod._code_cache.clear()

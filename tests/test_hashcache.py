@@ -106,12 +106,12 @@ def test_a_model_file_edited_after_its_hash_was_cached_gets_a_new_digest(tmp_pat
     settled(d / "model.safetensors", b"weights-v1")
     cache_file = tmp_path / ".cache" / "file-sha256.json"
     cache = HashCache(cache_file)
-    ref1, _, files1 = resolve_local(parse_source(str(d)), cache)
+    ref1, _, files1 = resolve_local(parse_source(str(d)), cache, tmp_path / "models")
     cache.save()
     st = (d / "model.safetensors").stat()
     time.sleep(0.01)
     (d / "model.safetensors").write_bytes(b"weights-v2")
     os.utime(d / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns))
-    ref2, _, files2 = resolve_local(parse_source(str(d)), HashCache(cache_file))
+    ref2, _, files2 = resolve_local(parse_source(str(d)), HashCache(cache_file), tmp_path / "models")
     assert files2["model.safetensors"] == sha(b"weights-v2") != files1["model.safetensors"]
     assert ref2.digest != ref1.digest

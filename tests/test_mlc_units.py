@@ -120,6 +120,8 @@ def test_expand_shares_weights_across_targets():
     assert lib_cpu_again.parents == lib_cpu.parents and lib_cpu_again.params == lib_cpu.params
     assert c_cpu.verify_quant is None, "a compile has no numeric check: no thresholds in its digest"
     assert c_cpu.kind == "mlc-compile" and not c_cpu.uses_model and c_cpu.parents == {} and c_cpu.publish is None
+    # every node names its quant `quant` (the manifest's `quant` field reads it); no `quantization` key
+    assert [n.params["quant"] for n in nodes["cpu"]] == ["q4f16_1"] * 3 and "quantization" not in c_cpu.params
     assert c_cpu.key != c_cuda.key and c_cpu.key.endswith(".q4f16_1-ctx512.compile.cpu")
     assert lib_cpu.publish == "mlc/libs" and lib_cpu.kind == "mlc-lib"
     # MLC naming: <Model>-<quant>[-ctx<N>]-<target>; the suffix appears when the context differs

@@ -58,10 +58,10 @@ def test_local_dir_digest_follows_content(tmp_path):
     (d / "tokenizer.json").write_text("{}")
     (d / "model.safetensors").write_bytes(b"x")
     cache = HashCache(tmp_path / "h.json")
-    ref1, _, _ = resolve_local(parse_source(str(d)), cache)
+    ref1, _, _ = resolve_local(parse_source(str(d)), cache, tmp_path / "models")
     assert ref1.name == "my-llama" and ref1.revision == f"local-{ref1.digest[:7]}"
     (d / "model.safetensors").write_bytes(b"y")
-    ref2, _, _ = resolve_local(parse_source(str(d)), cache)
+    ref2, _, _ = resolve_local(parse_source(str(d)), cache, tmp_path / "models")
     assert ref2.digest != ref1.digest
 
 
@@ -71,4 +71,58 @@ def test_local_dir_without_weights_is_refused(tmp_path):
     (d / "config.json").write_text("{}")
     (d / "tokenizer.model").write_bytes(b"sp")
     with pytest.raises(ModelError, match="no \\*.safetensors"):
-        resolve_local(parse_source(str(d)), HashCache(tmp_path / "h.json"))
+        resolve_local(parse_source(str(d)), HashCache(tmp_path / "h.json"), tmp_path / "models")
+
+
+def _snapshot_dir(tmp_path):
+    """A hub cache snapshot used directly as a local model directory (--model ~/.cache/.../snapshots/<sha>)."""
+    files = make_hub_cache(tmp_path / "hub")
+    return tmp_path / "hub" / "models--acme--tiny-thing" / "snapshots" / SHA, files
+
+
+def test_a_local_hub_snapshot_is_staged_without_symlinks(tmp_path):
+    snap, files = _snapshot_dir(tmp_path)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name, data in files.items():
+        (plain / name).write_bytes(data)
+    cache = HashCache(tmp_path / "h.json")
+    ref, path, hashes = resolve_local(parse_source(str(snap)), cache, tmp_path / "models")
+    assert path.parent == tmp_path / "models" and path.name == f"{ref.name}@local-{ref.digest[:16]}"
+    assert not any(p.is_symlink() for p in path.rglob("*"))
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == files
+    # the same content as a plain directory: the same snapshot digest; a plain one is used where it is
+    ref_plain, path_plain, hashes_plain = resolve_local(parse_source(str(plain)), cache, tmp_path / "models")
+    assert (ref_plain.digest, hashes_plain) == (ref.digest, hashes) and path_plain == plain
+    # a damaged staging (not the files the plan hashed) is redone, never mounted
+    (path / "tokenizer.json").unlink()
+    (path / "tokenizer.json").write_bytes(b"tampered")
+    _, again, _ = resolve_local(parse_source(str(snap)), cache, tmp_path / "models")
+    assert again == path and (path / "tokenizer.json").read_bytes() == files["tokenizer.json"]
+
+
+@pytest.mark.docker
+@pytest.mark.fresh_store  # needs no seeded models
+def test_a_staged_hub_snapshot_reads_in_a_container(tmp_path, docker_engine):
+    """The real container path: the snapshot's own links (../../blobs) dangle once mounted; the staged copy
+    reads in a node container."""
+    from builders import images, matrix
+    from helpers import ROOT, readable_by_nodes
+
+    snap, files = _snapshot_dir(tmp_path)
+    _, path, _ = resolve_local(parse_source(str(snap)), HashCache(tmp_path / "h.json"), tmp_path / "models")
+    readable_by_nodes(tmp_path)
+    tag = images.image_tag("base", matrix.load(ROOT / "matrix.yaml").images)
+
+    def cat(d):
+        c = docker_engine.containers.run(tag, ["sh", "-c", "cat /in/model/config.json || echo DANGLING"],
+                                         volumes={str(d): {"bind": "/in/model", "mode": "ro"}}, user="65532",
+                                         network_disabled=True, detach=True)
+        try:
+            assert c.wait(timeout=120)["StatusCode"] == 0
+            return c.logs(stdout=True, stderr=False).decode()
+        finally:
+            c.remove(force=True)
+
+    assert "DANGLING" in cat(snap)
+    assert cat(path).strip() == files["config.json"].decode()

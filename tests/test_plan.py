@@ -21,8 +21,9 @@ def test_one_f16_conversion_feeds_every_quantization(tmp_path):
     nodes = {n["key"]: n for n in p["nodes"]}
     assert set(nodes) == {"tiny-llama.model", "tiny-llama.reference", "tiny-llama.gguf.F16",
                           "tiny-llama.gguf.Q8_0", "tiny-llama.gguf.Q4_K_M"}
-    assert nodes["tiny-llama.gguf.Q4_K_M"]["parents"] == {"reference": "tiny-llama.reference",
-                                                         "source": "tiny-llama.gguf.F16"}
+    # parents are named by digest, the node's identity
+    assert nodes["tiny-llama.gguf.Q4_K_M"]["parents"] == {"reference": nodes["tiny-llama.reference"]["digest"],
+                                                         "source": nodes["tiny-llama.gguf.F16"]["digest"]}
     assert sorted(nodes["tiny-llama.gguf.F16"]["cells"]) == ["tiny-llama.gguf.F16.cpu", "tiny-llama.gguf.Q4_K_M.cpu"]
     assert p["summary"] == {"cells": 3, "nodes": 5, "cached": 0, "to_run": 5, "to_import": 0, "damaged": 0}
 
@@ -112,16 +113,19 @@ def test_nodes_are_identified_by_digest_and_parents_resolve_to_their_own_declara
     m = copy.deepcopy(matrix.load(ROOT / "matrix.yaml"))
     m.cell_overrides = {"tiny-llama.mlc.q4f16_1.cuda": {"prefill_chunk_size": 64}}
     p = plan(tmp_path, m, backends_="mlc", quants="q4f16_1", targets="cpu,cuda")
-    nodes = {n["key"]: n for n in p["nodes"]}
+    nodes = {n["digest"]: n for n in p["nodes"]}
     weights = [n for n in p["nodes"] if n["kind"] == "mlc-weights"]
     assert len({w["digest"] for w in weights}) == len(weights) == 2
     other = next(w for w in weights if w["key"] != "tiny-llama.mlc.q4f16_1.weights")
     assert other["key"] == f"tiny-llama.mlc.q4f16_1.weights@{other['digest'][:8]}"
-    assert not any("~" in k for k in nodes)
+    assert not any("~" in n["key"] for n in p["nodes"])
     cells = {c["target"]: c for c in p["cells"]}
-    cuda_nodes = [nodes[k] for k in cells["cuda"]["nodes"]]
-    assert {n["parents"].get("weights") for n in cuda_nodes if n["kind"] == "mlc-lib"} == {other["key"]}
-    assert nodes[cells["cpu"]["nodes"][-1]]["parents"]["weights"] == "tiny-llama.mlc.q4f16_1.weights"
+    cuda_nodes = [nodes[d] for d in cells["cuda"]["nodes"]]
+    assert {n["parents"].get("weights") for n in cuda_nodes if n["kind"] == "mlc-lib"} == {other["digest"]}
+    cpu_weights = nodes[nodes[cells["cpu"]["nodes"][-1]]["parents"]["weights"]]
+    assert cpu_weights["key"] == "tiny-llama.mlc.q4f16_1.weights" and cpu_weights["digest"] != other["digest"]
+    # the cells name the artifact node by key for display, by digest for identity
+    assert nodes[cells["cuda"]["digest"]]["key"] == cells["cuda"]["artifact_node"] == cuda_nodes[-1]["key"]
 
 
 def test_thresholds_go_where_a_node_names_its_verify_quant(tmp_path):
@@ -156,3 +160,16 @@ def test_phi3_plans_every_backend(tmp_path):
     status = {(c["backend"], c["target"]): (c["status"], c["reason"]) for c in p["cells"]}
     assert status[("gguf", "cpu")] == status[("mlc", "cpu")] == status[("coreml", "ane")] == ("planned", None)
     assert p["models"]["tiny-phi3"]["arch"] == "Phi3ForCausalLM"
+
+
+def test_plan_table_keeps_one_row_per_cell_when_piped(tmp_path):
+    """Not a TTY (a CI log, a pipe) and no COLUMNS: the table is not folded at rich's default 80 columns."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.run([sys.executable, "-m", "invoke", "plan", "--out", str(tmp_path), "--backends", "gguf",
+                           "--quants", "Q4_K_M", "--targets", "cpu"], cwd=ROOT, capture_output=True, text=True,
+                          env=env, check=True)
+    (row,) = [line for line in proc.stdout.splitlines() if "tiny-llama.gguf.Q4_K_M.cpu" in line]
+    assert len(row) > 80 and "planned │ tiny-llama.gguf.F16, tiny-llama.gguf.Q4_K_M │" in row

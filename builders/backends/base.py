@@ -98,6 +98,8 @@ class Backend(Protocol):
     archs: tuple[str, ...]  # HF `architectures` values supported: archs.supported(name) (builders/archs.py)
     options: OptionSet  # the options matrix.yaml may set (builders/options.py); README table from it
     code: tuple[str, ...]  # source paths (relative to builders/) whose content is part of every node digest
+    # optional: kind_code: Mapping[str, tuple[str, ...]] - more source paths a node kind runs (part of the
+    # digest of that kind's nodes only), e.g. gguf's runtime node code, so editing it leaves the files alone
 
     def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
         """Validate/complete backend options from matrix.yaml/CLI; raise MatrixError naming `where`."""
@@ -130,7 +132,7 @@ class ModelRef:
     digest: str  # snapshot digest (sha256 over per-file sha256s, or the generating node's digest)
     config: Mapping[str, Any]  # the model's config.json (empty if not yet generated for tiny: ones)
     arch: str  # config["architectures"][0]
-    node: str | None = None  # key of the node generating it (tiny: models), else None
+    node: str | None = None  # inputs digest of the node generating it (tiny: and synthetic: models), else None
 
     @property
     def decoder(self) -> DecoderConfig:

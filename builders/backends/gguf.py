@@ -90,9 +90,11 @@ class GgufBackend:
                        for t, rt in gguf_runtime.RUNTIMES.items()},
                     **{t: "the cpu cell's file (no runtime built or run for this target)"
                        for t in ("cuda", "iphone", "metal", "metal_x86_64")}}
-    code = ("backends/gguf.py", "backends/gguf_runtime.py", "gguf_file.py", "verify/llama_batch.py", "verify/tokenizer_check.py", "verify/gguf_types.py",
-            "verify/gguf_weights.py",
+    code = ("backends/gguf.py", "gguf_file.py", "verify/llama_batch.py", "verify/tokenizer_check.py",
+            "verify/gguf_types.py", "verify/gguf_weights.py",
             "verify/hf_forward.py", "verify/fp32_compute.py")
+    # the runtime node's own code: editing it re-digests the runtime nodes only, never the GGUF files
+    kind_code = {"gguf-runtime": ("backends/gguf_runtime.py",)}
 
     def normalize_options(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
         return OPTIONS.normalize(options, where)

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Callable
 
 from builders.backends.base import NodeContext
+from builders.contract import ModelInfo, NodeSpec, ParentInfo
 from builders.errors import NodeFailed
+from builders.plan import SOURCE_DATE_EPOCH
 from builders.store import list_outputs, write_json_atomic
 
 MACH_O_64 = b"\xcf\xfa\xed\xfe"  # little-endian 64-bit Mach-O magic
@@ -119,20 +121,27 @@ def finish_cell(store, p, cell_id: str, out: Path) -> dict:
             f.chmod(f.stat().st_mode | stat.S_IWUSR)
         # what a deferred step may read: the node's parents and model, imported when they were handed off
         # (a step that needs one that was not fails below with its name)
-        inputs = {}
-        for role, key in pn.parents.items():
-            if _available(store, p.nodes[key]):
-                inputs[role] = store.out_dir(p.nodes[key].digest)
+        inputs: dict[str, Path] = {}
+        parents: dict[str, ParentInfo] = {}
+        for role, digest in pn.parents.items():
+            parent = p.nodes[digest]
+            if _available(store, parent):
+                inputs[role] = store.out_dir(digest)
+                parents[role] = ParentInfo(parent.key, digest, store.manifest(digest)["model"]["name"])
         model = p.models[pn.model]
         if pn.node.uses_model:
             if not model.node:
                 inputs["model"] = p.model_dirs[pn.model]
             elif _available(store, p.nodes[model.node]):
-                inputs["model"] = store.out_dir(p.nodes[model.node].digest)
-        spec = {"key": pn.key, "kind": pn.node.kind, "backend": pn.node.backend, "digest": pn.digest,
-                "params": pn.node.params}
+                inputs["model"] = store.out_dir(model.node)
         with tempfile.TemporaryDirectory() as work:
-            ctx = NodeContext(spec, dest, Path(work), inputs)
+            # the same typed spec a build hands its nodes (builders/contract.py), with this host's paths
+            spec = NodeSpec(
+                key=pn.node.key, kind=pn.node.kind, backend=pn.node.backend, digest=pn.digest,
+                params=pn.node.params, model=ModelInfo(model.name, model.source, model.revision, model.digest),
+                inputs={r: str(d) for r, d in inputs.items()}, parents=parents, out=str(dest), work=work,
+                result=str(Path(work) / "result.json"), env={"SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH)})
+            ctx = NodeContext(spec.to_json(), dest, Path(work), inputs)
             ctx.result = {"deferred": list(deferred)}
             for d in deferred:
                 fn = FINISHERS.get((pn.node.backend, d.get("step")))

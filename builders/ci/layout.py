@@ -25,8 +25,7 @@ MODEL_BACKEND = "model"  # nodes of this backend family form stage 1
 class Group:
     id: str
     stage: str  # models | build
-    nodes: list[str]  # node keys this group builds and hands on
-    digests: list[str]
+    nodes: list[str]  # digests of the nodes this group builds and hands on, in plan order
     models: list[str]  # stage 1: the model it builds; stage 2: the models whose stage-1 nodes it needs
     images: list[str]  # toolchain images its nodes run in
     cells: list[str] = field(default_factory=list)  # stage 2: cells it builds
@@ -35,7 +34,7 @@ class Group:
     @property
     def key(self) -> str:
         """Cache key of the group's outputs: its nodes' inputs digests (same digests = same outputs)."""
-        return hashlib.sha256("\n".join(sorted(self.digests)).encode()).hexdigest()[:24]
+        return hashlib.sha256("\n".join(sorted(self.nodes)).encode()).hexdigest()[:24]
 
     @property
     def artifact(self) -> str:
@@ -95,18 +94,19 @@ def _pattern(names: list[str]) -> str:
     return names[0] if len(names) == 1 else "{" + ",".join(names) + "}"
 
 
-def _closure(keys: list[str], nodes: dict, generated_by: dict) -> set[str]:
+def _closure(digests: list[str], nodes: dict, generated_by: dict) -> set[str]:
+    """Digests of these nodes and everything they need: parents, the generating node of their model."""
     seen: set[str] = set()
-    stack = list(keys)
+    stack = list(digests)
     while stack:
-        k = stack.pop()
-        if k in seen:
+        d = stack.pop()
+        if d in seen:
             continue
-        seen.add(k)
-        n = nodes[k]
+        seen.add(d)
+        n = nodes[d]
         stack.extend(n["parents"].values())
         gen = generated_by.get(n["_model"])
-        if gen and gen != k:
+        if gen and gen != d:
             stack.append(gen)
     return seen
 
@@ -116,8 +116,9 @@ def _shard(prefix: str, gids: list[str]) -> dict[str, list[str]]:
 
 
 def compute(plan: dict, node_models: dict[str, str]) -> Layout:
-    """Layout of `plan` (Plan.to_json()); node_models maps node key -> the model it was planned for."""
-    nodes = {n["key"]: {**n, "_model": node_models.get(n["key"])} for n in plan["nodes"]}
+    """Layout of `plan` (Plan.to_json()); node_models maps node digest -> the model it was planned for.
+    Nodes are handled by digest (their identity); their keys only name them in messages."""
+    nodes = {n["digest"]: {**n, "_model": node_models.get(n["digest"])} for n in plan["nodes"]}
     models = plan["models"]
     generated_by = {name: m["generated_by"] for name, m in models.items() if m["generated_by"]}
     skipped, cells = [], []
@@ -126,19 +127,19 @@ def compute(plan: dict, node_models: dict[str, str]) -> Layout:
             skipped.append({"id": c["id"], "status": c["status"], "reason": c["reason"]})
             continue
         closure = _closure(c["nodes"], nodes, generated_by)
-        bad = sorted(k for k in closure if nodes[k]["unavailable"])
+        bad = sorted(nodes[d]["key"] for d in closure if nodes[d]["unavailable"])
         if bad:
-            skipped.append({"id": c["id"], "status": "unavailable",
-                            "reason": f"needs {bad[0]}: {nodes[bad[0]]['unavailable']}"})
+            why = next(nodes[d]["unavailable"] for d in closure if nodes[d]["key"] == bad[0])
+            skipped.append({"id": c["id"], "status": "unavailable", "reason": f"needs {bad[0]}: {why}"})
             continue
         cells.append((c, closure))
 
     groups: dict[str, Group] = {}
-    stage1 = sorted({k for _, cl in cells for k in cl if nodes[k]["backend"] == MODEL_BACKEND})
-    for model in sorted({nodes[k]["_model"] for k in stage1}):
-        keys = [k for k in plan_order(plan) if k in stage1 and nodes[k]["_model"] == model]
-        g = Group(f"{model}.{MODEL_BACKEND}", "models", keys, [nodes[k]["digest"] for k in keys], [model],
-                  sorted({_image(nodes[k]) for k in keys}))
+    stage1 = sorted({d for _, cl in cells for d in cl if nodes[d]["backend"] == MODEL_BACKEND})
+    for model in sorted({nodes[d]["_model"] for d in stage1}):
+        digests = [d for d in plan_order(plan) if d in stage1 and nodes[d]["_model"] == model]
+        g = Group(f"{model}.{MODEL_BACKEND}", "models", digests, [model],
+                  sorted({_image(nodes[d]) for d in digests}))
         groups[g.id] = g
 
     # union cells whose stage-2 nodes overlap
@@ -152,13 +153,13 @@ def compute(plan: dict, node_models: dict[str, str]) -> Layout:
         return i
 
     for i, (_, cl) in enumerate(cells):
-        for k in cl:
-            if nodes[k]["backend"] == MODEL_BACKEND:
+        for d in cl:
+            if nodes[d]["backend"] == MODEL_BACKEND:
                 continue
-            if k in owner:
-                parent[find(i)] = find(owner[k])
+            if d in owner:
+                parent[find(i)] = find(owner[d])
             else:
-                owner[k] = i
+                owner[d] = i
     components: dict[int, list[int]] = {}
     for i in range(len(cells)):
         components.setdefault(find(i), []).append(i)
@@ -168,14 +169,14 @@ def compute(plan: dict, node_models: dict[str, str]) -> Layout:
     for members in components.values():
         cs = [cells[i][0] for i in members]
         closure = set().union(*(cells[i][1] for i in members))
-        keys = [k for k in order if k in closure and nodes[k]["backend"] != MODEL_BACKEND]
+        digests = [d for d in order if d in closure and nodes[d]["backend"] != MODEL_BACKEND]
         gid = ".".join("+".join(sorted({c[f]: None for c in cs}, key=str)) for f in ("model", "backend", "quant"))
         while gid in groups:
             gid += "~"
-        macos = [c["id"] for c in cs if TARGETS[c["target"]].needs_macos and "target" in nodes[c["artifact_node"]]["params"]]
-        g = Group(gid, "build", keys, [nodes[k]["digest"] for k in keys],
-                  sorted({nodes[k]["_model"] for k in closure if nodes[k]["backend"] == MODEL_BACKEND}),
-                  sorted({_image(nodes[k]) for k in keys}), [c["id"] for c in cs], macos)
+        macos = [c["id"] for c in cs if TARGETS[c["target"]].needs_macos and "target" in nodes[c["nodes"][-1]]["params"]]
+        g = Group(gid, "build", digests,
+                  sorted({nodes[d]["_model"] for d in closure if nodes[d]["backend"] == MODEL_BACKEND}),
+                  sorted({_image(nodes[d]) for d in digests}), [c["id"] for c in cs], macos)
         groups[gid] = g
         by_images.setdefault("-".join(g.images), []).append(gid)
 
@@ -185,7 +186,7 @@ def compute(plan: dict, node_models: dict[str, str]) -> Layout:
         jobs.update(_shard(f"build_{images_name}", sorted(by_images[images_name])))
     jobs.update(_shard("finish", sorted(g for g in groups if groups[g].macos_cells)))
     hub = sorted(n for n, m in models.items() if not m["generated_by"] and not str(m["revision"]).startswith("local-"))
-    tags = {nodes[k]["image"].split("/")[-1].split(":")[0]: nodes[k]["image"] for g in groups.values() for k in g.nodes}
+    tags = {nodes[d]["image"].split("/")[-1].split(":")[0]: nodes[d]["image"] for g in groups.values() for d in g.nodes}
     return Layout(groups, jobs, skipped, hub, dict(sorted(tags.items())))
 
 
@@ -195,9 +196,9 @@ def _image(node: dict) -> str:
 
 
 def plan_order(plan: dict) -> list[str]:
-    return [n["key"] for n in plan["nodes"]]
+    return [n["digest"] for n in plan["nodes"]]
 
 
 def from_plan(p) -> Layout:
     """Layout of a builders.plan.Plan."""
-    return compute(p.to_json(), {k: pn.model for k, pn in p.nodes.items()})
+    return compute(p.to_json(), {d: pn.model for d, pn in p.nodes.items()})

@@ -22,7 +22,8 @@ RELEASE = "release"
 def _stage1_cells(p, group) -> list[PlanCell]:
     """Stand-in cells, one per stage-1 node (the model, its reference): the builder builds exactly those
     and their ancestors, nothing of any backend."""
-    return [PlanCell(Cell(group.models[0], "model", key.rsplit(".", 1)[-1], "any"), [key]) for key in group.nodes]
+    return [PlanCell(Cell(group.models[0], "model", p.nodes[d].key.rsplit(".", 1)[-1], "any"), [d])
+            for d in group.nodes]
 
 
 def select_cells(p, lay, gid: str) -> list[PlanCell]:
@@ -30,8 +31,8 @@ def select_cells(p, lay, gid: str) -> list[PlanCell]:
         wanted = {c for g in lay.groups.values() for c in g.cells}
         cells = [pc for pc in p.cells if pc.cell.id in wanted]
         # in this root, or importable (integrity-checked on import) from a handed-off store
-        missing = sorted(k for pc in cells for k in pc.nodes
-                         if not p.nodes[k].cached and p.nodes[k].lookup.status != "import")
+        missing = sorted(p.nodes[d].key for pc in cells for d in pc.nodes
+                         if not p.nodes[d].cached and p.nodes[d].lookup.status != "import")
         if missing:
             raise BuildmatrixError(f"release: node {missing[0]} (and {len(missing) - 1} more) is not in the "
                                    "handed-off stores; the release builds nothing - rerun the failed jobs")
@@ -46,8 +47,8 @@ def export(store, p, group, dest: Path) -> list[str]:
     """Copy (hardlink) the group's own promoted nodes to <dest>/.store/<digest>; returns their keys.
     A node that is not promoted is an error: the next jobs would miss it."""
     exported = []
-    for key in group.nodes:
-        digest = p.nodes[key].digest
+    for digest in group.nodes:
+        key = p.nodes[digest].key
         src = store.node_dir(digest)
         if not (src / "manifest.json").is_file():
             raise BuildmatrixError(f"export: node {key} ({digest[:12]}) is not in {store.root}; it did not build")

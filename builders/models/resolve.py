@@ -3,7 +3,9 @@
 Hub models go through huggingface_hub (revision pinned to the commit sha it resolves to; the token
 comes from HF_TOKEN or the CLI and is never written anywhere). The hub cache stores files as symlinks
 into blobs/; a container cannot follow those, so the snapshot is materialized as a directory of
-hardlinks (or copies across filesystems) to the resolved files.
+hardlinks (or copies across filesystems) to the resolved files. A local directory holding symlinks (a hub
+cache snapshot given as --model, links into ../../blobs) is staged the same way under the store's .models/,
+checked file by file against the hashes the plan took; the build mounts the staged copy.
 """
 
 from __future__ import annotations
@@ -66,7 +68,27 @@ def read_config(path: Path, what: str) -> dict:
     return config
 
 
-def resolve_local(src: ModelSource, cache: HashCache) -> tuple[ModelRef, Path, dict]:
+def has_links(root: Path) -> bool:
+    return any(Path(d, n).is_symlink() for d, dirs, names in os.walk(root) for n in dirs + names)
+
+
+def _staged(src_dir: Path, dest: Path, files: dict[str, str], cache: HashCache, what: str) -> Path:
+    """`src_dir` materialized at dest (no symlinks), holding exactly `files`; a stale or damaged earlier
+    staging is redone once, then a difference is an error."""
+    for _ in range(2):
+        _materialize(src_dir, dest)
+        staged = file_hashes(dest, cache)
+        if staged == files:
+            return dest
+        shutil.rmtree(dest)
+    wrong = sorted(set(staged) ^ set(files)) or sorted(k for k in files if staged[k] != files[k])
+    raise ModelError(f"{what}: its files changed while being staged into {dest} ({wrong[0]} differs); "
+                     "leave the model directory alone during the build and rerun it")
+
+
+def resolve_local(src: ModelSource, cache: HashCache, models_dir: Path) -> tuple[ModelRef, Path, dict]:
+    """The snapshot of a local directory; `models_dir` (the store's .models/) receives a staged copy when the
+    directory holds symlinks (a container cannot follow them out of its mount)."""
     what = f"model directory '{src.source}'"
     check_model_dir(src.path, what)
     check_links(src.path, what)
@@ -77,18 +99,22 @@ def resolve_local(src: ModelSource, cache: HashCache) -> tuple[ModelRef, Path, d
     config = read_config(src.path, f"model directory '{src.source}'")
     digest = snapshot_digest(files)
     ref = ModelRef(src.name, src.source, f"local-{digest[:7]}", digest, config, config["architectures"][0])
-    return ref, src.path, files
+    path = src.path
+    if has_links(src.path):
+        path = _staged(src.path, Path(models_dir) / f"{src.name}@local-{digest[:16]}", files, cache, what)
+    return ref, path, files
 
 
 def _materialize(snapshot: Path, dest: Path) -> None:
-    """Copy the hub snapshot's symlinks as hardlinks to their targets (no symlinks left)."""
+    """The snapshot's files (symlinks resolved) as hardlinks to their targets, or copies across filesystems;
+    no symlinks left. The caller has refused links out of the snapshot (check_links)."""
     if dest.is_dir():
         return
-    check_links(snapshot, f"hub snapshot {snapshot}")
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     for f in sorted(snapshot.rglob("*")):
-        if f.is_dir():
+        if f.relative_to(snapshot).parts[0] in SKIP or not f.is_file():
             continue
         target = tmp / f.relative_to(snapshot)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -123,6 +149,7 @@ def resolve_hub(src: ModelSource, cache: HashCache, models_dir: Path, token: str
                          "HF_TOKEN for gated models") from None
     sha = snap.name  # snapshots/<commit sha>
     dest = models_dir / f"{src.name}@{sha}"
+    check_links(snap, f"hub snapshot {snap}")
     _materialize(snap, dest)
     check_model_dir(dest, f"model '{src.source}' (revision {sha})")
     files = file_hashes(dest, cache)

@@ -75,6 +75,9 @@ def _select(entries: list[dict], only: list[str], index_path: Path) -> list[dict
 def _check_verified(entry: dict, manifest: dict) -> None:
     cell = entry["cell"]
     status = entry.get("status", "built")
+    if status == "earlier":
+        raise ReleaseError(f"cell {cell} is an earlier build's entry ({entry.get('kept_because')}): rebuild it, "
+                           "or leave it out with --only")
     if status not in ("built", "cached"):
         raise ReleaseError(f"cell {cell} is {status}: fix and rebuild it, or leave it out with --only")
     ver = manifest.get("verification") or {}

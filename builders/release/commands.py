@@ -5,13 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
-from builders.cli import guarded
+from builders.cli import guarded, make_console
 from builders.release import ReleaseError
 from builders.release.parts import GITHUB_ASSET_LIMIT
 
-console = Console(stderr=True, highlight=False)
+console = make_console(stderr=True)
 
 
 def _split(value: str | None) -> list[str]:

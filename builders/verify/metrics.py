@@ -22,21 +22,9 @@ from typing import Callable
 
 import numpy as np
 
-BLOCK_ROWS = 64  # positions per block: 64 x 128k vocab x 4 B x ~4 temporaries ~ 130 MB
+from builders.verify.thresholds import THRESHOLD_KEYS
 
-BASE_KEYS = {
-    "max_abs_logit": ("max_abs_logit", "<="),
-    "nmse_max": ("nmse", "<="),
-    "rel_l2_max": ("rel_l2", "<="),
-    "top1_min": ("top1", ">="),
-    "kl_max": ("kl", "<="),
-}
-# threshold key -> (figure, comparison); a figure passes when `figure <op> threshold`
-THRESHOLD_KEYS = {
-    **BASE_KEYS,
-    "ppl_delta_max": ("ppl_delta", "<="),
-    **{f"runtime_{k}": (f"runtime_{fig}", op) for k, (fig, op) in BASE_KEYS.items()},
-}
+BLOCK_ROWS = 64  # positions per block: 64 x 128k vocab x 4 B x ~4 temporaries ~ 130 MB
 
 
 def _logsumexp(x: np.ndarray) -> np.ndarray:

@@ -133,7 +133,7 @@ class MlcBackend:
             backend="mlc", image=TARGETS[cell.target].image, uses_model=False, publish=None,
             unavailable=unavailable,
             # no verify_quant: verification thresholds are no input of a compile
-            params={"quantization": cell.quant, "target": cell.target, "architecture": arch, "model_config": lib_config,
+            params={"quant": cell.quant, "target": cell.target, "architecture": arch, "model_config": lib_config,
                     "config_sha": sha, "lib_stem": stem, "options": lib_opts},
             outputs=(lib_file_name(stem, cell.target), "library.json"))
 

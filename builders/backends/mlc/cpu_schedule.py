@@ -27,25 +27,36 @@ def threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def parallel_spatial_rule():
-    """A dlight rule (built on import of tvm) that parallelizes the leading spatial loops of each block."""
+def _rule(name: str, schedule):
+    """A dlight CPU rule (built on import of tvm) called `name`. The part every rule shares: a PrimFunc for an
+    available target, its Schedule, the blocks normalized and the trivial ones inlined; then
+    `schedule(sch, infos)` says whether it scheduled the function (else the next rule is tried)."""
     from tvm import s_tir, tirx
     from tvm.s_tir.dlight.analysis import normalize_prim_func
     from tvm.s_tir.dlight.base import try_inline
     from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
-    class ParallelSpatial(CPUScheduleRule):
-        def apply(self, func, target, _tunable):
-            if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-                return None
-            sch = s_tir.Schedule(func)
-            infos = normalize_prim_func(sch)
-            if infos is None:
-                return None
-            infos = try_inline(sch, infos)
-            return sch if _leading_spatial_parallel(sch, infos) else None
+    def apply(self, func, target, _tunable):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        infos = try_inline(sch, infos)
+        return sch if schedule(sch, infos) else None
 
-    return ParallelSpatial()
+    return type(name, (CPUScheduleRule,), {"apply": apply})()
+
+
+def parallel_spatial_rule():
+    """Parallelizes the leading spatial loops of each block (see the module docstring)."""
+    return _rule("ParallelSpatial", _leading_spatial_parallel)
+
+
+def matmul_tiled_rule():
+    """Matmul-shaped kernels (plus spatial epilogues); see the module docstring."""
+    return _rule("MatmulTiled", _matmul_tiled)
 
 
 VEC = 16  # output columns per tile: two AVX2 registers of float32 accumulators
@@ -81,49 +92,36 @@ def _leading_spatial_parallel(sch, infos) -> bool:
     return changed
 
 
-def matmul_tiled_rule():
-    """A dlight rule for matmul-shaped kernels (plus spatial epilogues); see the module docstring."""
-    from tvm import s_tir, tirx
-    from tvm.s_tir.dlight.analysis import normalize_prim_func
-    from tvm.s_tir.dlight.base import get_extent, try_inline
-    from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+def _matmul_tiled(sch, infos) -> bool:
+    """C[.., o] = sum_k A[.., k] * B[k, o] as the first block, spatial blocks after it: column tiles of VEC
+    outputs in parallel, the k loop outside, the columns innermost and vectorized."""
+    from tvm.s_tir.dlight.base import get_extent
 
-    class MatmulTiled(CPUScheduleRule):
-        def apply(self, func, target, _tunable):
-            if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-                return None
-            sch = s_tir.Schedule(func)
-            infos = normalize_prim_func(sch)
-            if infos is None:
-                return None
-            infos = try_inline(sch, infos)
-            if not infos or any(i.dom_kind().count("R") for i in infos[1:]):
-                return None
-            main, kinds = infos[0], infos[0].dom_kind()
-            if len(kinds) < 2 or kinds[-1] != "R" or "R" in kinds[:-1]:
-                return None
-            block = sch.get(main.block_rv)
-            written = {w.source for w in block.writes}
-            if len({r.source for r in block.reads} - written) != 2:
-                return None  # not A x B (e.g. a sum of squares)
-            loops = sch.get_loops(main.block_rv)
-            if len(loops) != len(kinds):
-                return None
-            *outer, col, red = loops
-            extent = get_extent(sch, col)
-            if not isinstance(extent, int):
-                return None
-            vec = next(v for v in (VEC, 8, 4, 2, 1) if extent % v == 0)
-            col_o, col_i = sch.split(col, factors=[None, vec])
-            sch.reorder(col_o, *outer, red, col_i)
-            sch.parallel(col_o)
-            if vec > 1:
-                sch.vectorize(col_i)  # before the init is split off: the update block is no reduction after
-            sch.decompose_reduction(main.block_rv, red)
-            _leading_spatial_parallel(sch, infos[1:])
-            return sch
-
-    return MatmulTiled()
+    if not infos or any(i.dom_kind().count("R") for i in infos[1:]):
+        return False
+    main, kinds = infos[0], infos[0].dom_kind()
+    if len(kinds) < 2 or kinds[-1] != "R" or "R" in kinds[:-1]:
+        return False
+    block = sch.get(main.block_rv)
+    written = {w.source for w in block.writes}
+    if len({r.source for r in block.reads} - written) != 2:
+        return False  # not A x B (e.g. a sum of squares)
+    loops = sch.get_loops(main.block_rv)
+    if len(loops) != len(kinds):
+        return False
+    *outer, col, red = loops
+    extent = get_extent(sch, col)
+    if not isinstance(extent, int):
+        return False
+    vec = next(v for v in (VEC, 8, 4, 2, 1) if extent % v == 0)
+    col_o, col_i = sch.split(col, factors=[None, vec])
+    sch.reorder(col_o, *outer, red, col_i)
+    sch.parallel(col_o)
+    if vec > 1:
+        sch.vectorize(col_i)  # before the init is split off: the update block is no reduction after
+    sch.decompose_reduction(main.block_rv, red)
+    _leading_spatial_parallel(sch, infos[1:])
+    return True
 
 
 def pipeline(target):

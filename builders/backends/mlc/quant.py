@@ -11,8 +11,14 @@ Layout `NK` (the `_1` codes) keeps HF's [out, in] orientation: q_weight [out, in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy is imported where arrays are made, not here: the planner imports this table, and a no-op build
+# should not pay numpy's import
+DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 
 
 @dataclass(frozen=True)
@@ -45,8 +51,8 @@ class MlcQuant:
 
     def bits_per_param(self) -> float:
         if not self.bits:
-            return 8.0 * np.dtype(self.model_dtype).itemsize
-        return self.bits + 8.0 * np.dtype(self.model_dtype).itemsize / self.group_size
+            return 8.0 * DTYPE_BYTES[self.model_dtype]
+        return self.bits + 8.0 * DTYPE_BYTES[self.model_dtype] / self.group_size
 
 
 QUANTS: dict[str, MlcQuant] = {q.code: q for q in [
@@ -79,6 +85,8 @@ def describe(code: str) -> str:
 
 def quantize(w: np.ndarray, q: MlcQuant) -> tuple[np.ndarray, np.ndarray]:
     """w [N, K] (HF layout) -> (q_weight uint32, q_scale model dtype) in q's layout."""
+    import numpy as np  # noqa: PLC0415
+
     n, k = w.shape
     w = w.astype(q.model_dtype).astype(np.float32)  # MLC quantizes the weight cast to the model dtype
     kp = q.groups(k) * q.group_size
@@ -101,6 +109,8 @@ def quantize(w: np.ndarray, q: MlcQuant) -> tuple[np.ndarray, np.ndarray]:
 
 def dequantize(q_weight: np.ndarray, q_scale: np.ndarray, k: int, q: MlcQuant) -> np.ndarray:
     """Inverse of quantize(): float32 [N, K] in HF layout."""
+    import numpy as np  # noqa: PLC0415
+
     if q.layout == "KN":
         q_weight, q_scale = q_weight.T, q_scale.T
     n = q_weight.shape[0]
@@ -115,6 +125,8 @@ def error_bound(w: np.ndarray, q: MlcQuant) -> np.ndarray:
     """Per-element bound on |dequantize(quantize(w)) - w| implied by bits and group size:
     half a quantization step of the element's group (scale / 2), plus the rounding of the scale to
     the model dtype (relative eps * max_int steps) and of w itself to the model dtype."""
+    import numpy as np  # noqa: PLC0415
+
     n, k = w.shape
     kp = q.groups(k) * q.group_size
     wp = np.zeros((n, kp), np.float32)

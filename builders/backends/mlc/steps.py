@@ -150,9 +150,9 @@ def _library_result(ctx: NodeContext, record: dict) -> None:
 def step_compile(ctx: NodeContext) -> None:
     """mlc-compile: the architecture and the model config come from the params, never from a model."""
     p = ctx.params
-    q = QUANTS.get(p["quantization"])
+    q = QUANTS.get(p["quant"])
     if q is None:
-        raise NodeFailed(f"unknown mlc quant '{p['quantization']}'")
+        raise NodeFailed(f"unknown mlc quant '{p['quant']}'")
     c = ModelConfig(**p["model_config"])
     t = TARGETS[p["target"]]
     libcuda = compile_mod.ensure_libcuda() if t.name == "cuda" else None
