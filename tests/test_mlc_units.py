@@ -426,3 +426,33 @@ def test_phi3_chat_config_uses_mlcs_phi3_template(hf_dir, phi3_dir, tmp_path):
     assert cfg["model_type"] == "phi3" and conv["name"] == "phi-3"
     assert conv["roles"] == {"user": "<|user|>", "assistant": "<|assistant|>"} and conv["seps"] == ["<|end|>\n"]
     assert conv["system_prefix_token_ids"] == [1] and conv["stop_token_ids"] == [2]  # the model's bos / eos
+
+
+@pytest.mark.parametrize("code", ["q4f16_1", "q4f32_1", "q4f16_0"])
+def test_quantize_in_row_blocks_equals_one_pass(code, monkeypatch):
+    """quantize() works ROW_BLOCK rows at a time (bounded temporaries): the same bytes as one pass."""
+    q = q_mod.QUANTS[code]
+    w = np.random.default_rng(3).normal(size=(70, 96)).astype(np.float32)
+    whole = q_mod.quantize(w, q)
+    monkeypatch.setattr(q_mod, "ROW_BLOCK", 16)
+    blocked = q_mod.quantize(w, q)
+    for a, b in zip(whole, blocked):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_safetensors_source_reads_what_safetensors_reads(dtype, tmp_path):
+    """The converter's positioned reads (no memory map) give safetensors' own tensors, widened to float32."""
+    import torch
+    from safetensors.torch import save_file
+
+    from builders.backends.mlc.convert_weight import SafetensorsSource
+
+    tensors = {"a.weight": torch.randn(33, 17).to(getattr(torch, dtype)), "b": torch.randn(5).to(getattr(torch, dtype))}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    src = SafetensorsSource(tmp_path)
+    for name, t in tensors.items():
+        got = src.get(name)
+        assert got.dtype == np.float32 and np.array_equal(got, t.float().numpy())
+    with pytest.raises(Exception, match="not found"):
+        src.get("nope")

@@ -61,31 +61,52 @@ def param_plan(c: ModelConfig, q: MlcQuant, hf_arch: str) -> list[ParamPlan]:
 
 
 class SafetensorsSource:
-    """Read single HF tensors (float32) across one or many safetensors files, one at a time."""
+    """Read single HF tensors (float32) across one or many safetensors files, one at a time.
+
+    Tensors are read with positioned reads from the files, not through a memory map: the pages of a
+    mapped checkpoint stay in the process's resident set once touched, so converting a model tensor by
+    tensor would end up holding the whole checkpoint. The format is an 8-byte little-endian header
+    length, a JSON header {name: {dtype, shape, data_offsets}} and the data (safetensors' documented
+    layout); bf16 widens to float32 exactly by a 16-bit shift."""
+
+    DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8"}
 
     def __init__(self, model_dir: Path):
-        from safetensors import safe_open
-
-        self.files: dict[str, object] = {}
         index = model_dir / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         else:
-            files = sorted(model_dir.glob("*.safetensors"))
+            files = [f.name for f in sorted(model_dir.glob("*.safetensors"))]
             if not files:
                 raise NodeFailed(f"{model_dir}: no *.safetensors files (convert .bin checkpoints to safetensors first)")
-            weight_map = {}
-            for f in files:
-                with safe_open(str(f), "np") as h:
-                    weight_map.update({k: f.name for k in h.keys()})
-        self.weight_map = weight_map
-        self.handles = {f: safe_open(str(model_dir / f), "pt") for f in sorted(set(weight_map.values()))}
+        self.entries: dict[str, tuple[Path, int, dict]] = {}
+        for name in files:
+            path = model_dir / name
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(n))
+            for key, info in header.items():
+                if key != "__metadata__":
+                    self.entries[key] = (path, 8 + n, info)
+        self.weight_map = {k: p.name for k, (p, _, _) in self.entries.items()}
 
     def get(self, name: str) -> np.ndarray:
-        if name not in self.weight_map:
+        if name not in self.entries:
             raise NodeFailed(f"tensor '{name}' not found in the model's safetensors")
-        t = self.handles[self.weight_map[name]].get_tensor(name)
-        return t.float().numpy()  # bf16/f16/f32 sources all go through float32
+        path, base, info = self.entries[name]
+        dtype = self.DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise NodeFailed(f"{path.name}: tensor '{name}' has dtype {info['dtype']} (F32, F16, BF16 or F64 expected)")
+        start, end = info["data_offsets"]
+        raw = np.empty(end - start, dtype=np.uint8)
+        with open(path, "rb") as f:
+            f.seek(base + start)
+            if f.readinto(memoryview(raw)) != end - start:
+                raise NodeFailed(f"{path.name}: tensor '{name}' is truncated")
+        arr = raw.view(dtype).reshape(info["shape"])
+        if info["dtype"] == "BF16":
+            return (arr.astype(np.uint32) << 16).view(np.float32)
+        return arr.astype(np.float32)  # bf16/f16/f32 sources all go through float32
 
 
 def source_tensor(src: SafetensorsSource, param: Param) -> np.ndarray:

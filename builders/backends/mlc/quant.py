@@ -83,8 +83,24 @@ def describe(code: str) -> str:
 
 # ---- numpy quantizer (run side; numpy only) ---------------------------------------------------------
 
+ROW_BLOCK = 4096  # rows quantized at a time: the temporaries are a few blocks, not a few copies of the matrix
+
+
 def quantize(w: np.ndarray, q: MlcQuant) -> tuple[np.ndarray, np.ndarray]:
-    """w [N, K] (HF layout) -> (q_weight uint32, q_scale model dtype) in q's layout."""
+    """w [N, K] (HF layout) -> (q_weight uint32, q_scale model dtype) in q's layout. Rows are independent
+    (groups run along K), so a vocabulary-sized matrix is quantized ROW_BLOCK rows at a time."""
+    import numpy as np  # noqa: PLC0415
+
+    parts = [_quantize_rows(w[i:i + ROW_BLOCK], q) for i in range(0, w.shape[0], ROW_BLOCK)]
+    packed = np.concatenate([p for p, _ in parts]) if len(parts) > 1 else parts[0][0]
+    scale = np.concatenate([s for _, s in parts]) if len(parts) > 1 else parts[0][1]
+    if q.layout == "KN":
+        return np.ascontiguousarray(packed.T), np.ascontiguousarray(scale.T)
+    return packed, scale
+
+
+def _quantize_rows(w: np.ndarray, q: MlcQuant) -> tuple[np.ndarray, np.ndarray]:
+    """quantize() of some rows, in NK layout."""
     import numpy as np  # noqa: PLC0415
 
     n, k = w.shape
@@ -102,8 +118,6 @@ def quantize(w: np.ndarray, q: MlcQuant) -> tuple[np.ndarray, np.ndarray]:
     levels = levels[:, :, :].reshape(n, q.groups(k), words_per_group, q.per_word)
     shifts = (np.arange(q.per_word, dtype=np.uint32) * q.bits)
     packed = np.bitwise_or.reduce(levels << shifts, axis=-1).reshape(n, -1).astype(np.uint32)
-    if q.layout == "KN":
-        return np.ascontiguousarray(packed.T), np.ascontiguousarray(scale.T)
     return packed, scale
 
 
