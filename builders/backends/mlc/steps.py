@@ -225,9 +225,7 @@ def step_verify(ctx: NodeContext) -> None:
     if t.name == "cuda":
         facts, failures = inspect_lib.check_cuda_so(path)
     elif t.link == "emcc-tvmjs":
-        record = ctx.load_json(ctx.inputs["compiled"] / COMPILED_JSON)
-        facts, failures = inspect_lib.check_wasm(path, record.get("tvmjs_glue_imports"))
-        facts["webgpu_run"] = WEBGPU_NOT_RUN
+        return _verify_webgpu(ctx, path)
     elif t.name.startswith("vulkan"):
         facts, failures = inspect_lib.check_vulkan_lib(path, t.object_arch)
     else:
@@ -244,10 +242,50 @@ def step_verify(ctx: NodeContext) -> None:
     ctx.log(f"verify {t.name}: structural {'ok' if not failures else failures}; weights verified by {weights['node']}")
 
 
-# why the .wasm is checked structurally and not run (README "mlc", webgpu); kept in the manifest
-WEBGPU_NOT_RUN = ("not run: loading the .wasm with tvmjs in Node on WebGPU (npm `webgpu`/Dawn on Mesa lavapipe) "
-                  "was not attempted in the session that built this link; the .wasm's imports/exports are checked "
-                  "against tvmjs instead")
+def _verify_webgpu(ctx: NodeContext, path: Path) -> None:
+    """The .wasm run for real (webgpu_session: tvmjs in Node, npm `webgpu`/Dawn on Mesa lavapipe) on the cpu
+    check's positions, against the reference with the same figures and thresholds; plus its structural check
+    against tvmjs's glue and the weights' own numeric check (parent `verified_by`)."""
+    from builders.backends.mlc.webgpu_session import WebgpuSession
+    from builders.verify.metrics import load_reference, verdict
+
+    _, _, q = _setup(ctx)
+    record = ctx.load_json(ctx.inputs["compiled"] / COMPILED_JSON)
+    facts, failures = inspect_lib.check_wasm(path, record.get("tvmjs_glue_imports"))
+    weights = _weights_verification(ctx)
+    ref = load_reference(ctx.inputs["reference"])
+    t0 = time.monotonic()
+    sess = WebgpuSession(path, ctx.inputs["weights"], record["runtime_abi"]["system_lib_prefix"] or "", ctx.log)
+    try:
+        lib_logits, text_lib, prefill_last = library_logits(sess, ref)
+    finally:
+        sess.close()
+    t_run = time.monotonic() - t0
+    info = sess.info
+    figures, text = library_figures(ref, lib_logits, text_lib, prefill_last)
+    ver = verdict(figures, ctx.params.get("thresholds"), where=f"mlc {q.code} on webgpu")
+    if figures["decode_steps"] < DECODE_CHECK_STEPS:
+        ver["failures"].append(f"only {figures['decode_steps']} decode steps compared (need >= {DECODE_CHECK_STEPS})")
+    adapter = info["adapter"]
+    how = (f"tvmjs in Node {info['node']} with npm webgpu (Dawn) on {adapter.get('description') or adapter.get('vendor')}"
+           f" ({adapter.get('architecture') or 'no architecture reported'})")
+    facts["webgpu_run"] = (f"ran: {how}; {info['weights']['tensors']} weight tensors "
+                           f"({info['weights']['bytes']} bytes) on the device")
+    ver["failures"] = failures + ver["failures"] + [f"weights ({weights['node']}): {f}" for f in weights["failures"]]
+    if weights["passed"] is not True and not weights["failures"]:
+        ver["failures"].append(f"weights ({weights['node']}): numeric check did not pass")
+    ver["passed"] = not ver["failures"]
+    ver["checks"]["structural"] = facts
+    ver["weights_verified_by"] = weights["node"]
+    ver["ran_on"] = {"target": "webgpu", "how": how, "adapter": adapter, "tools": {
+        k: v for k, v in _tools_json().items() if k in ("nodejs", "npm_webgpu", "esbuild", "mesa_vulkan_drivers")}}
+    ver["budget"] = {"prompt_positions": figures["positions"], "text_positions": len(text),
+                     "decode_steps": figures["decode_steps"], "library_seconds": round(t_run, 2)}
+    ctx.result["verification"] = ver
+    ctx.log(f"verify webgpu: ran on {how} in {t_run:.1f}s; "
+            + ", ".join(f"{k}={v:.4g}" for k, v in figures.items() if isinstance(v, float)))
+
+
 WEIGHTS_VERIFICATION = ".verification.json"  # next to the cpu library: its numeric figures, for other targets
 
 
@@ -287,9 +325,25 @@ def library_logits(sess, ref: dict) -> tuple[list[np.ndarray], np.ndarray, np.nd
     return [sess.forward(first_tokens, first_len), *rest], sess.forward(text), sess.prefill_last(first_tokens[:first_len])
 
 
+def library_figures(ref: dict, lib_logits, text_lib: np.ndarray, prefill_last: np.ndarray) -> tuple[dict, np.ndarray]:
+    """The figures of library_logits' output against the reference (metrics.compare over every prompt
+    position, perplexity on the text, decode steps, the `prefill` entry's last position), and the text tokens."""
+    from builders.verify.metrics import compare, perplexity
+
+    figures = compare(np.concatenate([r for _, _, r in ref["prompts"]]), np.concatenate(lib_logits))
+    text = ref["text_tokens"][: len(text_lib)]
+    figures["ppl_ref"] = perplexity(ref["text_logits"][: len(text)], text)
+    figures["ppl_art"] = perplexity(text_lib, text)
+    figures["ppl_delta"] = figures["ppl_art"] - figures["ppl_ref"]
+    first_tokens, first_len, _ = ref["prompts"][0]
+    figures["decode_steps"] = int(len(first_tokens) - first_len)
+    figures["prefill_entry_max_abs"] = float(np.abs(prefill_last - ref["prompts"][0][2][first_len - 1]).max())
+    return figures, text
+
+
 def _verify_cpu(ctx: NodeContext, path: Path) -> None:
     from builders.backends.mlc import cpu_features, cpu_schedule, harness, reference
-    from builders.verify.metrics import compare, load_reference, perplexity, verdict
+    from builders.verify.metrics import load_reference, verdict
 
     _, c, q = _setup(ctx)
     cpu_features.check(TARGETS["cpu"].requires_cpu, path.name)
@@ -299,14 +353,7 @@ def _verify_cpu(ctx: NodeContext, path: Path) -> None:
     lib_logits, text_lib, prefill_last = library_logits(sess, ref)
     sess.close()  # the library's weights and TVM's memory pool go before the reference below
     t_lib = time.monotonic() - t0
-    figures = compare(np.concatenate([r for _, _, r in ref["prompts"]]), np.concatenate(lib_logits))
-    text = ref["text_tokens"][: len(text_lib)]
-    figures["ppl_ref"] = perplexity(ref["text_logits"][: len(text)], text)
-    figures["ppl_art"] = perplexity(text_lib, text)
-    figures["ppl_delta"] = figures["ppl_art"] - figures["ppl_ref"]
-    first_tokens, first_len, _ = ref["prompts"][0]
-    figures["decode_steps"] = int(len(first_tokens) - first_len)
-    figures["prefill_entry_max_abs"] = float(np.abs(prefill_last - ref["prompts"][0][2][first_len - 1]).max())
+    figures, text = library_figures(ref, lib_logits, text_lib, prefill_last)
     ver = verdict(figures, ctx.params.get("thresholds"), where=f"mlc {q.code}")
     # (b) library correctness alone: the same dequantized weights through transformers, layer by layer
     t0 = time.monotonic()
