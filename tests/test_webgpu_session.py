@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="needs node
 
 def test_missing_tvmjs_fails_closed_with_nodes_error(tmp_path):
     with pytest.raises(NodeFailed) as err:
-        WebgpuSession(tmp_path / "lib.wasm", tmp_path, "x_", node_dir=tmp_path / "no-such-dir")
+        WebgpuSession(tmp_path / "lib.wasm", tmp_path, node_dir=tmp_path / "no-such-dir")
     msg = str(err.value)
     assert "node exited" in msg and "before answering 'open'" in msg
     assert "no-such-dir" in msg  # Node's own error names what it could not load
@@ -29,5 +29,5 @@ def test_a_wasm_that_is_not_one_fails_closed(tmp_path):
     (wg / "index.js").write_text("export const create = () => ({}); export const globals = {};\n")
     (wg / "package.json").write_text('{"type": "module"}\n')
     with pytest.raises(NodeFailed) as err:
-        WebgpuSession(tmp_path / "lib.wasm", tmp_path, "x_", node_dir=tmp_path)
+        WebgpuSession(tmp_path / "lib.wasm", tmp_path, node_dir=tmp_path)
     assert "'open' failed in Node" in str(err.value) and "no adapter here" in str(err.value)

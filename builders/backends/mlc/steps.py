@@ -156,7 +156,9 @@ def step_compile(ctx: NodeContext) -> None:
     t = TARGETS[p["target"]]
     libcuda = compile_mod.ensure_libcuda() if t.name == "cuda" else None
     out = lib_file(ctx)
-    prefix = _prefix(ctx) if t.system_lib else None
+    prefix = None
+    if t.system_lib:  # web-llm finds the VM through tvmjs's systemLib(), which has no prefix (one model a .wasm)
+        prefix = "" if t.link == "emcc-tvmjs" else _prefix(ctx)
     facts = compile_mod.compile_lib({"architectures": [p["architecture"]]}, c, q, t, out, ctx.log,
                                     system_lib_prefix=prefix)
     if libcuda:
@@ -249,13 +251,13 @@ def _verify_webgpu(ctx: NodeContext, path: Path) -> None:
     from builders.backends.mlc.webgpu_session import WebgpuSession
     from builders.verify.metrics import load_reference, verdict
 
-    _, _, q = _setup(ctx)
+    _, c, q = _setup(ctx)
     record = ctx.load_json(ctx.inputs["compiled"] / COMPILED_JSON)
     facts, failures = inspect_lib.check_wasm(path, record.get("tvmjs_glue_imports"))
     weights = _weights_verification(ctx)
     ref = load_reference(ctx.inputs["reference"])
     t0 = time.monotonic()
-    sess = WebgpuSession(path, ctx.inputs["weights"], record["runtime_abi"]["system_lib_prefix"] or "", ctx.log)
+    sess = WebgpuSession(path, ctx.inputs["weights"], ctx.log)
     try:
         lib_logits, text_lib, prefill_last = library_logits(sess, ref)
     finally:
@@ -264,6 +266,7 @@ def _verify_webgpu(ctx: NodeContext, path: Path) -> None:
     info = sess.info
     figures, text = library_figures(ref, lib_logits, text_lib, prefill_last)
     ver = verdict(figures, ctx.params.get("thresholds"), where=f"mlc {q.code} on webgpu")
+    t_ref = check_lib_vs_dequantized(ctx, c, q, ref, lib_logits, ver)
     if figures["decode_steps"] < DECODE_CHECK_STEPS:
         ver["failures"].append(f"only {figures['decode_steps']} decode steps compared (need >= {DECODE_CHECK_STEPS})")
     adapter = info["adapter"]
@@ -280,7 +283,8 @@ def _verify_webgpu(ctx: NodeContext, path: Path) -> None:
     ver["ran_on"] = {"target": "webgpu", "how": how, "adapter": adapter, "tools": {
         k: v for k, v in _tools_json().items() if k in ("nodejs", "npm_webgpu", "esbuild", "mesa_vulkan_drivers")}}
     ver["budget"] = {"prompt_positions": figures["positions"], "text_positions": len(text),
-                     "decode_steps": figures["decode_steps"], "library_seconds": round(t_run, 2)}
+                     "decode_steps": figures["decode_steps"], "library_seconds": round(t_run, 2),
+                     "dequantized_reference_seconds": round(t_ref, 2)}
     ctx.result["verification"] = ver
     ctx.log(f"verify webgpu: ran on {how} in {t_run:.1f}s; "
             + ", ".join(f"{k}={v:.4g}" for k, v in figures.items() if isinstance(v, float)))
@@ -341,21 +345,12 @@ def library_figures(ref: dict, lib_logits, text_lib: np.ndarray, prefill_last: n
     return figures, text
 
 
-def _verify_cpu(ctx: NodeContext, path: Path) -> None:
-    from builders.backends.mlc import cpu_features, cpu_schedule, harness, reference
-    from builders.verify.metrics import load_reference, verdict
+def check_lib_vs_dequantized(ctx: NodeContext, c: ModelConfig, q: MlcQuant, ref: dict, lib_logits, ver: dict) -> float:
+    """Library correctness alone: the prompts' logits against the same dequantized weights run through
+    transformers layer by layer, max|Δlogit| within LIB_VS_DEQUANT_MAX (or F16_ULPS of the largest logit);
+    added to `ver`. Returns the reference's seconds."""
+    from builders.backends.mlc import reference
 
-    _, c, q = _setup(ctx)
-    cpu_features.check(TARGETS["cpu"].requires_cpu, path.name)
-    ref = load_reference(ctx.inputs["reference"])
-    t0 = time.monotonic()
-    sess = harness.Session(path, ctx.inputs["weights"])
-    lib_logits, text_lib, prefill_last = library_logits(sess, ref)
-    sess.close()  # the library's weights and TVM's memory pool go before the reference below
-    t_lib = time.monotonic() - t0
-    figures, text = library_figures(ref, lib_logits, text_lib, prefill_last)
-    ver = verdict(figures, ctx.params.get("thresholds"), where=f"mlc {q.code}")
-    # (b) library correctness alone: the same dequantized weights through transformers, layer by layer
     t0 = time.monotonic()
     dq = np.concatenate(reference.streamed_logits(ctx.model_dir, ctx.inputs["weights"], c, q,
                                                   [tokens for tokens, _, _ in ref["prompts"]]))
@@ -369,6 +364,25 @@ def _verify_cpu(ctx: NodeContext, path: Path) -> None:
     if lib_vs_dq > bound:
         ver["failures"].append(f"library vs dequantized reference max|Δlogit|={lib_vs_dq:.4g} > {bound:.4g}")
         ver["passed"] = False
+    return t_ref
+
+
+def _verify_cpu(ctx: NodeContext, path: Path) -> None:
+    from builders.backends.mlc import cpu_features, cpu_schedule, harness
+    from builders.verify.metrics import load_reference, verdict
+
+    _, c, q = _setup(ctx)
+    cpu_features.check(TARGETS["cpu"].requires_cpu, path.name)
+    ref = load_reference(ctx.inputs["reference"])
+    t0 = time.monotonic()
+    sess = harness.Session(path, ctx.inputs["weights"])
+    lib_logits, text_lib, prefill_last = library_logits(sess, ref)
+    sess.close()  # the library's weights and TVM's memory pool go before the reference below
+    t_lib = time.monotonic() - t0
+    figures, text = library_figures(ref, lib_logits, text_lib, prefill_last)
+    ver = verdict(figures, ctx.params.get("thresholds"), where=f"mlc {q.code}")
+    # (b) library correctness alone: the same dequantized weights through transformers, layer by layer
+    t_ref = check_lib_vs_dequantized(ctx, c, q, ref, lib_logits, ver)
     if figures["decode_steps"] < DECODE_CHECK_STEPS:
         ver["failures"].append(f"only {figures['decode_steps']} decode steps compared (need >= {DECODE_CHECK_STEPS})")
         ver["passed"] = False

@@ -3,7 +3,7 @@
 // the weights (tensor-cache.json + raw shards from the mlc-weights node) are copied onto the GPU and the
 // model runs through its VM entry points (`embed` -> `batch_prefill` / `prefill` -> `decode`, paged KV cache).
 //
-// usage: node webgpu_run.mjs LIB.wasm WEIGHTS_DIR SYSTEM_LIB_PREFIX
+// usage: node webgpu_run.mjs LIB.wasm WEIGHTS_DIR   (the VM comes from tvmjs's systemLib(), as in web-llm)
 // Requests come one JSON object per line on stdin, answers one per line on stdout, prefixed "@@bm "
 // (everything else on stdout is the runtime's own logging):
 //   {"op": "info"}                                   -> adapter, device features, library metadata
@@ -63,7 +63,7 @@ async function loadWeights(tvm, dev, dir) {
 }
 
 class Session {
-  static async open(wasmPath, weightsDir, prefix) {
+  static async open(wasmPath, weightsDir) {
     const s = new Session();
     const { device, adapter } = await openDevice();
     s.adapter = adapter;
@@ -72,9 +72,12 @@ class Session {
     s.dev = s.tvm.webgpu();
     const tvm = s.tvm;
     tvm.beginScope();  // the session's scope: everything detached below lives until close
-    const syslib = tvm.getGlobalFunc("ffi.SystemLib")(prefix);
-    const exec = tvm.detachFromCurrentScope(syslib.getFunction("vm_load_executable")());
-    s.vm = tvm.detachFromCurrentScope(new tvmjs.VirtualMachine(exec, s.dev));
+    // web-llm's lookup: the system library without a prefix (a library compiled with a symbol prefix fails here)
+    if (!tvm.systemLib().getFunction("vm_load_executable")) {
+      throw new Error("the .wasm's system library has no vm_load_executable: it was not compiled without a "
+                      + "system-lib prefix, so web-llm's systemLib() cannot find the model");
+    }
+    s.vm = tvm.detachFromCurrentScope(tvm.createVirtualMachine(s.dev));
     s.metadata = JSON.parse(s.vm.getFunction("_metadata")());
     s.weights = await loadWeights(tvm, s.dev, weightsDir);
     s.params = tvm.detachFromCurrentScope(tvm.getParamsFromCacheByName(s.metadata.params.map((p) => p.name)));
@@ -149,10 +152,10 @@ function writeParts(out, parts) {
 }
 
 async function main() {
-  const [wasmPath, weightsDir, prefix] = process.argv.slice(2);
+  const [wasmPath, weightsDir] = process.argv.slice(2);
   let session;
   try {
-    session = await Session.open(wasmPath, weightsDir, prefix ?? "");
+    session = await Session.open(wasmPath, weightsDir);
   } catch (err) {
     answer({ ok: false, error: "open: " + (err && err.stack || String(err)) });
     process.exit(1);

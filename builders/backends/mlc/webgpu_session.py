@@ -25,18 +25,28 @@ DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 class WebgpuSession:
-    def __init__(self, wasm: Path, weights: Path, system_lib_prefix: str, log=print, node_dir: Path = NODE_DIR):
+    def __init__(self, wasm: Path, weights: Path, log=print, node_dir: Path = NODE_DIR):
         self.log = log
         self.tmp = tempfile.TemporaryDirectory(prefix="webgpu-logits-")
         self.seq = 0
         self.stderr_path = Path(self.tmp.name) / "node.stderr"
         env = {**os.environ, "XDG_RUNTIME_DIR": self.tmp.name, "BUILDMATRIX_WEBGPU_NODE": str(node_dir)}
-        self.proc = subprocess.Popen(["node", str(SCRIPT), str(wasm), str(weights), system_lib_prefix],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=open(self.stderr_path, "w"), text=True, env=env)
+        try:
+            with open(self.stderr_path, "w") as stderr:
+                self.proc = subprocess.Popen(["node", str(SCRIPT), str(wasm), str(weights)],
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                                             text=True, env=env)
+        except FileNotFoundError:
+            self.tmp.cleanup()
+            raise NodeFailed("webgpu run: no `node` on PATH (the webgpu image has Node, tvmjs and npm webgpu; "
+                             "is this node running in it?)") from None
         self.runtime_log: list[str] = []
-        self._answer("open")
-        self.info = self._request({"op": "info"}, "info")
+        try:
+            self._answer("open")
+            self.info = self._request({"op": "info"}, "info")
+        except BaseException:
+            self._end()
+            raise
         md = self.info["metadata"]
         self.ctx, self.chunk = md["context_window_size"], md["prefill_chunk_size"]
 
@@ -92,13 +102,18 @@ class WebgpuSession:
         return self._logits("prefill_last", tokens, 1)[-1]
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
+        """Ask Node to finish; a process that does not is killed (its logit files go either way)."""
+        try:
+            if self.proc.poll() is None:
                 self._request({"op": "close"}, "close")
-            finally:
-                try:
-                    self.proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+                self.proc.wait(timeout=30)
+        except (NodeFailed, subprocess.TimeoutExpired, BrokenPipeError):
+            pass
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
         self.tmp.cleanup()
