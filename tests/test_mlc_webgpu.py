@@ -63,4 +63,4 @@ def test_webgpu_wasm_runs_on_lavapipe_within_the_thresholds(webgpu_out):
     adapter = ver["ran_on"]["adapter"]
     assert adapter["vendor"] == "mesa" and "llvmpipe" in adapter["description"] and "shader-f16" in adapter["features"]
     assert ver["ran_on"]["tools"]["npm_webgpu"] == "0.6.2"
-    assert ver["weights_verified_by"] == "tiny-llama.mlc.q4f16_1.lib.cpu"
+    assert "tiny-llama.mlc.q4f16_1.lib.cpu" in ver["note"]
