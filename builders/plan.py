@@ -99,6 +99,7 @@ def _sha(obj) -> str:
 
 
 _code_cache: dict[tuple, str] = {}
+CODE_SUFFIXES = (".py", ".mjs")  # .mjs: builders/backends/mlc/webgpu_run.mjs (the webgpu run's Node side)
 
 
 def node_code(backend, kind: str) -> tuple[str, ...]:
@@ -107,13 +108,14 @@ def node_code(backend, kind: str) -> tuple[str, ...]:
 
 
 def code_hash(paths: tuple[str, ...]) -> str:
-    """Hash of the builder's own source files a node runs (all .py under a listed directory)."""
+    """Hash of the builder's own source files a node runs (all .py, and the .mjs a node hands to Node, under a
+    listed directory)."""
     key = tuple(sorted(set(COMMON_CODE + tuple(paths))))
     if key not in _code_cache:
         h = hashlib.sha256(VERSION.encode())
         for rel in key:
             p = PKG / rel
-            files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
+            files = sorted(f for f in p.rglob("*") if f.suffix in CODE_SUFFIXES) if p.is_dir() else [p]
             for f in files:
                 if f.is_file():
                     h.update(f.relative_to(PKG).as_posix().encode() + b"\0" + f.read_bytes())

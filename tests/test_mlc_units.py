@@ -94,6 +94,8 @@ def test_library_files_per_target():
     assert lib_file_name("m", "metal") == "m.tar" and lib_file_name("m", "android") == "m.tar"
     nodes = BACKEND.expand(_cell(target="webgpu"), _model())
     assert [n.image for n in nodes if n.kind == "mlc-compile"] == ["mlc", "webgpu"]
+    # the webgpu library node runs the .wasm (Node + npm webgpu + lavapipe are in the webgpu image)
+    assert [n.image for n in nodes if n.kind == "mlc-lib"] == ["mlc", "webgpu"]
 
 
 def test_options_are_validated_with_the_location():

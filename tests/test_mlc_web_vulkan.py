@@ -5,6 +5,7 @@ tarball is part of its tag), vulkan cells are planned `ci-runner`, and the .wasm
 from __future__ import annotations
 
 import copy
+import json
 import struct
 
 import pytest
@@ -20,6 +21,22 @@ def _vulkan_pins(pins, source):
     p = copy.deepcopy(pins)
     p["mlc-vulkan"] = {**p["mlc-vulkan"], "tvm_source": source}
     return p
+
+
+def test_webgpu_recipe_pins_what_runs_the_wasm(pins):
+    """Node, npm and lavapipe by exact Debian version; the npm packages by package-lock.json (npm ci), part of
+    the image's tag."""
+    text = images.render("webgpu", pins)
+    w = pins["webgpu"]
+    for pkg, key in (("nodejs", "nodejs"), ("npm", "npm"), ("libvulkan1", "libvulkan1"),
+                     ("mesa-vulkan-drivers", "mesa_vulkan_drivers")):
+        assert f"{pkg}={{{{ pins.{key} }}}}" not in text and f"{pkg}={w[key]}" in text
+    assert "npm ci --ignore-scripts" in text and "build-tvmjs.sh /opt/webgpu-node" in text
+    files = images.context_files("webgpu", pins)
+    lock = json.loads(files["package-lock.json"].read_text())
+    for name in ("node_modules/webgpu", "node_modules/esbuild"):
+        assert lock["packages"][name]["integrity"].startswith("sha512-")
+    assert lock["packages"]["node_modules/webgpu"]["version"] == "0.6.2"
 
 
 def test_mlc_vulkan_recipe_renders_a_pinned_git_source(pins):

@@ -1,6 +1,7 @@
 """The MLC webgpu .wasm, built in the `webgpu` toolchain image (TVM's web runtime compiled from the wheel's
 sources with Debian's emscripten, then linked with the model's wasm objects), its interface read here from
-the file itself. Marked `toolchains`: the webgpu image takes ~20 min to build on 2 cores, so the default
+the file itself, and its run: tvmjs in Node on WebGPU (npm `webgpu`/Dawn on Mesa lavapipe), compared with the
+reference within the q4f16_1 thresholds. Marked `toolchains`: the webgpu image takes ~20 min to build on 2 cores, so the default
 suite leaves it out; `invoke test --toolchains` runs it."""
 
 import pytest
@@ -38,6 +39,28 @@ def test_webgpu_wasm_has_the_web_runtime_linked_in(webgpu_out):
     # the model's calls into the runtime are resolved: nothing TVM-internal is left to import
     assert not [i for i in iface["imports"] if i.startswith("env.TVMFFIEnv") or "SystemLib" in i], iface["imports"]
     structural = m["verification"]["checks"]["structural"]
-    assert structural["unresolved_imports"] == [] and "not run" in structural["webgpu_run"]
+    assert structural["unresolved_imports"] == [] and structural["webgpu_run"].startswith("ran: tvmjs in Node")
     compiled = ms[m["reports"]["library"]["compiled_by"]]
     assert compiled["image"]["ref"].startswith("buildmatrix/webgpu:")
+
+
+def test_webgpu_wasm_runs_on_lavapipe_within_the_thresholds(webgpu_out):
+    """The cell is verified by its own run: figures from the .wasm on WebGPU, each within its threshold, on the
+    positions the cpu check uses (every prompt, 8 decode steps, the text), and equal to the dequantized reference
+    within float16 roundoff."""
+    out, _ = webgpu_out
+    ms = manifests(out)
+    ver = ms["tiny-llama.mlc.q4f16_1.lib.webgpu"]["verification"]
+    assert ver["passed"] and ver["failures"] == []
+    checks, th = ver["checks"], ver["thresholds"]
+    assert checks["top1"] >= th["top1_min"] and checks["kl"] <= th["kl_max"]
+    assert checks["lib_vs_dequantized_max_abs_logit"] <= th["lib_vs_dequantized_max_abs_logit"]
+    assert checks["positions"] >= 100 and checks["decode_steps"] >= 8 and ver["budget"]["text_positions"] > 0
+    cpu = ms["tiny-llama.mlc.q4f16_1.lib.cpu"]["verification"]
+    assert th["top1_min"] == cpu["thresholds"]["top1_min"] and th["kl_max"] == cpu["thresholds"]["kl_max"]
+    assert checks["positions"] == cpu["checks"]["positions"]
+    # where it ran: Dawn's adapter on Mesa's software Vulkan (lavapipe), with float16 shaders
+    adapter = ver["ran_on"]["adapter"]
+    assert adapter["vendor"] == "mesa" and "llvmpipe" in adapter["description"] and "shader-f16" in adapter["features"]
+    assert ver["ran_on"]["tools"]["npm_webgpu"] == "0.6.2"
+    assert "tiny-llama.mlc.q4f16_1.lib.cpu" in ver["note"]

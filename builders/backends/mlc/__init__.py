@@ -104,7 +104,8 @@ class MlcBackend:
                                           weights.unavailable)
             lib_stem = f"{model.name}-{cell.quant}{ctx_suffix}-{target}"
             lib = NodeDef(
-                key=f"{model.name}.mlc.{cell.quant}.lib.{target}", kind="mlc-lib", backend="mlc", image="mlc",
+                key=f"{model.name}.mlc.{cell.quant}.lib.{target}", kind="mlc-lib", backend="mlc",
+                image=TARGETS[target].lib_image,
                 params={"quant": cell.quant, "target": target, "model_name": model.name,
                         "lib_stem": lib_stem, "options": lib_opts},
                 parents={"weights": weights, "compiled": compiled, **reference, **extra_parents},

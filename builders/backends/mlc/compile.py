@@ -205,7 +205,7 @@ def compile_lib(hf_config: dict, c: ModelConfig, q: MlcQuant, t: MlcTarget, out_
     target = tvm_target(t)
     t0 = time.monotonic()
     mod, _ = export(hf_config, c, q, target)
-    if system_lib_prefix is not None:
+    if system_lib_prefix:  # "" (webgpu): left to relax.build, which attaches TVM's own empty prefix for a system lib
         mod = mod.with_attr("system_lib_prefix", system_lib_prefix)
     t_export = time.monotonic() - t0
     kwargs = {"system_lib": True} if t.system_lib else {}

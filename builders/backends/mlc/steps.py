@@ -167,7 +167,9 @@ def step_compile(ctx: NodeContext) -> None:
     t = TARGETS[p["target"]]
     libcuda = compile_mod.ensure_libcuda() if t.name == "cuda" else None
     out = lib_file(ctx)
-    prefix = _prefix(ctx) if t.system_lib else None
+    prefix = None
+    if t.system_lib:  # web-llm finds the VM through tvmjs's systemLib(), which has no prefix (one model a .wasm)
+        prefix = "" if t.link == "emcc-tvmjs" else _prefix(ctx)
     facts = compile_mod.compile_lib({"architectures": [p["architecture"]]}, c, q, t, out, ctx.log,
                                     system_lib_prefix=prefix)
     if libcuda:
@@ -236,9 +238,7 @@ def step_verify(ctx: NodeContext) -> None:
     if t.name == "cuda":
         facts, failures = inspect_lib.check_cuda_so(path)
     elif t.link == "emcc-tvmjs":
-        record = ctx.load_json(ctx.inputs["compiled"] / COMPILED_JSON)
-        facts, failures = inspect_lib.check_wasm(path, record.get("tvmjs_glue_imports"))
-        facts["webgpu_run"] = WEBGPU_NOT_RUN
+        return _verify_webgpu(ctx, path)
     elif t.name.startswith("vulkan"):
         facts, failures = inspect_lib.check_vulkan_lib(path, t.object_arch)
     else:
@@ -255,10 +255,52 @@ def step_verify(ctx: NodeContext) -> None:
     ctx.log(f"verify {t.name}: structural {'ok' if not failures else failures}; weights verified by {weights['node']}")
 
 
-# why the .wasm is checked structurally and not run (README "mlc", webgpu); kept in the manifest
-WEBGPU_NOT_RUN = ("not run: loading the .wasm with tvmjs in Node on WebGPU (npm `webgpu`/Dawn on Mesa lavapipe) "
-                  "was not attempted in the session that built this link; the .wasm's imports/exports are checked "
-                  "against tvmjs instead")
+def _verify_webgpu(ctx: NodeContext, path: Path) -> None:
+    """The .wasm run for real (webgpu_session: tvmjs in Node, npm `webgpu`/Dawn on Mesa lavapipe) on the cpu
+    check's positions, against the reference with the same figures and thresholds; plus its structural check
+    against tvmjs's glue and the weights' own numeric check (parent `verified_by`)."""
+    from builders.backends.mlc.webgpu_session import WebgpuSession
+    from builders.verify.metrics import load_reference, verdict
+
+    _, c, q = _setup(ctx)
+    record = ctx.load_json(ctx.inputs["compiled"] / COMPILED_JSON)
+    facts, failures = inspect_lib.check_wasm(path, record.get("tvmjs_glue_imports"))
+    weights = _weights_verification(ctx)
+    ref = load_reference(ctx.inputs["reference"])
+    t0 = time.monotonic()
+    sess = WebgpuSession(path, ctx.inputs["weights"], ctx.log)
+    try:
+        lib_logits, text_lib, prefill_last = library_logits(sess, ref)
+    finally:
+        sess.close()
+    t_run = time.monotonic() - t0
+    info = sess.info
+    figures, text = library_figures(ref, lib_logits, text_lib, prefill_last)
+    ver = verdict(figures, ctx.params.get("thresholds"), where=f"mlc {q.code} on webgpu")
+    t_ref = check_lib_vs_dequantized(ctx, c, q, ref, lib_logits, ver)
+    if figures["decode_steps"] < DECODE_CHECK_STEPS:
+        ver["failures"].append(f"only {figures['decode_steps']} decode steps compared (need >= {DECODE_CHECK_STEPS})")
+    adapter = info["adapter"]
+    how = (f"tvmjs in Node {info['node']} with npm webgpu (Dawn) on {adapter.get('description') or adapter.get('vendor')}"
+           f" ({adapter.get('architecture') or 'no architecture reported'})")
+    facts["webgpu_run"] = (f"ran: {how}; {info['weights']['tensors']} weight tensors "
+                           f"({info['weights']['bytes']} bytes) on the device")
+    ver["failures"] = failures + ver["failures"] + [f"weights ({weights['node']}): {f}" for f in weights["failures"]]
+    if weights["passed"] is not True and not weights["failures"]:
+        ver["failures"].append(f"weights ({weights['node']}): numeric check did not pass")
+    ver["passed"] = not ver["failures"]
+    ver["checks"]["structural"] = facts
+    ver["note"] = f"weights also verified numerically by {weights['node']} (parent verified_by)"
+    ver["ran_on"] = {"target": "webgpu", "how": how, "adapter": adapter, "tools": {
+        k: v for k, v in _tools_json().items() if k in ("nodejs", "npm_webgpu", "esbuild", "mesa_vulkan_drivers")}}
+    ver["budget"] = {"prompt_positions": figures["positions"], "text_positions": len(text),
+                     "decode_steps": figures["decode_steps"], "library_seconds": round(t_run, 2),
+                     "dequantized_reference_seconds": round(t_ref, 2)}
+    ctx.result["verification"] = ver
+    ctx.log(f"verify webgpu: ran on {how} in {t_run:.1f}s; "
+            + ", ".join(f"{k}={v:.4g}" for k, v in figures.items() if isinstance(v, float)))
+
+
 WEIGHTS_VERIFICATION = ".verification.json"  # next to the cpu library: its numeric figures, for other targets
 
 
@@ -298,20 +340,11 @@ def library_logits(sess, ref: dict) -> tuple[list[np.ndarray], np.ndarray, np.nd
     return [sess.forward(first_tokens, first_len), *rest], sess.forward(text), sess.prefill_last(first_tokens[:first_len])
 
 
-def _verify_cpu(ctx: NodeContext, path: Path) -> None:
-    from builders import rss
-    from builders.backends.mlc import cpu_features, cpu_schedule, harness, reference
-    from builders.verify.metrics import compare, load_reference, perplexity, verdict
+def library_figures(ref: dict, lib_logits, text_lib: np.ndarray, prefill_last: np.ndarray) -> tuple[dict, np.ndarray]:
+    """The figures of library_logits' output against the reference (metrics.compare over every prompt
+    position, perplexity on the text, decode steps, the `prefill` entry's last position), and the text tokens."""
+    from builders.verify.metrics import compare, perplexity
 
-    hf, c, q = _setup(ctx)
-    cpu_features.check(TARGETS["cpu"].requires_cpu, path.name)
-    ref = load_reference(ctx.inputs["reference"])
-    t0 = time.monotonic()
-    sess = harness.Session(path, ctx.inputs["weights"])
-    lib_logits, text_lib, prefill_last = library_logits(sess, ref)
-    rss_lib = rss.current_mb()
-    sess.close()  # the library's weights and TVM's memory pool go before the reference below
-    t_lib = time.monotonic() - t0
     figures = compare(np.concatenate([r for _, _, r in ref["prompts"]]), np.concatenate(lib_logits))
     text = ref["text_tokens"][: len(text_lib)]
     figures["ppl_ref"] = perplexity(ref["text_logits"][: len(text)], text)
@@ -320,11 +353,18 @@ def _verify_cpu(ctx: NodeContext, path: Path) -> None:
     first_tokens, first_len, _ = ref["prompts"][0]
     figures["decode_steps"] = int(len(first_tokens) - first_len)
     figures["prefill_entry_max_abs"] = float(np.abs(prefill_last - ref["prompts"][0][2][first_len - 1]).max())
-    ver = verdict(figures, ctx.params.get("thresholds"), where=f"mlc {q.code}")
-    # (b) library correctness alone: the same dequantized weights through transformers, layer by layer
+    return figures, text
+
+
+def check_lib_vs_dequantized(ctx: NodeContext, c: ModelConfig, q: MlcQuant, ref: dict, lib_logits, ver: dict) -> float:
+    """Library correctness alone: the prompts' logits against the same dequantized weights run through
+    transformers layer by layer, max|Δlogit| within LIB_VS_DEQUANT_MAX (or F16_ULPS of the largest logit);
+    added to `ver`. Returns the reference's seconds."""
+    from builders.backends.mlc import reference
+
+    hf_arch = _setup(ctx)[0]["architectures"][0]
     t0 = time.monotonic()
-    dq = np.concatenate(reference.streamed_logits(ctx.model_dir, ctx.inputs["weights"], c, q,
-                                                  hf["architectures"][0],
+    dq = np.concatenate(reference.streamed_logits(ctx.model_dir, ctx.inputs["weights"], c, q, hf_arch,
                                                   [tokens for tokens, _, _ in ref["prompts"]]))
     t_ref = time.monotonic() - t0
     lib_vs_dq = float(np.abs(dq - np.concatenate(lib_logits)).max())
@@ -336,6 +376,27 @@ def _verify_cpu(ctx: NodeContext, path: Path) -> None:
     if lib_vs_dq > bound:
         ver["failures"].append(f"library vs dequantized reference max|Δlogit|={lib_vs_dq:.4g} > {bound:.4g}")
         ver["passed"] = False
+    return t_ref
+
+
+def _verify_cpu(ctx: NodeContext, path: Path) -> None:
+    from builders import rss
+    from builders.backends.mlc import cpu_features, cpu_schedule, harness
+    from builders.verify.metrics import load_reference, verdict
+
+    _, c, q = _setup(ctx)
+    cpu_features.check(TARGETS["cpu"].requires_cpu, path.name)
+    ref = load_reference(ctx.inputs["reference"])
+    t0 = time.monotonic()
+    sess = harness.Session(path, ctx.inputs["weights"])
+    lib_logits, text_lib, prefill_last = library_logits(sess, ref)
+    rss_lib = rss.current_mb()
+    sess.close()  # the library's weights and TVM's memory pool go before the reference below
+    t_lib = time.monotonic() - t0
+    figures, text = library_figures(ref, lib_logits, text_lib, prefill_last)
+    ver = verdict(figures, ctx.params.get("thresholds"), where=f"mlc {q.code}")
+    # (b) library correctness alone: the same dequantized weights through transformers, layer by layer
+    t_ref = check_lib_vs_dequantized(ctx, c, q, ref, lib_logits, ver)
     if figures["decode_steps"] < DECODE_CHECK_STEPS:
         ver["failures"].append(f"only {figures['decode_steps']} decode steps compared (need >= {DECODE_CHECK_STEPS})")
         ver["passed"] = False

@@ -21,6 +21,7 @@ class MlcTarget:
     pass_config: tuple[tuple[str, object], ...] = ()  # tvm PassContext config for this target
     requires_cpu: str | None = None  # a CPU baseline (cpu_features.BASELINES) the library's code needs
     image: str = "mlc"  # toolchain image of the compile node
+    lib_image: str = "mlc"  # toolchain image of the library node (where the library is verified)
     link: str | None = None  # how the library file is linked in that image: "emcc-tvmjs" (compile.py) | None
     ci_runner: bool = False  # built only where a Vulkan TVM can be built (tvm_source.py), else "built on CI runners"
 
@@ -72,7 +73,8 @@ TARGETS: dict[str, MlcTarget] = {t.name: t for t in [
               deferred="link: the .dylib is linked on macOS (native executor); Linux builds the objects"),
     # linked in the webgpu image with TVM's web runtime into the .wasm web-llm loads (compile.link_tvmjs_wasm)
     MlcTarget("webgpu", {"kind": "webgpu", "max_num_threads": 256}, WASM_HOST, "wasm", GPU_RULES,
-              system_lib=True, object_arch="wasm", pass_config=NO_CSE, image="webgpu", link="emcc-tvmjs"),
+              system_lib=True, object_arch="wasm", pass_config=NO_CSE, image="webgpu", link="emcc-tvmjs",
+              lib_image="webgpu"),  # run there: tvmjs in Node on WebGPU (lavapipe), steps._verify_webgpu
     # a TVM built with USE_VULKAN=ON (image mlc-vulkan, from a pinned source): on CI runners unless a local
     # source is given (builders/backends/mlc/tvm_source.py)
     MlcTarget("vulkan", VULKAN, LINUX_HOST, "so", GPU_RULES, object_arch="x86_64-elf", pass_config=NO_CSE,
