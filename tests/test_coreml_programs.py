@@ -221,3 +221,57 @@ def test_infer_and_prefill_share_one_copy_of_the_weights(built):
         big_p = {id(v) for v in prefill._consts.values() if isinstance(v, np.ndarray) and v.size >= 1024}
         assert big_i and big_i == big_p
         assert {infer._consts[k].dtype for k in infer._consts if id(infer._consts[k]) in big_i} == {np.dtype(np.float16)}
+
+
+def test_sessions_in_lockstep_give_the_logits_of_one_session_at_a_time(built):
+    """teacher_forced_many (prompts and text as lockstep sessions, convolutions batched across them, one LM
+    head pass) against runtime.teacher_forced per prompt and Session.prefill of the text: the same logits
+    up to fp32 summation order in the batched products (within an fp16 rounding step)."""
+    out, layout, _ = built
+    parts = checks.load_parts(out, layout)
+    rng = np.random.RandomState(3)
+    prompts = [([int(t) for t in rng.randint(3, 96, size=n)], p) for n, p in ((19, 11), (9, 5), (6, 6), (14, 3))]
+    text = [int(t) for t in rng.randint(3, 96, size=2 * BATCH + 5)]  # three prefill batches
+    per_prompt, text_logits = runtime.teacher_forced_many(parts, prompts, text)
+    for (tokens, prompt_len), (pre, dec) in zip(prompts, per_prompt):
+        one_pre, one_dec = runtime.teacher_forced(parts, tokens, prompt_len)
+        assert pre.shape == one_pre.shape and dec.shape == one_dec.shape == (len(tokens) - prompt_len, 96)
+        np.testing.assert_allclose(pre, one_pre, atol=2e-2, rtol=0)
+        np.testing.assert_allclose(dec, one_dec, atol=2e-2, rtol=0)
+        assert (pre.argmax(-1) == one_pre.argmax(-1)).all()
+    s = runtime.Session(parts)
+    one_text = s.logits(s.prefill(text))
+    assert text_logits.shape == one_text.shape == (len(text), 96)
+    np.testing.assert_allclose(text_logits, one_text, atol=2e-2, rtol=0)
+    # not vacuous: the sessions' states are their own (prompt 1's decode differs from prompt 0's at its position)
+    assert not np.allclose(per_prompt[0][1][:1], per_prompt[1][1][:1], atol=1e-1)
+
+
+def test_run_many_batches_pointwise_convolutions(built):
+    """Function.run_many computes one conv per weight for all calls (not one per call), and each call's
+    outputs equal its own __call__ within fp16 rounding."""
+    out, layout, _ = built
+    fn = checks.load_parts(out, layout).prefill[0]
+    calls, want = [], []
+    rng = np.random.RandomState(4)
+    for start in (0, BATCH, 0):
+        inputs = {"hidden_states": rng.randn(1, BATCH, 64).astype(np.float16),
+                  "position_ids": np.arange(start, start + BATCH, dtype=np.int32),
+                  "causal_mask": runtime.causal_mask(start, BATCH, CONTEXT), "current_pos": np.array([start], np.int32)}
+        st = fn.new_state()
+        want.append(fn(inputs, st)["output_hidden_states"])
+        calls.append((inputs, fn.new_state()))
+    convs, real = [0], milrun.OPS["conv"]
+
+    def counting(a, ctx):
+        convs[0] += 1
+        return real(a, ctx)
+
+    milrun.OPS["conv"] = counting
+    try:
+        got = fn.run_many(calls)
+    finally:
+        milrun.OPS["conv"] = real
+    assert convs[0] == sum(op.type == "conv" for op in fn.block.operations)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.float32(g["output_hidden_states"]), np.float32(w), atol=1e-2, rtol=1e-2)

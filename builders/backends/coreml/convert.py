@@ -59,8 +59,9 @@ def _convert(module, example: tuple, inputs: list, outputs: list, states: list |
     import torch
 
     module.eval()
-    with torch.no_grad():
-        traced = torch.jit.trace(module, example)
+    with torch.no_grad():  # one forward pass: check_trace would run the module twice more (fp16 convs on the
+        # CPU, the slowest part of a prefill chunk's conversion); step 8 checks the saved program's numbers
+        traced = torch.jit.trace(module, example, check_trace=False)
     return ct.convert(traced, inputs=inputs, outputs=outputs, states=states or None,
                       minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
                       compute_precision=ct.precision.FLOAT16, convert_to="mlprogram", skip_model_load=True)
