@@ -275,3 +275,24 @@ def test_run_many_batches_pointwise_convolutions(built):
     assert convs[0] == sum(op.type == "conv" for op in fn.block.operations)
     for g, w in zip(got, want):
         np.testing.assert_allclose(np.float32(g["output_hidden_states"]), np.float32(w), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("values", [[0.5, -3.0], [70000.0, 1.0], [-65504.0, 65504.0], [np.inf, 2.0], [-3e38, 1.0],
+                                    [np.nan, 1.0], [np.nan, -1e5]])
+def test_light_fp16_overflow_check_answers_as_coremltools(values, monkeypatch):
+    """convert._fp16_overflow (blockwise, no index arrays) gives coremltools' own answer for finite values in
+    and out of the fp16 range, infinities and NaN."""
+    from coremltools.converters.mil import Builder as mb
+
+    monkeypatch.setattr(convert, "OVERFLOW_BLOCK", 4)  # two blocks for the six values
+    convert._light_fp16_overflow_check()
+    (original,) = convert.COREMLTOOLS_FP16_OVERFLOW
+    const = np.array(values * 3, np.float32).reshape(2, 3)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 3))])
+    def prog(x):
+        return mb.add(x=x, y=const)
+
+    (op,) = [o for o in prog.functions["main"].operations if o.op_type == "add"]
+    assert convert._fp16_overflow(op) == original(op)
+    assert original(op) == bool(np.nanmax(np.where(np.abs(const) < 1e38, np.abs(const), 0)) > 65504)
