@@ -296,3 +296,26 @@ def test_light_fp16_overflow_check_answers_as_coremltools(values, monkeypatch):
     (op,) = [o for o in prog.functions["main"].operations if o.op_type == "add"]
     assert convert._fp16_overflow(op) == original(op)
     assert original(op) == bool(np.nanmax(np.where(np.abs(const) < 1e38, np.abs(const), 0)) > 65504)
+
+
+def test_palettizer_uses_the_optimal_1d_kmeans_for_small_blocks():
+    """A per_grouped_channel block (4 rows x 896) is below coremltools' 10,000-weight kmeans1d cut-off: the
+    palettizing process makes it use the optimal 1-D k-means anyway (never a worse clustering than
+    scikit-learn's k-means++, and deterministic)."""
+    from coremltools.models.neural_network import quantization_utils
+    from coremltools.optimize.coreml import _quantization_passes as passes
+
+    from builders.backends.coreml import palettize
+
+    w = (np.random.RandomState(5).randn(4, 896) * 0.05).astype(np.float16)
+    palettize._optimal_1d_kmeans()
+    lut, idx = passes._get_kmeans_lookup_table_and_weight(6, w)
+    want_lut, want_idx = quantization_utils._get_kmeans_lookup_table_and_weight(6, w, force_kmeans1d=True)
+    np.testing.assert_array_equal(np.asarray(lut), np.asarray(want_lut))
+    np.testing.assert_array_equal(np.asarray(idx), np.asarray(want_idx))
+
+    def sse(lut, idx):
+        return float(((np.asarray(lut).reshape(-1)[np.asarray(idx).reshape(-1)] - w.reshape(-1).astype(np.float64)) ** 2).sum())
+
+    sk_lut, sk_idx = quantization_utils._get_kmeans_lookup_table_and_weight(6, w)  # scikit-learn below the cut-off
+    assert sse(lut, idx) < sse(sk_lut, sk_idx)
