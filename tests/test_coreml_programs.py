@@ -319,3 +319,27 @@ def test_palettizer_uses_the_optimal_1d_kmeans_for_small_blocks():
 
     sk_lut, sk_idx = quantization_utils._get_kmeans_lookup_table_and_weight(6, w)  # scikit-learn below the cut-off
     assert sse(lut, idx) < sse(sk_lut, sk_idx)
+
+
+def test_a_call_drops_each_intermediate_value_after_its_last_reader(built):
+    """milrun frees a value once no later op reads it: every value an op computes (not a block output) is
+    dropped exactly once, at or after the op that computes it and at its last reader."""
+    out, layout, _ = built
+    fn = checks.load_parts(out, layout).prefill[0]
+    ops = fn.block.operations
+    made = {o.name: i for i, op in enumerate(ops) if op.type != "const" and not op.type.startswith("constexpr_")
+            for o in op.outputs}
+    dropped = {name: i for i, names in enumerate(fn._dead_after) for name in names}
+    assert sum(len(d) for d in fn._dead_after) == len(dropped)  # once each
+    readers = {}
+    for i, op in enumerate(ops):
+        for arg in op.inputs.values():
+            for b in arg.arguments:
+                if b.name:
+                    readers[b.name] = i
+    for name, i in made.items():
+        if name in fn.block.outputs or name not in readers:
+            assert name not in dropped
+        else:
+            assert dropped[name] == readers[name] >= i, name
+    assert len(dropped) > len(made) // 2  # most computed values are intermediate

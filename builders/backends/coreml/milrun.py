@@ -60,7 +60,6 @@ class Package:
         self.path = Path(path)
         self.spec = ct.utils.load_spec(str(path))
         self._weights = self.path / "Data" / "com.apple.CoreML" / "weights"
-        self._readers: dict[str, object] = {}
         self._blobs: dict[tuple, np.ndarray] = {}  # (file, offset, dtype, shape) -> value, for every function
         self.derived: dict[tuple, object] = {}  # constexpr results by (op type, ids of its inputs), shared
 
@@ -99,11 +98,11 @@ class Package:
     def _blob(self, blob, dtype: str) -> np.ndarray:
         from coremltools.libmilstoragepython import _BlobStorageReader
 
-        name = blob.fileName.split("/")[-1]
-        if name not in self._readers:
-            self._readers[name] = _BlobStorageReader(str(self._weights / name))
-        data = getattr(self._readers[name], BLOB_READERS[dtype])(blob.offset)
-        data = np.asarray(data)
+        # a reader per read: it maps the whole weight file, and the pages it touched would stay resident
+        # next to the copy it returns (the array owns its data) for as long as the reader lives
+        reader = _BlobStorageReader(str(self._weights / blob.fileName.split("/")[-1]))
+        data = np.asarray(getattr(reader, BLOB_READERS[dtype])(blob.offset))
+        del reader
         return data.view(np.float16) if dtype == "FLOAT16" else data
 
 
@@ -308,6 +307,25 @@ class Function:
                 if key not in package.derived:  # the other function of the package may have run it
                     package.derived[key] = self._run_op(op, self._consts, None)
                 self._consts[op.outputs[0].name] = package.derived[key]
+        self._dead_after = self._liveness()
+
+    def _liveness(self) -> list[list[str]]:
+        """Per op: the values computed by earlier ops (not consts) that no later op and no block output
+        reads, dropped from a call's environment once the op has run (a call otherwise keeps every
+        intermediate value, e.g. one KV cache copy per slice_update, until it returns)."""
+        ops = self.block.operations
+        last: dict[str, int] = {}
+        for i, op in enumerate(ops):
+            for arg in op.inputs.values():
+                for b in arg.arguments:
+                    if b.name:
+                        last[b.name] = i
+        keep = set(self.block.outputs) | set(self._consts) | set(self.inputs)
+        dead: list[list[str]] = [[] for _ in ops]
+        for name, i in last.items():
+            if name not in keep:
+                dead[i].append(name)
+        return dead
 
     def new_state(self) -> dict[str, np.ndarray]:
         return {n: np.zeros(shape, dtype) for n, (shape, dtype) in self.states.items()}
@@ -331,12 +349,14 @@ class Function:
         env: dict[str, object] = dict(self._consts)
         for name in self.inputs:  # a state input is bound to its name (read_state/write_state look it up)
             env[name] = name if name in self.states else inputs[name]
-        for op in self.block.operations:
+        for op, dead in zip(self.block.operations, self._dead_after):
             if op.type == "const" or op.type.startswith("constexpr_"):
                 continue
             value = self._run_op(op, env, Ctx)
             if value is not None:
                 env[op.outputs[0].name] = value
+            for name in dead:
+                env.pop(name, None)
         return {name: env[name] for name in self.block.outputs}
 
     def run_many(self, calls: list[tuple[dict, dict | None]]) -> list[dict]:
@@ -348,7 +368,7 @@ class Function:
         for inputs, state in calls:
             ctxs.append(type("Ctx", (), {"states": state if state is not None else {}}))
             envs.append({**self._consts, **{n: n if n in self.states else inputs[n] for n in self.inputs}})
-        for op in self.block.operations:
+        for op, dead in zip(self.block.operations, self._dead_after):
             if op.type == "const" or op.type.startswith("constexpr_"):
                 continue
             if op.type == "conv" and len(calls) > 1:
@@ -358,6 +378,8 @@ class Function:
             for env, value in zip(envs, values):
                 if value is not None:
                     env[op.outputs[0].name] = value
+                for name in dead:
+                    env.pop(name, None)
         return [{name: env[name] for name in self.block.outputs} for env in envs]
 
     def _conv_many(self, op, envs) -> list:
