@@ -343,3 +343,15 @@ def test_a_call_drops_each_intermediate_value_after_its_last_reader(built):
         else:
             assert dropped[name] == readers[name] >= i, name
     assert len(dropped) > len(made) // 2  # most computed values are intermediate
+
+
+def test_tree_hash_is_sha256_over_paths_and_file_digests(built):
+    """checks.tree_hash (files streamed) is sha256 over (relative path, NUL, sha256 of the bytes), sorted."""
+    import hashlib
+
+    out, layout, _ = built
+    pkg = out / layout.names["ffn_pf"][0]
+    h = hashlib.sha256()
+    for f in sorted(p for p in pkg.rglob("*") if p.is_file()):
+        h.update(f.relative_to(pkg).as_posix().encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    assert checks.tree_hash(pkg) == h.hexdigest()

@@ -23,7 +23,9 @@ def tree_hash(path: Path) -> str:
     """sha256 over (relative path, sha256) of every file of a package, in sorted order."""
     h = hashlib.sha256()
     for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-        h.update(f.relative_to(path).as_posix().encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+        with open(f, "rb") as fh:  # streamed: a chunk's weight file is as large as the chunk
+            digest = hashlib.file_digest(fh, "sha256").digest()
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + digest)
     return h.hexdigest()
 
 
