@@ -221,3 +221,137 @@ def test_infer_and_prefill_share_one_copy_of_the_weights(built):
         big_p = {id(v) for v in prefill._consts.values() if isinstance(v, np.ndarray) and v.size >= 1024}
         assert big_i and big_i == big_p
         assert {infer._consts[k].dtype for k in infer._consts if id(infer._consts[k]) in big_i} == {np.dtype(np.float16)}
+
+
+def test_sessions_in_lockstep_give_the_logits_of_one_session_at_a_time(built):
+    """teacher_forced_many (prompts and text as lockstep sessions, convolutions batched across them, one LM
+    head pass) against runtime.teacher_forced per prompt and Session.prefill of the text: the same logits
+    up to fp32 summation order in the batched products (within an fp16 rounding step)."""
+    out, layout, _ = built
+    parts = checks.load_parts(out, layout)
+    rng = np.random.RandomState(3)
+    prompts = [([int(t) for t in rng.randint(3, 96, size=n)], p) for n, p in ((19, 11), (9, 5), (6, 6), (14, 3))]
+    text = [int(t) for t in rng.randint(3, 96, size=2 * BATCH + 5)]  # three prefill batches
+    per_prompt, text_logits = runtime.teacher_forced_many(parts, prompts, text)
+    for (tokens, prompt_len), (pre, dec) in zip(prompts, per_prompt):
+        one_pre, one_dec = runtime.teacher_forced(parts, tokens, prompt_len)
+        assert pre.shape == one_pre.shape and dec.shape == one_dec.shape == (len(tokens) - prompt_len, 96)
+        np.testing.assert_allclose(pre, one_pre, atol=2e-2, rtol=0)
+        np.testing.assert_allclose(dec, one_dec, atol=2e-2, rtol=0)
+        assert (pre.argmax(-1) == one_pre.argmax(-1)).all()
+    s = runtime.Session(parts)
+    one_text = s.logits(s.prefill(text))
+    assert text_logits.shape == one_text.shape == (len(text), 96)
+    np.testing.assert_allclose(text_logits, one_text, atol=2e-2, rtol=0)
+    # not vacuous: the sessions' states are their own (prompt 1's decode differs from prompt 0's at its position)
+    assert not np.allclose(per_prompt[0][1][:1], per_prompt[1][1][:1], atol=1e-1)
+
+
+def test_run_many_batches_pointwise_convolutions(built):
+    """Function.run_many computes one conv per weight for all calls (not one per call), and each call's
+    outputs equal its own __call__ within fp16 rounding."""
+    out, layout, _ = built
+    fn = checks.load_parts(out, layout).prefill[0]
+    calls, want = [], []
+    rng = np.random.RandomState(4)
+    for start in (0, BATCH, 0):
+        inputs = {"hidden_states": rng.randn(1, BATCH, 64).astype(np.float16),
+                  "position_ids": np.arange(start, start + BATCH, dtype=np.int32),
+                  "causal_mask": runtime.causal_mask(start, BATCH, CONTEXT), "current_pos": np.array([start], np.int32)}
+        st = fn.new_state()
+        want.append(fn(inputs, st)["output_hidden_states"])
+        calls.append((inputs, fn.new_state()))
+    convs, real = [0], milrun.OPS["conv"]
+
+    def counting(a, ctx):
+        convs[0] += 1
+        return real(a, ctx)
+
+    milrun.OPS["conv"] = counting
+    try:
+        got = fn.run_many(calls)
+    finally:
+        milrun.OPS["conv"] = real
+    assert convs[0] == sum(op.type == "conv" for op in fn.block.operations)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.float32(g["output_hidden_states"]), np.float32(w), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("values", [[0.5, -3.0], [70000.0, 1.0], [-65504.0, 65504.0], [np.inf, 2.0], [-3e38, 1.0],
+                                    [np.nan, 1.0], [np.nan, -1e5]])
+def test_light_fp16_overflow_check_answers_as_coremltools(values, monkeypatch):
+    """convert._fp16_overflow (blockwise, no index arrays) gives coremltools' own answer for finite values in
+    and out of the fp16 range, infinities and NaN."""
+    from coremltools.converters.mil import Builder as mb
+
+    monkeypatch.setattr(convert, "OVERFLOW_BLOCK", 4)  # two blocks for the six values
+    convert._light_fp16_overflow_check()
+    (original,) = convert.COREMLTOOLS_FP16_OVERFLOW
+    const = np.array(values * 3, np.float32).reshape(2, 3)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 3))])
+    def prog(x):
+        return mb.add(x=x, y=const)
+
+    (op,) = [o for o in prog.functions["main"].operations if o.op_type == "add"]
+    assert convert._fp16_overflow(op) == original(op)
+    assert original(op) == bool(np.nanmax(np.where(np.abs(const) < 1e38, np.abs(const), 0)) > 65504)
+
+
+def test_palettizer_uses_the_optimal_1d_kmeans_for_small_blocks():
+    """A per_grouped_channel block (4 rows x 896) is below coremltools' 10,000-weight kmeans1d cut-off: the
+    palettizing process makes it use the optimal 1-D k-means anyway (never a worse clustering than
+    scikit-learn's k-means++, and deterministic)."""
+    from coremltools.models.neural_network import quantization_utils
+    from coremltools.optimize.coreml import _quantization_passes as passes
+
+    from builders.backends.coreml import palettize
+
+    w = (np.random.RandomState(5).randn(4, 896) * 0.05).astype(np.float16)
+    palettize._optimal_1d_kmeans()
+    lut, idx = passes._get_kmeans_lookup_table_and_weight(6, w)
+    want_lut, want_idx = quantization_utils._get_kmeans_lookup_table_and_weight(6, w, force_kmeans1d=True)
+    np.testing.assert_array_equal(np.asarray(lut), np.asarray(want_lut))
+    np.testing.assert_array_equal(np.asarray(idx), np.asarray(want_idx))
+
+    def sse(lut, idx):
+        return float(((np.asarray(lut).reshape(-1)[np.asarray(idx).reshape(-1)] - w.reshape(-1).astype(np.float64)) ** 2).sum())
+
+    sk_lut, sk_idx = quantization_utils._get_kmeans_lookup_table_and_weight(6, w)  # scikit-learn below the cut-off
+    assert sse(lut, idx) < sse(sk_lut, sk_idx)
+
+
+def test_a_call_drops_each_intermediate_value_after_its_last_reader(built):
+    """milrun frees a value once no later op reads it: every value an op computes (not a block output) is
+    dropped exactly once, at or after the op that computes it and at its last reader."""
+    out, layout, _ = built
+    fn = checks.load_parts(out, layout).prefill[0]
+    ops = fn.block.operations
+    made = {o.name: i for i, op in enumerate(ops) if op.type != "const" and not op.type.startswith("constexpr_")
+            for o in op.outputs}
+    dropped = {name: i for i, names in enumerate(fn._dead_after) for name in names}
+    assert sum(len(d) for d in fn._dead_after) == len(dropped)  # once each
+    readers = {}
+    for i, op in enumerate(ops):
+        for arg in op.inputs.values():
+            for b in arg.arguments:
+                if b.name:
+                    readers[b.name] = i
+    for name, i in made.items():
+        if name in fn.block.outputs or name not in readers:
+            assert name not in dropped
+        else:
+            assert dropped[name] == readers[name] >= i, name
+    assert len(dropped) > len(made) // 2  # most computed values are intermediate
+
+
+def test_tree_hash_is_sha256_over_paths_and_file_digests(built):
+    """checks.tree_hash (files streamed) is sha256 over (relative path, NUL, sha256 of the bytes), sorted."""
+    import hashlib
+
+    out, layout, _ = built
+    pkg = out / layout.names["ffn_pf"][0]
+    h = hashlib.sha256()
+    for f in sorted(p for p in pkg.rglob("*") if p.is_file()):
+        h.update(f.relative_to(pkg).as_posix().encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    assert checks.tree_hash(pkg) == h.hexdigest()

@@ -15,7 +15,7 @@ from builders.backends.coreml.options import Lut
 from builders.errors import NodeFailed
 
 SPEC_VERSION_IOS18 = 9
-LM_HEAD_ROWS = 64  # hidden states per interpreted LM head call (one matrix product instead of 64)
+LM_HEAD_ROWS = 256  # hidden states per interpreted LM head call (one matrix product per split for them)
 OPSET = "CoreML8"
 
 
@@ -23,7 +23,9 @@ def tree_hash(path: Path) -> str:
     """sha256 over (relative path, sha256) of every file of a package, in sorted order."""
     h = hashlib.sha256()
     for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-        h.update(f.relative_to(path).as_posix().encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+        with open(f, "rb") as fh:  # streamed: a chunk's weight file is as large as the chunk
+            digest = hashlib.file_digest(fh, "sha256").digest()
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + digest)
     return h.hexdigest()
 
 
@@ -171,7 +173,9 @@ def load_parts(out: Path, layout: Layout) -> runtime.Parts:
 
 def numerical(parts: runtime.Parts, reference: dict, layout: Layout) -> dict:
     """Teacher-forced logits of every reference prompt (prefill over the prompt, then one `infer` call per
-    continuation token) and of the perplexity text (prefill), compared with the transformers logits."""
+    continuation token) and of the perplexity text (prefill), compared with the transformers logits. The
+    prompts and the text run as independent sessions in lockstep (runtime.teacher_forced_many): one pass
+    over each weight per prefill batch and per decode round, not per call."""
     from builders.verify.metrics import compare, perplexity
 
     longest = max(len(tokens) for tokens, _, _ in reference["prompts"])
@@ -180,9 +184,10 @@ def numerical(parts: runtime.Parts, reference: dict, layout: Layout) -> dict:
                          f"coreml option context={layout.context}; set context >= {longest}")
     if layout.argmax:
         return argmax_agreement(parts, reference, layout)
+    text = reference["text_tokens"][: perplexity_tokens(layout.context, layout.batch)]
+    per_prompt, text_art = runtime.teacher_forced_many(parts, [(t, n) for t, n, _ in reference["prompts"]], text)
     refs_pre, arts_pre, refs_dec, arts_dec = [], [], [], []
-    for tokens, prompt_len, logits in reference["prompts"]:
-        pre, dec = runtime.teacher_forced(parts, tokens, prompt_len)
+    for (tokens, prompt_len, logits), (pre, dec) in zip(reference["prompts"], per_prompt):
         refs_pre.append(logits[:prompt_len]), arts_pre.append(pre)
         refs_dec.append(logits[prompt_len:]), arts_dec.append(dec)
     ref_all = np.concatenate(refs_pre + refs_dec)
@@ -190,9 +195,6 @@ def numerical(parts: runtime.Parts, reference: dict, layout: Layout) -> dict:
     figures = compare(ref_all, art_all)
     figures["prefill"] = compare(np.concatenate(refs_pre), np.concatenate(arts_pre))
     figures["decode"] = compare(np.concatenate(refs_dec), np.concatenate(arts_dec))
-    text = reference["text_tokens"][: perplexity_tokens(layout.context, layout.batch)]
-    s = runtime.Session(parts)
-    text_art = s.logits(s.prefill(text))
     figures["ppl_ref"] = perplexity(reference["text_logits"][: len(text)], text)
     figures["ppl_art"] = perplexity(text_art, text)
     figures["ppl_delta"] = figures["ppl_art"] - figures["ppl_ref"]

@@ -54,13 +54,51 @@ def rope_tables(config, context: int):
     return cos[0], sin[0]
 
 
+def _fp16_overflow(op) -> bool:
+    """coremltools' FP16ComputePrecision.fp16_overflow (does an fp32 const input of `op` hold a finite value
+    outside the fp16 range?) without its temporaries: coremltools indexes |value| with np.where, one int64
+    array per dimension - 40 bytes per element of an LM head split (778 MB for a 15200 x 896 one). Same
+    answer: the largest |v| below 1e38 (larger ones are infinities, which may become fp16 inf) > 65504,
+    a block of rows at a time."""
+    for inputs in op.inputs.values():
+        for var in inputs if isinstance(inputs, (list, tuple)) else [inputs]:
+            if var.op is None or var.op.op_type != "const" or not var.is_tensor_or_scalar_of(dtype="fp32"):
+                continue
+            flat = np.asarray(var.op.val.val).reshape(-1)
+            for i in range(0, flat.size, OVERFLOW_BLOCK):
+                a = np.abs(flat[i:i + OVERFLOW_BLOCK])
+                if np.max(a, where=a < 1e38, initial=0.0) > 65504:
+                    return True
+    return False
+
+
+OVERFLOW_BLOCK = 1 << 20  # elements per block of the fp16 overflow check
+
+
+def _light_fp16_overflow_check() -> None:
+    """Install _fp16_overflow in coremltools' fp16 pass (coremltools 9.0; a version without that static
+    method keeps its own check)."""
+    from coremltools.converters.mil.mil.passes.defs import quantization
+
+    cls = getattr(quantization, "FP16ComputePrecision", None)
+    if cls is not None and isinstance(cls.__dict__.get("fp16_overflow"), staticmethod):
+        if cls.__dict__["fp16_overflow"].__func__ is not _fp16_overflow:
+            COREMLTOOLS_FP16_OVERFLOW.append(cls.__dict__["fp16_overflow"].__func__)  # kept for the tests
+        cls.fp16_overflow = staticmethod(_fp16_overflow)
+
+
+COREMLTOOLS_FP16_OVERFLOW: list = []
+
+
 def _convert(module, example: tuple, inputs: list, outputs: list, states: list | None = None):
     import coremltools as ct
     import torch
 
+    _light_fp16_overflow_check()
     module.eval()
-    with torch.no_grad():
-        traced = torch.jit.trace(module, example)
+    with torch.no_grad():  # one forward pass: check_trace would run the module twice more (fp16 convs on the
+        # CPU, the slowest part of a prefill chunk's conversion); step 8 checks the saved program's numbers
+        traced = torch.jit.trace(module, example, check_trace=False)
     return ct.convert(traced, inputs=inputs, outputs=outputs, states=states or None,
                       minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
                       compute_precision=ct.precision.FLOAT16, convert_to="mlprogram", skip_model_load=True)
@@ -72,6 +110,7 @@ def embeddings(src: Source, batch: int, lut: Lut | None = None):
 
     table = src.state["model.embed_tokens.weight"]
     module = parts.Embeddings(table, lut_padding(table.shape[0], lut))
+    del table  # the checkpoint's copy: the module holds its fp16 one (a vocabulary-sized matrix less in memory)
     shape = ct.EnumeratedShapes(shapes=[[1, 1], [1, batch]], default=[1, 1])
     ml = _convert(module, (torch.zeros(1, 1, dtype=torch.int32),),
                   [ct.TensorType(name="input_ids", shape=shape, dtype=np.int32)],
@@ -89,6 +128,7 @@ def lm_head(src: Source, sizes: list[int] | int, argmax: bool, lut: Lut | None =
     if isinstance(sizes, int):
         sizes = [len(w) for w in torch.tensor_split(weight, sizes, dim=0)]
     module = parts.LmHead(weight, sizes, argmax, lut.group_size if lut else 1)
+    del weight  # the checkpoint's copy: the module holds its fp16 one
     names = ["argmax_idx", "argmax_val"] if argmax else [f"logits{i + 1}" for i in range(len(sizes))]
     ml = _convert(module, (torch.zeros(1, 1, src.cfg["hidden"], dtype=parts.DTYPE),),
                   [ct.TensorType(name="hidden_states", shape=(1, 1, src.cfg["hidden"]), dtype=np.float16)],

@@ -60,7 +60,6 @@ class Package:
         self.path = Path(path)
         self.spec = ct.utils.load_spec(str(path))
         self._weights = self.path / "Data" / "com.apple.CoreML" / "weights"
-        self._readers: dict[str, object] = {}
         self._blobs: dict[tuple, np.ndarray] = {}  # (file, offset, dtype, shape) -> value, for every function
         self.derived: dict[tuple, object] = {}  # constexpr results by (op type, ids of its inputs), shared
 
@@ -99,11 +98,11 @@ class Package:
     def _blob(self, blob, dtype: str) -> np.ndarray:
         from coremltools.libmilstoragepython import _BlobStorageReader
 
-        name = blob.fileName.split("/")[-1]
-        if name not in self._readers:
-            self._readers[name] = _BlobStorageReader(str(self._weights / name))
-        data = getattr(self._readers[name], BLOB_READERS[dtype])(blob.offset)
-        data = np.asarray(data)
+        # a reader per read: it maps the whole weight file, and the pages it touched would stay resident
+        # next to the copy it returns (the array owns its data) for as long as the reader lives
+        reader = _BlobStorageReader(str(self._weights / blob.fileName.split("/")[-1]))
+        data = np.asarray(getattr(reader, BLOB_READERS[dtype])(blob.offset))
+        del reader
         return data.view(np.float16) if dtype == "FLOAT16" else data
 
 
@@ -157,13 +156,28 @@ def op_conv(a, _):
     return out
 
 
+_BLAS = []  # the threadpoolctl controller, made on first use
+
+
+def _one_blas_thread():
+    """BLAS limited to one thread for a block: the attention products are many small matrices (per head,
+    S x context), where waking BLAS threads costs more than the product (measured on 2 cores: 0.7 s with
+    one thread vs 7.8 s with two for one 4-layer check, on a loaded machine)."""
+    if not _BLAS:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
+
+
 def op_matmul(a, _):
     x, y = _f32(a["x"]), _f32(a["y"])
     if bool(a.get("transpose_x", False)):
         x = np.swapaxes(x, -1, -2)
     if bool(a.get("transpose_y", False)):
         y = np.swapaxes(y, -1, -2)
-    return np.matmul(x, y)
+    with _one_blas_thread():
+        return np.matmul(x, y)
 
 
 def op_layer_norm(a, _):
@@ -293,6 +307,25 @@ class Function:
                 if key not in package.derived:  # the other function of the package may have run it
                     package.derived[key] = self._run_op(op, self._consts, None)
                 self._consts[op.outputs[0].name] = package.derived[key]
+        self._dead_after = self._liveness()
+
+    def _liveness(self) -> list[list[str]]:
+        """Per op: the values computed by earlier ops (not consts) that no later op and no block output
+        reads, dropped from a call's environment once the op has run (a call otherwise keeps every
+        intermediate value, e.g. one KV cache copy per slice_update, until it returns)."""
+        ops = self.block.operations
+        last: dict[str, int] = {}
+        for i, op in enumerate(ops):
+            for arg in op.inputs.values():
+                for b in arg.arguments:
+                    if b.name:
+                        last[b.name] = i
+        keep = set(self.block.outputs) | set(self._consts) | set(self.inputs)
+        dead: list[list[str]] = [[] for _ in ops]
+        for name, i in last.items():
+            if name not in keep:
+                dead[i].append(name)
+        return dead
 
     def new_state(self) -> dict[str, np.ndarray]:
         return {n: np.zeros(shape, dtype) for n, (shape, dtype) in self.states.items()}
@@ -305,14 +338,7 @@ class Function:
         return args
 
     def _run_op(self, op, env, ctx):
-        result = OPS[op.type](self._args(op, env), ctx)
-        outs = op.outputs
-        if not outs:
-            return None
-        ttype = outs[0].type.tensorType
-        dtype = DTYPES.get(_dtype_name(ttype.dataType))
-        value = np.asarray(result)
-        return value.astype(dtype) if dtype is not None and value.dtype != dtype else value
+        return self._finish(op, OPS[op.type](self._args(op, env), ctx))
 
     def __call__(self, inputs: dict[str, np.ndarray], state: dict[str, np.ndarray] | None = None) -> dict:
         """Run on `inputs`; `state` (from new_state()) is updated in place."""
@@ -323,13 +349,56 @@ class Function:
         env: dict[str, object] = dict(self._consts)
         for name in self.inputs:  # a state input is bound to its name (read_state/write_state look it up)
             env[name] = name if name in self.states else inputs[name]
-        for op in self.block.operations:
+        for op, dead in zip(self.block.operations, self._dead_after):
             if op.type == "const" or op.type.startswith("constexpr_"):
                 continue
             value = self._run_op(op, env, Ctx)
             if value is not None:
                 env[op.outputs[0].name] = value
+            for name in dead:
+                env.pop(name, None)
         return {name: env[name] for name in self.block.outputs}
+
+    def run_many(self, calls: list[tuple[dict, dict | None]]) -> list[dict]:
+        """Independent calls [(inputs, state)] run in lockstep, op by op: each call has its own values and
+        state, as in __call__, but a pointwise convolution runs once for all of them (their inputs side by
+        side on the last axis: one matrix product per weight instead of one per call, each column the same
+        dot product). Returns each call's outputs."""
+        envs, ctxs = [], []
+        for inputs, state in calls:
+            ctxs.append(type("Ctx", (), {"states": state if state is not None else {}}))
+            envs.append({**self._consts, **{n: n if n in self.states else inputs[n] for n in self.inputs}})
+        for op, dead in zip(self.block.operations, self._dead_after):
+            if op.type == "const" or op.type.startswith("constexpr_"):
+                continue
+            if op.type == "conv" and len(calls) > 1:
+                values = self._conv_many(op, envs)
+            else:
+                values = [self._run_op(op, env, ctx) for env, ctx in zip(envs, ctxs)]
+            for env, value in zip(envs, values):
+                if value is not None:
+                    env[op.outputs[0].name] = value
+                for name in dead:
+                    env.pop(name, None)
+        return [{name: env[name] for name in self.block.outputs} for env in envs]
+
+    def _conv_many(self, op, envs) -> list:
+        args = [self._args(op, env) for env in envs]
+        xs = [np.asarray(a["x"]) for a in args]
+        if len({x.shape[:-1] for x in xs}) != 1 or any(a["weight"] is not args[0]["weight"] for a in args):
+            return [self._finish(op, OPS["conv"](a, None)) for a in args]
+        cuts = np.cumsum([x.shape[-1] for x in xs])[:-1]
+        out = OPS["conv"]({**args[0], "x": np.concatenate(xs, axis=-1)}, None)
+        return [self._finish(op, part) for part in np.split(out, cuts, axis=-1)]
+
+    def _finish(self, op, result):
+        """An op's result rounded to the dtype the program declares for its output."""
+        outs = op.outputs
+        if not outs:
+            return None
+        dtype = DTYPES.get(_dtype_name(outs[0].type.tensorType.dataType))
+        value = np.asarray(result)
+        return value.astype(dtype) if dtype is not None and value.dtype != dtype else value
 
 
 def load(path: Path, function: str | None = None, package: Package | None = None) -> Function:

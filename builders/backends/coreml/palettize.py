@@ -9,6 +9,12 @@ With CACHE (a directory), the k-means result of every weight is kept there (.npz
 bytes and the settings: the prefill chunks carry the same weights as the FFN chunks, so step 4 reads
 step 3's LUTs instead of clustering again (k-means is deterministic: the bytes are the same either way).
 
+k-means is coremltools' own optimal 1-D k-means (its vendored kmeans1d) for every scalar LUT: coremltools
+picks it only for fp16 blocks of 10,000 weights or more and uses scikit-learn's KMeans (k-means++, one
+init, tol 1e-2) below that - every block of a per_grouped_channel LUT (group 4 x 896 = 3584 weights) -
+which is the slower one by far (measured: hours of CPU for a 0.5B model's LM head) and never finds a
+better clustering than the optimal one. Deterministic (no random init).
+
 coremltools forks its k-means workers (multiprocessing.Pool); a parent that has run torch ops holds an
 OpenMP thread pool and the forked workers deadlock. This process never runs torch, so forking is safe.
 """
@@ -20,6 +26,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+
+KMEANS = "kmeans1d"  # part of the cache key: results of another k-means are never read back
 
 
 def _cache_lut_results(cache: Path) -> None:
@@ -34,7 +43,7 @@ def _cache_lut_results(cache: Path) -> None:
 
     def cached(original_data, *args, **kwargs):
         h = hashlib.sha256(np.ascontiguousarray(original_data).tobytes())
-        h.update(repr((original_data.shape, str(original_data.dtype), args, sorted(kwargs.items()))).encode())
+        h.update(repr((KMEANS, original_data.shape, str(original_data.dtype), args, sorted(kwargs.items()))).encode())
         f = cache / f"{h.hexdigest()}.npz"
         if f.is_file():
             with np.load(f) as z:
@@ -54,11 +63,28 @@ def _cache_lut_results(cache: Path) -> None:
     palettize_weights.blockwise_compress = staticmethod(cached)
 
 
+def _optimal_1d_kmeans() -> None:
+    """Make coremltools' k-means palettizer use its optimal 1-D k-means for scalar (cluster_dim 1) LUTs."""
+    from coremltools._deps import _HAS_KMEANS1D
+    from coremltools.optimize.coreml import _quantization_passes as passes
+
+    if not _HAS_KMEANS1D:
+        raise RuntimeError("coremltools was installed without its kmeans1d extension (coremltools._deps)")
+    lut_and_indices = passes._get_kmeans_lookup_table_and_weight
+
+    def optimal(nbits, weight, force_kmeans1d=False, cluster_dim=1, vector_axis=None):
+        return lut_and_indices(nbits, weight, force_kmeans1d=force_kmeans1d or cluster_dim == 1,
+                               cluster_dim=cluster_dim, vector_axis=vector_axis)
+
+    passes._get_kmeans_lookup_table_and_weight = optimal
+
+
 def run(src: Path, dst: Path, bits: int, group_size: int, workers: int, op_types: list[str],
         cache: Path | None = None) -> None:
     import coremltools as ct
     import coremltools.optimize.coreml as cto
 
+    _optimal_1d_kmeans()
     if cache is not None:
         _cache_lut_results(cache)
     from builders.backends.coreml.package import save

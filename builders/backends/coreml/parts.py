@@ -35,7 +35,7 @@ class AneRMSNorm(nn.Module):
 
 def _conv(weight: torch.Tensor) -> nn.Conv2d:
     out_ch, in_ch = weight.shape
-    conv = nn.Conv2d(in_ch, out_ch, 1, bias=False, dtype=DTYPE)
+    conv = nn.Conv2d(in_ch, out_ch, 1, bias=False, dtype=DTYPE, device="meta")  # no random init: replaced below
     conv.weight = nn.Parameter(weight.to(DTYPE).reshape(out_ch, in_ch, 1, 1), requires_grad=False)
     return conv
 
@@ -74,7 +74,7 @@ class Embeddings(nn.Module):
     def __init__(self, weight: torch.Tensor, pad: int = 0):
         super().__init__()
         weight = _pad_rows(weight, pad)
-        self.embed_tokens = nn.Embedding(*weight.shape, dtype=DTYPE)
+        self.embed_tokens = nn.Embedding(*weight.shape, dtype=DTYPE, device="meta")  # no random init: replaced below
         self.embed_tokens.weight = nn.Parameter(weight.to(DTYPE), requires_grad=False)
 
     def forward(self, input_ids):

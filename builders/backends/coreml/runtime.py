@@ -95,6 +95,89 @@ class Session:
         return int(self.logits(np.asarray(hidden).reshape(1, -1))[0].argmax())
 
 
+def call_many(fn: Callable, calls: list[tuple[dict, dict | None]]) -> list[dict]:
+    """Independent calls of one part: in lockstep where the part can (milrun.Function.run_many: one weight
+    pass for all of them), else one after the other (Core ML)."""
+    many = getattr(fn, "run_many", None)
+    if many is not None and len(calls) > 1:
+        return many(calls)
+    return [fn(inputs) if state is None else fn(inputs, state) for inputs, state in calls]
+
+
+def _chunks_many(sessions: list[Session], fns: list, hs: list, starts: list[int], rows: int) -> list:
+    """Each session's hidden states [1, rows, H] from `starts` through every chunk, sessions in lockstep."""
+    extra = [{"position_ids": np.arange(start, start + rows, dtype=np.int32),
+              "causal_mask": causal_mask(start, rows, sessions[0].p.context),
+              "current_pos": np.array([start], np.int32)} for start in starts]
+    for c, fn in enumerate(fns):
+        outs = call_many(fn, [({"hidden_states": h, **e}, s.states[c]) for h, e, s in zip(hs, extra, sessions)])
+        hs = [o["output_hidden_states"] for o in outs]
+    return hs
+
+
+def prefill_many(sessions: list[Session], token_lists: list) -> list[np.ndarray]:
+    """Session.prefill for each (session, tokens), the sessions' j-th batches run together."""
+    token_lists = [np.asarray(t, np.int32) for t in token_lists]
+    b = sessions[0].p.batch
+    for s, t in zip(sessions, token_lists):
+        if s.pos + -(-len(t) // b) * b > s.p.context:
+            raise ValueError(f"prefill of {len(t)} tokens from position {s.pos} in batches of {b} runs past the "
+                             f"context {s.p.context}")
+    out: list[list] = [[] for _ in sessions]
+    for j in range(max((len(t) for t in token_lists), default=0) // b + 1):
+        active = [i for i, t in enumerate(token_lists) if j * b < len(t)]
+        if not active:
+            break
+        ids = []
+        for i in active:
+            row = np.zeros((1, b), np.int32)
+            part = token_lists[i][j * b:(j + 1) * b]
+            row[0, :len(part)] = part
+            ids.append(row)
+        embeds = call_many(sessions[0].p.embeddings, [({"input_ids": x}, None) for x in ids])
+        hs = _chunks_many([sessions[i] for i in active], sessions[0].p.prefill, [e["hidden_states"] for e in embeds],
+                          [sessions[i].pos for i in active], b)
+        for i, h in zip(active, hs):
+            n = min(b, len(token_lists[i]) - j * b)
+            out[i].append(np.asarray(h)[0, :n])
+            sessions[i].pos += n
+    return [np.concatenate(o) if o else np.zeros((0, 0), np.float16) for o in out]
+
+
+def decode_many(sessions: list[Session], tokens: list[int]) -> list[np.ndarray]:
+    """Session.decode of one token per session, the sessions in lockstep."""
+    for s in sessions:
+        if s.pos + 1 > s.p.context:
+            raise ValueError(f"decode at position {s.pos} runs past the context {s.p.context}")
+    embeds = call_many(sessions[0].p.embeddings, [({"input_ids": np.array([[t]], np.int32)}, None) for t in tokens])
+    hs = _chunks_many(sessions, sessions[0].p.infer, [e["hidden_states"] for e in embeds], [s.pos for s in sessions], 1)
+    for s in sessions:
+        s.pos += 1
+    return [np.asarray(h)[0] for h in hs]
+
+
+def teacher_forced_many(parts: Parts, prompts: list[tuple], text) -> tuple[list, np.ndarray]:
+    """teacher_forced for every (tokens, prompt_len) of `prompts` and prefill hidden states of `text`,
+    all sessions in lockstep: the prompts and the text prefilled together, then one decode round per
+    continuation position. The LM head runs once over all hidden states (`lm_head_rows` at a time).
+    Returns ([(prefill logits, decode logits)] per prompt, text logits)."""
+    sessions = [Session(parts) for _ in range(len(prompts) + 1)]
+    pre = prefill_many(sessions, [t[:n] for t, n in prompts] + [text])
+    dec: list[list] = [[] for _ in prompts]
+    for k in range(max((len(t) - n for t, n in prompts), default=0)):
+        live = [i for i, (t, n) in enumerate(prompts) if n + k < len(t)]
+        for i, h in zip(live, decode_many([sessions[i] for i in live], [int(prompts[i][0][prompts[i][1] + k])
+                                                                        for i in live])):
+            dec[i].append(h)
+    blocks = [*pre[:-1], *(np.concatenate(d) if d else np.zeros((0, pre[0].shape[-1]), np.float16) for d in dec),
+              pre[-1]]
+    logits = sessions[0].logits(np.concatenate(blocks))
+    cuts = np.cumsum([len(b) for b in blocks])[:-1]
+    per = np.split(logits, cuts)
+    n = len(prompts)
+    return [(per[i], per[n + i]) for i in range(n)], per[-1]
+
+
 def teacher_forced(parts: Parts, tokens, prompt_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Logits of a reference prompt: prefill over the prompt, then `decode` over the rest (teacher
     forced). Returns (prefill logits [prompt_len, V], decode logits [n - prompt_len, V])."""

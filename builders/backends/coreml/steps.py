@@ -150,6 +150,7 @@ def step_test(ctx: NodeContext) -> None:
 
     layout = _layout(ctx)
     packages = _packages(ctx, layout)
+    _return_free_heap()
     failures: list[str] = []
     t0 = time.monotonic()
     specs = {}
@@ -195,6 +196,19 @@ def step_test(ctx: NodeContext) -> None:
     ver = tokenizer_check.merge(ver, tokenizer_result(ctx.out, ctx.inputs["reference"]))
     ctx.result["verification"] = ver
     ctx.log("test: " + ", ".join(f"{k}={v:.4g}" for k, v in figures.items() if isinstance(v, float)))
+
+
+def _return_free_heap() -> None:
+    """Give the heap the conversion steps freed back to the system before the check loads the parts
+    (glibc keeps freed blocks below its mmap threshold mapped; measured: 1.9 GB resident after step 7 of
+    a 0.5B model, none of it live). Nothing to do where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def opt_chunk_mb(layout: Layout) -> float:
