@@ -192,6 +192,7 @@ def step_verify(ctx: NodeContext) -> None:
     import numpy as np  # noqa: PLC0415
 
     from builders.backends.gguf import _runtime_figures  # noqa: PLC0415
+    from builders.gguf_file import GgufFile  # noqa: PLC0415
     from builders.verify.metrics import evaluate, load_reference, verdict  # noqa: PLC0415
 
     ref = load_reference(ctx.inputs["reference"])
@@ -204,7 +205,7 @@ def step_verify(ctx: NodeContext) -> None:
 
     art_logits: list = []
     figures = evaluate(ctx.inputs["reference"], forward, keep=art_logits)
-    runtime, info = _runtime_figures(ctx, sorted(ctx.out.glob("*.gguf"))[0], ctx.inputs["reference"], art_logits)
+    runtime, info = _runtime_figures(ctx, GgufFile(sorted(ctx.out.glob("*.gguf"))[0]), ctx.inputs["reference"], art_logits)
     figures.update(runtime)
     target = ctx.params["target"]
     ver = verdict(figures, ctx.params.get("thresholds"), where=f"gguf {ctx.params['quant']} on {target}",
