@@ -76,10 +76,11 @@ def parent_of(name: str, pins: dict) -> str:
     return chain[1]
 
 
-@functools.lru_cache(maxsize=1)
-def _template_env() -> jinja2.Environment:
-    """One environment per process: jinja2 keeps each compiled template (recompiled if its file changes)."""
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(DOCKER_DIR)), undefined=jinja2.StrictUndefined,
+@functools.lru_cache(maxsize=4)
+def _template_env(directory: str) -> jinja2.Environment:
+    """One environment per template directory and process: jinja2 keeps each compiled template (recompiled if
+    its file changes). Keyed by the directory, so a different DOCKER_DIR (tests use a copy) gets its own."""
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(directory), undefined=jinja2.StrictUndefined,
                               keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 
 
@@ -91,7 +92,8 @@ def render(name: str, pins: dict) -> str:
         raise MatrixError(f"matrix.yaml images.{name}: no template docker/{name}.Dockerfile.j2")
     parent = image_tag(parent_of(name, pins), pins)
     try:
-        return _template_env().get_template(f"{name}.Dockerfile.j2").render(pins=pins[name], parent=parent, name=name)
+        template = _template_env(str(DOCKER_DIR)).get_template(f"{name}.Dockerfile.j2")
+        return template.render(pins=pins[name], parent=parent, name=name)
     except jinja2.UndefinedError as e:
         raise MatrixError(f"matrix.yaml images.{name}: docker/{name}.Dockerfile.j2 needs a pin that is missing "
                           f"({e.message})") from None
