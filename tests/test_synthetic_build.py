@@ -29,11 +29,12 @@ def model_dir(tmp_path_factory, docker_engine):
     sel = matrix_mod.select(m, model=f"synthetic:{SPEC}", backends_="gguf", quants="F16", targets="cpu")
     store = Store(out, cache_from=[])
     plan = make_plan(m, sel, store)
-    key = plan.models["synthetic-qwen2.5-0.5b-layers2"].node
-    plan.cells = [replace(plan.cells[0], nodes=[key])]  # the model node only
+    digest = plan.models["synthetic-qwen2.5-0.5b-layers2"].node  # plans name nodes by digest
+    plan.cells = [replace(plan.cells[0], nodes=[digest])]  # the model node only
     report = Builder(plan, store, m).run()
     assert [c.status for c in report.cells] == ["built"], (report.cells, report.nodes)
-    manifest = manifests(out)[key]
+    manifest = manifests(out)[plan.nodes[digest].key]
+    assert manifest["node"]["digest"] == digest
     return out / ".store" / manifest["node"]["digest"] / "out", manifest
 
 
