@@ -4,7 +4,6 @@ byte-deterministic packages. Needs coremltools (the coreml image has it; on a ho
 `pip install -r requirements-macos.txt`); the Docker end-to-end test covers the same code in CI."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -160,7 +159,7 @@ def test_qwen2_biases_and_tied_embeddings(tmp_path):
     """Qwen2: q/k/v biases (added after the 1x1 convolutions) and the LM head tied to the embeddings."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from builders.verify.metrics import compare
+    from coreml_parts import fp16_parts_vs_model
 
     torch.manual_seed(0)
     cfg = Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -171,22 +170,7 @@ def test_qwen2_biases_and_tied_embeddings(tmp_path):
             if "bias" in name:
                 p.normal_(0, 0.5)  # biases that matter
     model.save_pretrained(tmp_path / "qwen2")
-    params = {"model_name": "q", "luts": options.luts_for("fp16", {}), "chunks": 1,
-              "options": options.normalize({"context": CONTEXT, "batch": BATCH}, "test")}
-    layout = layout_of(params, tmp_path / "qwen2")
-    src = convert.Source(tmp_path / "qwen2", CONTEXT)
-    out, n = tmp_path / "out", layout.names
-    out.mkdir()
-    convert.save(convert.embeddings(src, BATCH), out / n["embeddings"])
-    convert.save(convert.lm_head(src, 1, False), out / n["lm_head"])
-    convert.save(convert.chunk(src, range(2), True, 1), out / n["ffn"][0])
-    convert.save(convert.chunk(src, range(2), True, BATCH), out / n["prefill"][0])
-    convert.combine(out / n["ffn"][0], out / n["prefill"][0], out / n["ffn_pf"][0])
-    tokens = [int(t) for t in np.random.RandomState(1).randint(3, 96, size=15)]
-    with torch.no_grad():
-        ref = model(input_ids=torch.tensor([tokens])).logits[0].numpy()
-    pre, dec = runtime.teacher_forced(checks.load_parts(out, layout), tokens, 9)
-    figures = compare(ref, np.concatenate([pre, dec]))
+    figures = fp16_parts_vs_model(model, tmp_path / "qwen2", tmp_path / "out", "q", context=CONTEXT, batch=BATCH)
     assert figures["rel_l2"] < 2e-3 and figures["top1"] == 1.0, figures
 
 

@@ -58,12 +58,9 @@ def test_tied_qwen2_answers_the_lm_head_with_the_embedding_table(tmp_path):
 def test_phi3_fused_projections_are_split_and_the_programs_match_transformers(tmp_path):
     """Phi-3 stores q/k/v and gate/up fused: Weights.layer splits them by rows into the projections the
     parts read, and the converted programs (numpy interpreter) compute transformers' Phi-3 logits."""
-    import numpy as np
     from transformers import Phi3Config, Phi3ForCausalLM
 
-    from builders.backends.coreml import checks, options, runtime
-    from builders.backends.coreml.layout import layout_of
-    from builders.verify.metrics import compare
+    from coreml_parts import fp16_parts_vs_model
 
     cfg = Phi3Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, max_position_embeddings=128, original_max_position_embeddings=128,
@@ -82,22 +79,7 @@ def test_phi3_fused_projections_are_split_and_the_programs_match_transformers(tm
     assert {n for n in layer if "proj" in n} == {*want, "self_attn.o_proj.weight", "mlp.down_proj.weight"}
     assert all(torch.equal(layer[n], t) for n, t in want.items())
 
-    params = {"model_name": "p", "luts": options.luts_for("fp16", {}), "chunks": 1,
-              "options": options.normalize({"context": 32, "batch": 8}, "test")}
-    layout = layout_of(params, d)
-    src = convert.Source(d, 32)
-    out, n = tmp_path / "out", layout.names
-    out.mkdir()
-    convert.save(convert.embeddings(src, 8), out / n["embeddings"])
-    convert.save(convert.lm_head(src, 1, False), out / n["lm_head"])
-    convert.save(convert.chunk(src, range(2), True, 1), out / n["ffn"][0])
-    convert.save(convert.chunk(src, range(2), True, 8), out / n["prefill"][0])
-    convert.combine(out / n["ffn"][0], out / n["prefill"][0], out / n["ffn_pf"][0])
-    tokens = [int(t) for t in np.random.RandomState(1).randint(3, 96, size=15)]
-    with torch.no_grad():
-        ref = model(input_ids=torch.tensor([tokens])).logits[0].numpy()
-    pre, dec = runtime.teacher_forced(checks.load_parts(out, layout), tokens, 9)
-    figures = compare(ref, np.concatenate([pre, dec]))
+    figures = fp16_parts_vs_model(model, d, tmp_path / "out", "p", context=32, batch=8)
     assert figures["rel_l2"] < 1e-2 and figures["top1"] >= 0.9, figures
 
 
