@@ -145,15 +145,8 @@ class GgufFile:
         in). A check that dequantizes tensor after tensor so holds one tensor of the file, not all of it."""
         if not hasattr(mmap, "MADV_DONTNEED"):
             return
-        if t.type in _PLAIN:
-            n = t.n_elements * np.dtype(_PLAIN[t.type]).itemsize
-        else:
-            from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType  # noqa: PLC0415
-
-            block, size = GGML_QUANT_SIZES[GGMLQuantizationType(t.type)]
-            n = t.n_elements // block * size
         start = t.offset - t.offset % mmap.PAGESIZE
-        end = min(len(self._map), t.offset + n)
+        end = min(len(self._map), t.offset + self.data(t).nbytes)  # data() is a view: its size, nothing read
         if end > start:
             self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
 
