@@ -92,6 +92,22 @@ def upcast_per_module(model) -> int:
     return hooked
 
 
+def logits_batch(model, sequences) -> list:
+    """fp32 logits [len(seq), vocab] (numpy) of every token sequence, teacher-forced, in one right-padded
+    pass (a position attends only to earlier ones: the padding after a sequence changes none of its logits).
+    The caller holds torch.no_grad()."""
+    import numpy as np  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    ids = torch.zeros((len(sequences), max(len(s) for s in sequences)), dtype=torch.int64)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(sequences):
+        ids[i, :len(s)] = torch.from_numpy(np.asarray(s, dtype=np.int64))
+        mask[i, :len(s)] = 1
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    return [logits[i, :len(s)].float().numpy() for i, s in enumerate(sequences)]
+
+
 def load_fp32_compute(model_dir: Path, threads: int):
     """The checkpoint's model in its stored dtype, computing in fp32 (see the module docstring)."""
     import torch  # noqa: PLC0415

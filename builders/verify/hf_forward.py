@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from builders.verify.fp32_compute import BLOCK_ROWS, cpu_threads
+from builders.verify.fp32_compute import BLOCK_ROWS, cpu_threads, logits_batch
 
 
 class HfModel:
@@ -150,15 +150,8 @@ class HfModel:
         attends only to earlier positions, so the padding after a sequence changes none of its logits."""
         import torch  # noqa: PLC0415
 
-        lengths = [len(s) for s in sequences]
-        ids = torch.zeros((len(sequences), max(lengths)), dtype=torch.int64)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(sequences):
-            ids[i, :len(s)] = torch.from_numpy(np.asarray(s, dtype=np.int64))
-            mask[i, :len(s)] = 1
         with torch.no_grad():
-            logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        return [logits[i, :n].float().numpy() for i, n in enumerate(lengths)]
+            return logits_batch(self.model, sequences)
 
     def forward(self) -> Callable[[np.ndarray], np.ndarray]:
         def run(tokens: np.ndarray) -> np.ndarray:

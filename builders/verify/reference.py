@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from builders.verify import budget, prompts
+from builders.verify.fp32_compute import logits_batch
 
 THREADS = 1
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -153,21 +154,6 @@ def greedy_batch(model, prompts: list[list[int]], steps: int, n_ids: int | None 
         mask = torch.cat([mask, torch.ones((len(prompts), 1), dtype=mask.dtype)], dim=1)
         positions = positions[:, -1:] + 1
     return out
-
-
-def logits_batch(model, sequences: list[list[int]]) -> list[np.ndarray]:
-    """fp32 logits [len(seq), vocab] of every sequence, teacher-forced, in one right-padded pass (a position
-    attends only to earlier ones: the padding after a sequence changes none of its logits)."""
-    import torch
-
-    width = max(len(s) for s in sequences)
-    ids = torch.zeros((len(sequences), width), dtype=torch.int64)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(sequences):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-    return [logits[i, :len(s)].float().numpy() for i, s in enumerate(sequences)]
 
 
 def compute_reference(model_dir: Path, out: Path) -> dict:
