@@ -7,7 +7,7 @@ loaded with `from_pretrained(dtype=torch.float32)` holds, on fp32 activations: t
 the fp32 model (tests/test_verify_scale.py checks them bit for bit), while the resident weights take
 1x the checkpoint instead of 2x. Two modules are special-cased so that no vocabulary-sized matrix is
 ever widened whole: an embedding gathers its rows in the stored dtype and widens only them, and a
-linear layer with more than BLOCK_ROWS output rows (the LM head) multiplies BLOCK_ROWS rows at a time
+linear layer with more than BLOCK_ROWS output rows (the LM head) multiplies a block of rows (BLOCK_BYTES of fp32) at a time
 (each logit is the same dot product: the result is identical). Peak memory: the checkpoint + one
 decoder matrix in fp32 + activations. A float32 checkpoint needs no hooks at all.
 """
@@ -41,7 +41,14 @@ def _swap_out(module, _args, _output):
     module._fp32_stash = {}
 
 
-BLOCK_ROWS = 16384  # output rows of a big linear layer widened at a time (16384 x 4096 x 4 B = 256 MiB)
+BLOCK_ROWS = 16384  # a linear layer with more output rows than this (the LM head) is multiplied in blocks
+BLOCK_BYTES = 32 << 20  # ... of at most this many fp32 bytes (2048 rows of a 4096-wide head, 9362 of an 896-wide)
+
+
+def block_rows(cols: int, cap: int = BLOCK_ROWS) -> int:
+    """Output rows of a blocked linear layer widened to fp32 at a time: BLOCK_BYTES of fp32 weights, at
+    most `cap` rows. Only the output-row blocking changes: each logit is the same dot product."""
+    return max(1, min(cap, BLOCK_BYTES // (4 * max(1, cols))))
 
 
 def _embedding_forward(module):
@@ -59,9 +66,9 @@ def _blocked_linear_forward(module):
     def forward(x):
         w, b = module.weight, module.bias
         out = torch.empty((*x.shape[:-1], w.shape[0]), dtype=torch.float32)  # filled in place: no concatenated copy
-        for i in range(0, w.shape[0], BLOCK_ROWS):
-            out[..., i:i + BLOCK_ROWS] = F.linear(x, w[i:i + BLOCK_ROWS].float(),
-                                                  None if b is None else b[i:i + BLOCK_ROWS].float())
+        step = block_rows(w.shape[1])
+        for i in range(0, w.shape[0], step):
+            out[..., i:i + step] = F.linear(x, w[i:i + step].float(), None if b is None else b[i:i + step].float())
         return out
     return forward
 

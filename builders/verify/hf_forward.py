@@ -5,7 +5,7 @@ A weight is handed over as an array or as a loader (a callable that returns the 
 dequantized from a .gguf file). The model's parameters are placeholders on torch's meta device; each
 module's parameters are materialized in fp32 for its own forward call and dropped after it. The two
 vocabulary-sized tables never are whole: the embedding materializes the rows of the ids looked up and
-the LM head BLOCK_ROWS rows at a time (a loader with a `rows(sel)` method reads just those rows; see
+the LM head a block of rows (fp32_compute.block_rows) at a time (a loader with a `rows(sel)` method reads just those rows; see
 verify/gguf_weights.TensorLoader). So the peak is one decoder matrix in fp32 plus activations and the
 logits, and `forward_batch` runs all sequences through one batched pass: every loader runs once per
 module call, i.e. once per pass. Threads: every CPU this process may use (the figures are
@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from builders.verify.fp32_compute import BLOCK_ROWS, cpu_threads, logits_batch
+from builders.verify.fp32_compute import BLOCK_ROWS, block_rows, cpu_threads, logits_batch
 
 
 class HfModel:
@@ -113,7 +113,7 @@ class HfModel:
         return forward
 
     def _blocked_linear_forward(self, module, local: dict):
-        """A vocabulary-sized linear layer (the LM head) BLOCK_ROWS output rows at a time, written in place."""
+        """A vocabulary-sized linear layer (the LM head) a block of output rows at a time, written in place."""
         import torch  # noqa: PLC0415
         import torch.nn.functional as F  # noqa: PLC0415
 
@@ -121,8 +121,9 @@ class HfModel:
             whole: dict = {}
             n = module.out_features
             out = torch.empty((*x.shape[:-1], n), dtype=torch.float32)
-            for i in range(0, n, BLOCK_ROWS):
-                rows = slice(i, min(n, i + BLOCK_ROWS))
+            step = block_rows(module.in_features, BLOCK_ROWS)
+            for i in range(0, n, step):
+                rows = slice(i, min(n, i + step))
                 bias = self._rows(local["bias"], rows, whole) if "bias" in local else None
                 out[..., rows] = F.linear(x, self._rows(local["weight"], rows, whole), bias)
             return out

@@ -10,8 +10,8 @@ Figures (all over the compared positions; scale-free ones first):
 A figure named `runtime_<figure>` compares the artifact with the original model evaluated in fp32 on
 the artifact's own (dequantized) weights: it measures the converter/runtime, not the quantization.
 
-Logits are processed in float32, a block of positions at a time (memory: BLOCK_ROWS x vocab floats),
-with sums accumulated in float64.
+Logits are processed in float32, a block of positions at a time (at most BLOCK_BYTES of float32 logits
+per block, and BLOCK_ROWS positions), with sums accumulated in float64.
 """
 
 from __future__ import annotations
@@ -24,7 +24,13 @@ import numpy as np
 
 from builders.verify.thresholds import THRESHOLD_KEYS
 
-BLOCK_ROWS = 64  # positions per block: 64 x 128k vocab x 4 B x ~4 temporaries ~ 130 MB
+BLOCK_ROWS = 64  # positions per block at most
+BLOCK_BYTES = 8 << 20  # float32 logits per block at most: 13 positions of a 152k vocabulary; ~5 temporaries of it
+
+
+def block_rows(vocab: int) -> int:
+    """Positions per block for a vocabulary of this size."""
+    return max(1, min(BLOCK_ROWS, BLOCK_BYTES // (4 * max(1, vocab))))
 
 
 def _logsumexp(x: np.ndarray) -> np.ndarray:
@@ -33,13 +39,14 @@ def _logsumexp(x: np.ndarray) -> np.ndarray:
     return m[:, 0].astype(np.float64) + np.log(np.exp(x - m).sum(axis=-1, dtype=np.float64))
 
 
-def compare(ref: np.ndarray, art: np.ndarray, block: int = BLOCK_ROWS) -> dict:
+def compare(ref: np.ndarray, art: np.ndarray, block: int | None = None) -> dict:
     ref = np.asarray(ref)
     art = np.asarray(art)
     if ref.shape != art.shape:
         raise ValueError(f"logits shape {art.shape} differs from reference {ref.shape}")
     if ref.ndim != 2 or ref.shape[0] == 0 or ref.shape[1] == 0:
         raise ValueError(f"no logits to compare (shape {ref.shape})")
+    block = block or block_rows(ref.shape[1])
     sq_diff = sq_ref = kl_sum = 0.0
     max_abs, agree = 0.0, 0
     for i in range(0, ref.shape[0], block):
@@ -69,9 +76,10 @@ def compare(ref: np.ndarray, art: np.ndarray, block: int = BLOCK_ROWS) -> dict:
     }
 
 
-def perplexity(logits: np.ndarray, tokens: np.ndarray, block: int = BLOCK_ROWS) -> float:
+def perplexity(logits: np.ndarray, tokens: np.ndarray, block: int | None = None) -> float:
     """Perplexity of tokens[1:] given logits[:-1] (logits[i] predicts tokens[i+1])."""
     logits, tokens = np.asarray(logits), np.asarray(tokens)
+    block = block or block_rows(logits.shape[-1])
     nll = 0.0
     n = len(tokens) - 1
     if n <= 0:

@@ -33,15 +33,27 @@ ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 FORMAT = 3  # 2: text_logits cover the first budget.TEXT_POSITIONS text tokens; 3: batched passes
 
 
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez without timestamps: members in the given order, fixed date, no compression."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name, arr in arrays.items():
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_DATE)
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, buf.getvalue())
+class NpzWriter:
+    """An .npz written member by member, like np.savez but without timestamps: members in the order added,
+    fixed date, no compression. Each array goes straight into its zip member (no in-memory .npy copy) and
+    can be dropped by the caller right after: the prompts' logits leave memory before the text's are
+    computed. The file is seekable, so zipfile fills each local header's sizes and CRC in place: the bytes
+    equal a writestr() of the same .npy."""
+
+    def __init__(self, path: Path):
+        self.zf = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED)
+
+    def add(self, name: str, arr) -> None:
+        info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_DATE)
+        info.external_attr = 0o644 << 16
+        with self.zf.open(info, "w") as member:
+            np.lib.format.write_array(member, np.asarray(arr), allow_pickle=False)
+
+    def __enter__(self) -> "NpzWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.zf.close()
 
 
 class Tokenizer:
@@ -168,9 +180,8 @@ def compute_reference(model_dir: Path, out: Path) -> dict:
     model = load_model(model_dir)
     config_vocab = int(model.config.vocab_size)
     n_ids = len(tok) if len(tok) < config_vocab else None
-    arrays: dict[str, np.ndarray] = {}
     entries = []
-    with torch.no_grad():
+    with torch.no_grad(), NpzWriter(out / "reference.npz") as npz:
         # three kinds of pass, whatever the number of prompts: the greedy continuations (DECODE_STEPS batched
         # passes), the teacher-forced logits of all prompts + continuations (one pass), the text (one pass)
         prompt_ids = [tok.encode(text) for text in prompts.PROMPTS]
@@ -182,15 +193,19 @@ def compute_reference(model_dir: Path, out: Path) -> dict:
         del tok  # a real vocabulary's tokenizer is 100-200 MB: gone before the passes with vocabulary-wide logits
         gc.collect()
         sequences = [ids + cont for ids, cont in zip(prompt_ids, conts)]
-        for i, (text, ids, cont, logits) in enumerate(zip(prompts.PROMPTS, prompt_ids, conts,
-                                                           logits_batch(model, sequences))):
-            arrays[f"tokens_{i}"] = np.asarray(ids + cont, dtype=np.int32)
-            arrays[f"prompt_len_{i}"] = np.asarray(len(ids), dtype=np.int32)
-            arrays[f"logits_{i}"] = logits.astype(np.float32, copy=False)
+        batch = logits_batch(model, sequences)
+        vocab = int(batch[0].shape[1])
+        for i, (text, ids, cont) in enumerate(zip(prompts.PROMPTS, prompt_ids, conts)):
+            npz.add(f"tokens_{i}", np.asarray(ids + cont, dtype=np.int32))
+            npz.add(f"prompt_len_{i}", np.asarray(len(ids), dtype=np.int32))
+            npz.add(f"logits_{i}", batch[i].astype(np.float32, copy=False))
             entries.append({"text": text, "prompt_tokens": len(ids), "continuation": continuations[i]})
-        arrays["text_tokens"] = np.asarray(text_ids, dtype=np.int32)  # whole text: the tokenizer check reads it
-        arrays["text_logits"] = logits_batch(model, [scored])[0].astype(np.float32, copy=False)
-    vocab = int(arrays["logits_0"].shape[1])
+        del batch  # written: the prompts' logits are not held while the text's are computed
+        npz.add("text_tokens", np.asarray(text_ids, dtype=np.int32))  # whole text: the tokenizer check reads it
+        text_logits = logits_batch(model, [scored])[0].astype(np.float32, copy=False)
+        ppl = perplexity(text_logits, np.asarray(scored, dtype=np.int32))
+        npz.add("text_logits", text_logits)
+        del text_logits
     info = {
         "format": FORMAT,
         "prompts": entries,
@@ -199,7 +214,7 @@ def compute_reference(model_dir: Path, out: Path) -> dict:
         "perplexity_text": prompts.PERPLEXITY_TEXT,
         "text_tokens": len(text_ids),
         "text_positions": len(scored),
-        "ppl": round(perplexity(arrays["text_logits"], arrays["text_tokens"][: len(scored)]), 6),
+        "ppl": round(ppl, 6),
         "tokenizer": tokenizer_kind,
         "tokenizer_specials": specials,
         # greedy decode took the arg-max over the ids the tokenizer has (null: the whole config vocab)
@@ -211,6 +226,5 @@ def compute_reference(model_dir: Path, out: Path) -> dict:
         "threads": THREADS,
         "tool_versions": tool_versions(),
     }
-    save_npz(out / "reference.npz", arrays)
     (out / "reference.json").write_text(json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     return info
