@@ -64,6 +64,14 @@ def test_upcast_refuses_a_rounded_buffer():
 def test_text_budget():
     assert budget.text_positions(1000) == budget.TEXT_POSITIONS
     assert budget.text_positions(40) == 40
+
+
+def test_runtime_budget_takes_whole_prompts_until_it_is_covered():
+    n = budget.RUNTIME_POSITIONS
+    assert budget.runtime_prompts([n // 2, n // 2, 5, 5]) == 2  # exactly covered by two
+    assert budget.runtime_prompts([n // 2, n // 2 - 1, 5, 5]) == 3  # one short: a third whole prompt
+    assert budget.runtime_prompts([n + 1, 5]) == 1
+    assert budget.runtime_prompts([3, 3]) == 2  # fewer positions than the budget: all of them
     assert budget.text_positions(0) == 0
 
 

@@ -207,12 +207,13 @@ def _threads(vp: dict) -> int:
 
 def _runtime_figures(ctx: NodeContext, gf, ref_dir: Path, art_logits: list) -> tuple[dict, dict]:
     """llama.cpp's logits vs transformers fp32 carrying the file's own dequantized weights, on the same
-    positions: separates "the converter/runtime is wrong" from "the quantization lost accuracy". The
-    weights are dequantized when their module runs, all prompts in one batched pass (verify/hf_forward.py):
-    each tensor is dequantized once and never the whole fp32 model is held."""
+    positions (the first prompts: verify/budget.py "runtime"): separates "the converter/runtime is wrong"
+    from "the quantization lost accuracy". The weights are dequantized when their module runs, those
+    prompts in one batched pass (verify/hf_forward.py): each tensor is dequantized once and never the
+    whole fp32 model is held."""
     import numpy as np  # noqa: PLC0415
 
-    from builders.verify import gguf_weights  # noqa: PLC0415
+    from builders.verify import budget, gguf_weights  # noqa: PLC0415
     from builders.verify.hf_forward import HfModel  # noqa: PLC0415
     from builders.verify.metrics import compare, load_reference  # noqa: PLC0415
 
@@ -225,11 +226,13 @@ def _runtime_figures(ctx: NodeContext, gf, ref_dir: Path, art_logits: list) -> t
     if missing:
         raise NodeFailed(f"dequantized-weights check: the .gguf has no tensor for {', '.join(missing[:3])}")
     ref = load_reference(ref_dir)
+    sequences = [tokens for tokens, _, _ in ref["prompts"]]
+    sequences = sequences[: budget.runtime_prompts([len(s) for s in sequences])]  # verify/budget.py "runtime"
     try:
-        dq = np.concatenate(hf.forward_batch([tokens for tokens, _, _ in ref["prompts"]]))
+        dq = np.concatenate(hf.forward_batch(sequences))
     except (KeyError, ValueError) as e:
         raise NodeFailed(f"dequantized-weights check: {e}") from None
-    figures = compare(dq, np.concatenate(art_logits))
+    figures = compare(dq, np.concatenate(art_logits[: len(sequences)]))
     info = {"compared": "llama.cpp logits vs transformers fp32 on the file's own dequantized weights (gguf-py)",
             "tensors": len(loaded), "positions": figures["positions"]}
     return {f"runtime_{k}": v for k, v in figures.items() if k != "positions"}, info

@@ -20,15 +20,34 @@ with one batched pass per sequence). Why that is enough for the thresholds' stat
     (matrix.yaml's measured figures).
   - perplexity: 128 next-token log-likelihoods; a relative standard error of about
     std(nll) / sqrt(128) / mean(nll) < 10% for the models here, below the ppl_delta thresholds' margins.
-The budget only cuts the perplexity text; the tokenizer check (tokenizer_check.py) still compares the
+  runtime  the `runtime_*` figures (an artifact vs the original model on the artifact's own dequantized
+           weights: verify/metrics.py) score the first whole prompts covering at least RUNTIME_POSITIONS
+           positions (prompts.py's first prompts, with their continuations). They measure an implementation
+           error (a converter's or kernel's), not a quantization's spread: a wrong tensor, permutation or
+           kernel shows on every position, and their thresholds sit a factor of 2-10 above the measured
+           figures. The dequantized-weights model is a second full forward pass that the artifact's own
+           check does not need; its cost is the model's size x these positions.
+The budget only cuts the perplexity text and the runtime positions; the tokenizer check (tokenizer_check.py) still compares the
 whole text's token ids.
 """
 
 from __future__ import annotations
 
 TEXT_POSITIONS = 128  # tokens of the perplexity text the reference computes logits for and checks score
+RUNTIME_POSITIONS = 48  # prompt positions (whole prompts) the runtime_* figures score at least
 
 
 def text_positions(n_tokens: int) -> int:
     """How many tokens of a perplexity text of n_tokens are scored (at least two: one prediction)."""
     return max(0, min(n_tokens, TEXT_POSITIONS))
+
+
+def runtime_prompts(lengths: list[int]) -> int:
+    """How many of the prompts (in order, of these lengths) the runtime_* figures score: the fewest whose
+    positions reach RUNTIME_POSITIONS, or all of them."""
+    total = 0
+    for i, n in enumerate(lengths):
+        total += n
+        if total >= RUNTIME_POSITIONS:
+            return i + 1
+    return len(lengths)
