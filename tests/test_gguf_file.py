@@ -79,3 +79,43 @@ def test_equal_to_gguf_py_reader_on_quantized_file(docker_engine, pins):
         volumes={str(builders): {"bind": "/opt/buildmatrix/builders", "mode": "ro"}},
         environment={"PYTHONPATH": "/opt/buildmatrix"})
     assert out.decode().split()[:2] == ["equal", "6"]
+
+
+DEQUANT_SCRIPT = r"""
+import numpy as np, gguf
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
+from builders.verify import ggml_dequant
+rng = np.random.default_rng(0)
+done = []
+for qt in (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K):
+    block, size = GGML_QUANT_SIZES[qt]
+    assert ggml_dequant.available(int(qt)), qt.name
+    rows = rng.integers(0, 256, size=(24, 4 * size), dtype=np.uint8)  # 24 rows of 4 random blocks each
+    # every half-float field of a block is a scale: random bits there give inf/nan; keep them finite by
+    # clearing the top exponent bit of every odd byte (harmless in the quant bytes: random either way)
+    rows[:, 1::2] &= 0xBF
+    ours, theirs = ggml_dequant.dequantize(rows, int(qt)), gguf.quants.dequantize(rows, qt)
+    assert ours.shape == theirs.shape == (24, 4 * block), (qt.name, ours.shape, theirs.shape)
+    assert np.isfinite(theirs).all(), qt.name
+    # the same block formulas; ggml's C may fuse a multiply-add (one rounding less): within 1e-6 of the block
+    scale = np.abs(theirs).reshape(24, 4, block).max(-1, keepdims=True)
+    err = np.abs(ours - theirs).reshape(24, 4, block) / np.maximum(scale, 1e-30)
+    assert err.max() <= 1e-6, (qt.name, float(err.max()))
+    done.append(qt.name)
+assert not ggml_dequant.available(int(T.F32))  # plain types stay numpy's
+print("equal", len(done))
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.fresh_store  # no seed store: it runs no node
+def test_ggml_dequantizers_equal_gguf_py(docker_engine, pins):
+    """The runtime check's dequantized weights (verify/ggml_dequant.py, ggml's C) equal gguf-py's numpy
+    dequantization on every block-quantized type the quants use, block by block."""
+    ref = ensure(["gguf"], pins)["gguf"]["ref"]
+    builders = Path(__file__).resolve().parents[1] / "builders"
+    out = docker_engine.containers.run(
+        ref, ["python", "-c", DEQUANT_SCRIPT], remove=True, network_mode="none",
+        volumes={str(builders): {"bind": "/opt/buildmatrix/builders", "mode": "ro"}},
+        environment={"PYTHONPATH": "/opt/buildmatrix"})
+    assert out.decode().split()[:2] == ["equal", "10"]

@@ -233,7 +233,8 @@ def _runtime_figures(ctx: NodeContext, gf, ref_dir: Path, art_logits: list) -> t
     except (KeyError, ValueError) as e:
         raise NodeFailed(f"dequantized-weights check: {e}") from None
     figures = compare(dq, np.concatenate(art_logits[: len(sequences)]))
-    info = {"compared": "llama.cpp logits vs transformers fp32 on the file's own dequantized weights (gguf-py)",
+    info = {"compared": "llama.cpp logits vs transformers fp32 on the file's own dequantized weights (ggml's reference "
+                          "dequantizers for quantized tensors)",
             "tensors": len(loaded), "positions": figures["positions"]}
     return {f"runtime_{k}": v for k, v in figures.items() if k != "positions"}, info
 

@@ -1,10 +1,11 @@
 """A .gguf file's weights as the runtime sees them, back under the HF model's parameter names.
 
-Every tensor is dequantized with gguf-py (`gguf.quants.dequantize`) and renamed with gguf-py's own
-tensor map (HF name -> GGUF name, inverted). llama.cpp's converter permutes the rows of q/k
+Every tensor is dequantized (block-quantized types by ggml's reference dequantizers, verify/ggml_dequant.py;
+plain ones and any type ggml has no dequantizer for by gguf-py's `gguf.quants.dequantize`) and renamed
+with gguf-py's own tensor map (HF name -> GGUF name, inverted). llama.cpp's converter permutes the rows of q/k
 projections for Llama-style rope ("llama" architecture: Llama, Mistral); that is undone here. Phi-3's
 fused qkv / gate_up tensors are written as they are (PHI3 splits them at run time).
-Runs inside the gguf image (gguf-py); one tensor is dequantized at a time, when it is asked for.
+Runs inside the gguf image (gguf-py, llama_cpp); one tensor is dequantized at a time, when it is asked for.
 """
 
 from __future__ import annotations
@@ -72,12 +73,17 @@ class TensorLoader:
         from gguf.constants import GGMLQuantizationType  # noqa: PLC0415
         from gguf.quants import dequantize  # noqa: PLC0415
 
+        from builders.verify import ggml_dequant  # noqa: PLC0415
+
         data = self.gf.data(self.t)
         if sel is not None:
             if self.heads is not None:
                 raise ValueError(f"{self.t.name}: rows of a q/k tensor stored permuted cannot be read apart")
             data = data[sel]
-        w = np.asarray(dequantize(data, GGMLQuantizationType(self.t.type)), dtype=np.float32)
+        if ggml_dequant.available(self.t.type):  # block-quantized: ggml's C dequantizer (verify/ggml_dequant.py)
+            w = ggml_dequant.dequantize(data, self.t.type)
+        else:
+            w = np.asarray(dequantize(data, GGMLQuantizationType(self.t.type)), dtype=np.float32)
         if self.heads is not None:
             w = unpermute(w, self.heads)
         elif not w.flags.writeable:
