@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -205,7 +206,14 @@ def _threads(vp: dict) -> int:
     return max(1, min(vp["n_threads"], _cpus()))
 
 
-def _runtime_figures(ctx: NodeContext, gf, ref_dir: Path, art_logits: list) -> tuple[dict, dict]:
+def _hf_model(ctx: NodeContext):
+    """The HF model the dequantized weights go into (importing torch and transformers: seconds)."""
+    from builders.verify.hf_forward import HfModel  # noqa: PLC0415
+
+    return HfModel(ctx.model_dir, threads=_threads(ctx.params["verify"]))
+
+
+def _runtime_figures(ctx: NodeContext, gf, ref_dir: Path, art_logits: list, hf=None) -> tuple[dict, dict]:
     """llama.cpp's logits vs transformers fp32 carrying the file's own dequantized weights, on the same
     positions (the first prompts: verify/budget.py "runtime"): separates "the converter/runtime is wrong"
     from "the quantization lost accuracy". The weights are dequantized when their module runs, those
@@ -214,10 +222,9 @@ def _runtime_figures(ctx: NodeContext, gf, ref_dir: Path, art_logits: list) -> t
     import numpy as np  # noqa: PLC0415
 
     from builders.verify import budget, gguf_weights  # noqa: PLC0415
-    from builders.verify.hf_forward import HfModel  # noqa: PLC0415
     from builders.verify.metrics import compare, load_reference  # noqa: PLC0415
 
-    hf = HfModel(ctx.model_dir, threads=_threads(ctx.params["verify"]))
+    hf = hf if hf is not None else _hf_model(ctx)
     try:
         loaded = gguf_weights.load_into(gf, list(hf.params), hf.put, lazy=True)
     except (gguf_weights.WeightsError, KeyError, ValueError) as e:
@@ -269,10 +276,16 @@ def step_verify(ctx: NodeContext) -> None:
 
     art_logits: list = []
     t0 = time.monotonic()
-    figures = evaluate_many(ctx.inputs["reference"], forward_many, keep=art_logits)
-    t_llama, peak_llama = time.monotonic() - t0, rss.peak_mb()
-    t0 = time.monotonic()
-    runtime, info = _runtime_figures(ctx, gf, ctx.inputs["reference"], art_logits)
+    # torch and transformers are imported on a second thread while llama.cpp loads and runs the file (its
+    # decode releases the GIL): the single-threaded parts of this phase (reading the reference, the file's
+    # pages, the metrics) leave a CPU idle that the imports use
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        hf = pool.submit(_hf_model, ctx)
+        figures = evaluate_many(ctx.inputs["reference"], forward_many, keep=art_logits)
+        t_llama, peak_llama = time.monotonic() - t0, rss.peak_mb()
+        t0 = time.monotonic()
+        hf = hf.result()
+    runtime, info = _runtime_figures(ctx, gf, ctx.inputs["reference"], art_logits, hf)
     ctx.log(f"verify: llama.cpp {t_llama:.1f}s (peak {peak_llama} MiB), dequantized-weights reference "
             f"{time.monotonic() - t0:.1f}s (peak {rss.peak_mb()} MiB)")
     figures.update(runtime)
