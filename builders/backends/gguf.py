@@ -263,6 +263,8 @@ def step_verify(ctx: NodeContext) -> None:
     ctx.result["quant_fallback"] = fallback
     vp = ctx.params["verify"]
 
+    pool, hf = ThreadPoolExecutor(max_workers=1), []
+
     def forward_many(sequences):
         """All sequences in one llama.cpp decode (verify/llama_batch.py), within the n_ctx option."""
         n_ctx = llama_batch.context_size([len(s) for s in sequences])
@@ -270,22 +272,24 @@ def step_verify(ctx: NodeContext) -> None:
             raise NodeFailed(f"the check evaluates {n_ctx} KV cells but gguf option n_ctx is {vp['n_ctx']}: raise "
                              f"backends.gguf.options.n_ctx in matrix.yaml to at least {n_ctx}")
         try:
-            return llama_batch.logits(path, sequences, _threads(vp))
+            logits = llama_batch.logits(path, sequences, _threads(vp))
         except llama_batch.LlamaCppError as e:
             raise NodeFailed(f"llama.cpp on {path.name}: {e}") from None
+        # llama.cpp's model and context are freed: torch and transformers load on a second thread while this
+        # thread computes the figures (single-threaded numpy), with no more memory than the runtime check's
+        hf.append(pool.submit(_hf_model, ctx))
+        return logits
 
     art_logits: list = []
     t0 = time.monotonic()
-    # torch and transformers are imported on a second thread while llama.cpp loads and runs the file (its
-    # decode releases the GIL): the single-threaded parts of this phase (reading the reference, the file's
-    # pages, the metrics) leave a CPU idle that the imports use
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        hf = pool.submit(_hf_model, ctx)
+    try:
         figures = evaluate_many(ctx.inputs["reference"], forward_many, keep=art_logits)
         t_llama, peak_llama = time.monotonic() - t0, rss.peak_mb()
         t0 = time.monotonic()
-        hf = hf.result()
-    runtime, info = _runtime_figures(ctx, gf, ctx.inputs["reference"], art_logits, hf)
+        model = hf[0].result()
+    finally:
+        pool.shutdown()
+    runtime, info = _runtime_figures(ctx, gf, ctx.inputs["reference"], art_logits, model)
     ctx.log(f"verify: llama.cpp {t_llama:.1f}s (peak {peak_llama} MiB), dequantized-weights reference "
             f"{time.monotonic() - t0:.1f}s (peak {rss.peak_mb()} MiB)")
     figures.update(runtime)
