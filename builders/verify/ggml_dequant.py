@@ -1,12 +1,12 @@
-"""Block-quantized GGUF tensor data to float32 with ggml's own reference dequantizers (the `to_float` of
+"""GGUF tensor data (block-quantized, F16, BF16) to float32 with ggml's own reference dequantizers (the `to_float` of
 ggml's type traits in libggml-base, the library llama-cpp-python ships), called through ctypes.
 
 gguf-py's numpy dequantizers compute the same values (each type's block formula in the GGUF spec), but
 work 16 rows per numpy call: on a 0.5B Q4_K_M file they took ~10 s of the check on 2 CPUs, where ggml's C
-loops take well under one. The runtime check still compares different code: llama.cpp's matrix
+loops take well under one (and numpy's float16 -> float32 cast took 1.4 s of a 0.5B F16 file's check). The runtime check still compares different code: llama.cpp's matrix
 multiplications never call `to_float` on quantized weights (their vec_dot kernels read the blocks and
 quantize the activations), and its figures then compare with transformers' fp32 math on these weights.
-tests/test_gguf_file.py holds these values equal to gguf-py's on every quantized type of a real file.
+tests/test_gguf_file.py holds these values equal to gguf-py's on every block type and F16/BF16.
 Runs inside the gguf image (llama_cpp); `available()` is False elsewhere and callers use gguf-py.
 """
 
@@ -52,21 +52,25 @@ def _traits(ggml_type: int):
     if lib is None:
         return None
     t = lib.ggml_get_type_traits(int(ggml_type)).contents
-    if not t.is_quantized or not t.to_float:
+    if not t.to_float or int(ggml_type) == F32:
         return None
     return int(t.blck_size), int(t.type_size), _TO_FLOAT(t.to_float)
 
 
+F32 = 0  # GGML_TYPE_F32: already float32, nothing to convert
+
+
 def available(ggml_type: int) -> bool:
-    """Whether ggml can dequantize this (block-quantized) type here."""
+    """Whether ggml can dequantize this type here (block-quantized types, F16, BF16)."""
     return _traits(ggml_type) is not None
 
 
 def dequantize(rows: np.ndarray, ggml_type: int) -> np.ndarray:
-    """float32 values of block-quantized data given as gguf-py shapes it: uint8 [..., row bytes] ->
-    float32 [..., row elements]."""
+    """float32 values of a tensor's data as builders.gguf_file gives it (block-quantized types: uint8
+    [..., row bytes]; F16/BF16: their 2-byte values [..., row elements]) -> float32 [..., row elements]."""
     block, size, to_float = _traits(ggml_type)
-    data = np.ascontiguousarray(rows, dtype=np.uint8)
+    data = np.ascontiguousarray(rows)
+    data = data.reshape(data.shape[:-1] + (-1,)).view(np.uint8) if data.dtype != np.uint8 else data
     if data.shape[-1] % size:
         raise ValueError(f"rows of {data.shape[-1]} bytes are not whole {size}-byte blocks")
     out = np.empty(data.shape[:-1] + (data.shape[-1] // size * block,), dtype=np.float32)

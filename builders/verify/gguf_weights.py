@@ -1,7 +1,7 @@
 """A .gguf file's weights as the runtime sees them, back under the HF model's parameter names.
 
-Every tensor is dequantized (block-quantized types by ggml's reference dequantizers, verify/ggml_dequant.py;
-plain ones and any type ggml has no dequantizer for by gguf-py's `gguf.quants.dequantize`) and renamed
+Every tensor is dequantized (by ggml's reference dequantizers, verify/ggml_dequant.py; F32 and any type
+ggml has no dequantizer for by gguf-py's `gguf.quants.dequantize`) and renamed
 with gguf-py's own tensor map (HF name -> GGUF name, inverted). llama.cpp's converter permutes the rows of q/k
 projections for Llama-style rope ("llama" architecture: Llama, Mistral); that is undone here. Phi-3's
 fused qkv / gate_up tensors are written as they are (PHI3 splits them at run time).
@@ -80,7 +80,7 @@ class TensorLoader:
             if self.heads is not None:
                 raise ValueError(f"{self.t.name}: rows of a q/k tensor stored permuted cannot be read apart")
             data = data[sel]
-        if ggml_dequant.available(self.t.type):  # block-quantized: ggml's C dequantizer (verify/ggml_dequant.py)
+        if ggml_dequant.available(self.t.type):  # ggml's C dequantizer (verify/ggml_dequant.py)
             w = ggml_dequant.dequantize(data, self.t.type)
         else:
             w = np.asarray(dequantize(data, GGMLQuantizationType(self.t.type)), dtype=np.float32)
