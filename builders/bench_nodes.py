@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -193,6 +194,10 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _load() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
 def main(out: str, model: str, backends: str | None, quants: str | None, targets: str | None,
          direct: bool = True) -> None:
     out_path = (ROOT / out).resolve()
@@ -200,15 +205,19 @@ def main(out: str, model: str, backends: str | None, quants: str | None, targets
     for flag, value in (("--backends", backends), ("--quants", quants), ("--targets", targets)):
         if value:
             build += [flag, value]
-    t0 = time.monotonic()
+    t0, load_before = time.monotonic(), _load()
     rc = subprocess.run(build, cwd=ROOT).returncode
-    build_s = time.monotonic() - t0
+    build_s, load_after = time.monotonic() - t0, _load()
     plan = _plan(out_path, model, backends, quants, targets)
     rows = node_rows(out_path, plan, direct and rc == 0)
-    figures = {"model": model, "build_rc": rc, "build_s": round(build_s, 1), "nodes": rows}
+    # timings are only comparable on a quiet machine: the 1-minute load average before and after the build
+    # (on 2 CPUs, other work above ~0.5 shows in every wall time and in the upstream ratios)
+    figures = {"model": model, "build_rc": rc, "build_s": round(build_s, 1), "load_avg_1m": [load_before, load_after],
+               "cpus": os.cpu_count(), "nodes": rows}
     (out_path / "bench-nodes.json").write_text(json.dumps(figures, indent=2))
     print(table(rows))
-    print(f"build exit {rc} in {build_s:.1f} s; upstream: "
+    print(f"build exit {rc} in {build_s:.1f} s (load average {load_before} before, {load_after} after, "
+          f"{os.cpu_count()} CPUs); upstream: "
           + "; ".join(f"{k}: {v[1]}" for k, v in DIRECT.items()) + f"; figures in {out_path / 'bench-nodes.json'}")
     if rc != 0:
         sys.exit(f"the build failed (exit {rc}); figures above are for the nodes it built")
