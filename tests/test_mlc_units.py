@@ -458,3 +458,41 @@ def test_safetensors_source_reads_what_safetensors_reads(dtype, tmp_path):
         assert got.dtype == np.float32 and np.array_equal(got, t.float().numpy())
     with pytest.raises(Exception, match="not found"):
         src.get("nope")
+
+
+@pytest.mark.parametrize("code, arch", [("q4f16_1", "llama"), ("q4f16_0", "llama"), ("q0f16", "phi3"),
+                                        ("q4f16_1", "phi3")])
+def test_convert_in_row_blocks_writes_the_same_bytes(request, tmp_path, code, arch, monkeypatch):
+    """convert() reads and quantizes every parameter ROW_BLOCK checkpoint rows at a time (no float32 copy of
+    a whole vocabulary table): blocks that split the tables and the fused q/k/v rows give the same shards."""
+    from builders.backends.mlc import convert_weight
+
+    hf_dir, cfg = _checkpoint(request, arch)
+    hf_arch = cfg["architectures"][0]
+    q = q_mod.QUANTS[code]
+    c = ModelConfig.from_hf(cfg, {"context_window_size": 128})
+    (tmp_path / "whole").mkdir()
+    convert_weight.convert(hf_dir, tmp_path / "whole", c, q, hf_arch, log=lambda *_: None)
+    monkeypatch.setattr(q_mod, "ROW_BLOCK", 7)
+    (tmp_path / "blocks").mkdir()
+    convert_weight.convert(hf_dir, tmp_path / "blocks", c, q, hf_arch, log=lambda *_: None)
+    assert (tmp_path / "whole/tensor-cache.json").read_text() == (tmp_path / "blocks/tensor-cache.json").read_text()
+    shards = sorted(p.name for p in (tmp_path / "whole").glob("*.bin"))
+    assert shards and all((tmp_path / "whole" / s).read_bytes() == (tmp_path / "blocks" / s).read_bytes() for s in shards)
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3"])
+def test_source_rows_are_the_rows_of_the_whole_parameter(request, arch):
+    """source_tensor(rows=...) reads only those rows, across the checkpoint tensors a parameter is made of
+    (Llama's q/k/v concatenated; Phi-3's stored fused), and equals slicing the whole parameter."""
+    from builders.backends.mlc import convert_weight
+    from builders.backends.mlc.models import parameters
+
+    hf_dir, cfg = _checkpoint(request, arch)
+    src = convert_weight.SafetensorsSource(hf_dir)
+    for param in parameters(ModelConfig.from_hf(cfg, {}), cfg["architectures"][0]):
+        whole = convert_weight.source_tensor(src, param)
+        assert whole.shape == param.shape
+        n = param.shape[0]
+        for rows in (slice(0, 1), slice(3, n - 2), slice(n - 5, n), slice(n, n)):
+            assert np.array_equal(convert_weight.source_tensor(src, param, rows), whole[rows]), (param.name, rows)

@@ -11,7 +11,7 @@ Layout `NK` (the `_1` codes) keeps HF's [out, in] orientation: q_weight [out, in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -89,9 +89,15 @@ ROW_BLOCK = 4096  # rows quantized at a time: the temporaries are a few blocks, 
 def quantize(w: np.ndarray, q: MlcQuant) -> tuple[np.ndarray, np.ndarray]:
     """w [N, K] (HF layout) -> (q_weight uint32, q_scale model dtype) in q's layout. Rows are independent
     (groups run along K), so a vocabulary-sized matrix is quantized ROW_BLOCK rows at a time."""
+    return quantize_blocks((w[i:i + ROW_BLOCK] for i in range(0, w.shape[0], ROW_BLOCK)), q)
+
+
+def quantize_blocks(blocks: Iterable[np.ndarray], q: MlcQuant) -> tuple[np.ndarray, np.ndarray]:
+    """quantize() of the matrix made of these consecutive row blocks, taking one block at a time (a
+    caller that reads the blocks lazily never holds the float32 matrix)."""
     import numpy as np  # noqa: PLC0415
 
-    parts = [_quantize_rows(w[i:i + ROW_BLOCK], q) for i in range(0, w.shape[0], ROW_BLOCK)]
+    parts = [_quantize_rows(b, q) for b in blocks]
     packed = np.concatenate([p for p, _ in parts]) if len(parts) > 1 else parts[0][0]
     scale = np.concatenate([s for _, s in parts]) if len(parts) > 1 else parts[0][1]
     if q.layout == "KN":

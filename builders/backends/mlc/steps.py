@@ -21,7 +21,7 @@ from builders.backends.base import NodeContext
 from builders.backends.mlc import compile as compile_mod
 from builders.backends.mlc import convert_weight, gen_config, inspect_lib
 from builders.backends.mlc.models import ModelConfig, parameters
-from builders.backends.mlc.quant import QUANTS, ROW_BLOCK, MlcQuant, error_bound
+from builders.backends.mlc.quant import QUANTS, MlcQuant, error_bound
 from builders.backends.mlc.targets import TARGETS
 from builders.errors import NodeFailed
 
@@ -85,21 +85,22 @@ def step_verify_quant(ctx: NodeContext) -> None:
     worst = 0.0
     for param in parameters(c, hf["architectures"][0]):
         name, shape = param.name, param.shape
-        w = convert_weight.source_tensor(src, param)
         quantized = convert_weight.is_quantized(name, shape, q)
-        # a row block at a time where the layout allows (NK: rows are stored apart): no full-size temporaries
-        by_rows = quantized and len(shape) == 2 and (q.layout == "NK" or name.endswith("embed_tokens.weight"))
-        blocks = [slice(i, i + ROW_BLOCK) for i in range(0, shape[0], ROW_BLOCK)] if by_rows else [None]
+        # a row block at a time (read from the checkpoint and dequantized): no full-size float32 temporaries;
+        # only a KN-stored quantized matrix (legacy _0 codes: rows are not stored apart) is taken whole
+        by_rows = not quantized or q.layout == "NK" or name.endswith("embed_tokens.weight")
+        blocks = convert_weight.row_blocks(shape[0]) if by_rows else [None]
         max_err, ratio, exact = 0.0, 0.0, True
         for rows in blocks:
-            part = w if rows is None else w[rows]
+            part = convert_weight.source_tensor(src, param, rows)
             stored = dequantized(packed, name, shape, q, rows=rows)
             err = np.abs(stored - part)
-            max_err = max(max_err, float(err.max()))
+            max_err = max(max_err, float(err.max(initial=0.0)))
             if quantized:
-                ratio = max(ratio, float((err / np.maximum(error_bound(part, q), 1e-30)).max()))
+                ratio = max(ratio, float((err / np.maximum(error_bound(part, q), 1e-30)).max(initial=0.0)))
             else:
                 exact = exact and np.array_equal(stored, part.astype(q.model_dtype).astype(np.float32))
+            del part, stored, err
         if quantized:
             worst = max(worst, ratio)
             checks[name] = {"max_abs_err": max_err, "max_err_over_bound": round(ratio, 4)}
