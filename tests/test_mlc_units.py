@@ -496,3 +496,18 @@ def test_source_rows_are_the_rows_of_the_whole_parameter(request, arch):
         n = param.shape[0]
         for rows in (slice(0, 1), slice(3, n - 2), slice(n - 5, n), slice(n, n)):
             assert np.array_equal(convert_weight.source_tensor(src, param, rows), whole[rows]), (param.name, rows)
+
+
+def test_lm_head_row_blocks_tile_the_vocabulary_in_equal_vector_blocks():
+    """The library dequantizes a vocabulary-sized matrix in row blocks (models/dequant_blocks.py): they tile
+    the rows exactly, fit DEQUANT_ROWS, and are equal multiples of VEC_ROWS where the count allows it."""
+    from builders.backends.mlc.models.dequant_blocks import DEQUANT_ROWS, VEC_ROWS, row_blocks
+
+    for rows, equal in ((96, True), (151936, True), (128256, True), (32064, True), (50257, False)):
+        blocks = row_blocks(rows)
+        assert [s for s, _ in blocks] == [sum(n for _, n in blocks[:i]) for i in range(len(blocks))]
+        assert sum(n for _, n in blocks) == rows and all(n <= DEQUANT_ROWS for _, n in blocks)
+        assert (len({n for _, n in blocks}) == 1) == equal
+        if len(blocks) > 1 and equal:
+            assert blocks[0][1] % VEC_ROWS == 0
+    assert row_blocks(151936) == [(i * 18992, 18992) for i in range(8)]  # Qwen2.5: 8 blocks, not 10 unequal ones
