@@ -134,11 +134,28 @@ def dequantize(q_weight: np.ndarray, q_scale: np.ndarray, k: int, q: MlcQuant) -
     if q.layout == "KN":
         q_weight, q_scale = q_weight.T, q_scale.T
     n = q_weight.shape[0]
+    if 8 % q.bits == 0 and q.group_size % (8 // q.bits) == 0:
+        # whole values per byte (4-bit: two): one table lookup per packed byte gives its centred levels
+        # (little-endian words: byte i holds values 8i/bits.., low bits first), then one multiply by the scales
+        levels = _byte_levels(q)[np.ascontiguousarray(q_weight).view(np.uint8)]  # [N, words*4, 8/bits]
+        levels = levels.reshape(n, -1, q.group_size)
+        levels *= q_scale.astype(np.float32)[:, : levels.shape[1], None]
+        return levels.reshape(n, -1)[:, :k]
     shifts = (np.arange(q.per_word, dtype=np.uint32) * q.bits)
     levels = (q_weight[..., None] >> shifts) & np.uint32((1 << q.bits) - 1)
     levels = levels.reshape(n, -1).astype(np.float32)
     scale = np.repeat(q_scale.astype(np.float32), q.group_size, axis=1)
     return ((levels - q.max_int) * scale)[:, :k]
+
+
+def _byte_levels(q: MlcQuant) -> np.ndarray:
+    """[256, 8 / bits] float32: the centred levels (value - max_int) a packed byte holds, low bits first."""
+    import numpy as np  # noqa: PLC0415
+
+    per_byte = 8 // q.bits
+    b = np.arange(256, dtype=np.uint32)[:, None]
+    return (((b >> (np.arange(per_byte, dtype=np.uint32) * q.bits)) & ((1 << q.bits) - 1)).astype(np.int32)
+            - q.max_int).astype(np.float32)
 
 
 def error_bound(w: np.ndarray, q: MlcQuant) -> np.ndarray:

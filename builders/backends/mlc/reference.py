@@ -2,10 +2,12 @@
 the MLC weights dir dequantized (numpy) and un-fused back to HF names. Comparing the compiled library
 with it isolates library correctness from quantization error.
 
-`streamed_logits` (what verification uses) runs the HF model one decoder layer at a time in float32:
+`streamed_head_blocks` (what verification uses) runs the HF model one decoder layer at a time in float32:
 only one layer's dequantized weights exist at a time, the embedding rows are dequantized for the
-tokens used, and the LM head a block of vocabulary rows at a time - the peak is the packed weights
-plus one float32 layer, never a second full model. `forward_fn` builds the whole fp32 model (tests).
+tokens used, and the LM head a block of vocabulary rows at a time, handed to the caller block by block
+(the check compares each block and drops it: no [positions x vocabulary] float32 array is made) - the
+peak is the packed weights plus one float32 layer, never a second full model. `streamed_logits`
+assembles the blocks (tests); `forward_fn` builds the whole fp32 model (tests).
 """
 
 from __future__ import annotations
@@ -84,13 +86,24 @@ def forward_fn(model_dir: Path, state: dict[str, np.ndarray], dtype: str = "floa
 
 
 
-LM_HEAD_ROWS = 16384  # vocabulary rows dequantized at a time for the LM head (16k x hidden x 4 B)
+LM_HEAD_ROWS = 4096  # vocabulary rows dequantized at a time for the LM head (4k x hidden x 4 B)
 
 
 def streamed_logits(model_dir: Path, weights: Path, c: ModelConfig, q: MlcQuant, hf_arch: str,
                     sequences: list[np.ndarray]) -> list[np.ndarray]:
     """float32 logits [n_i, vocab] of each token sequence through the HF model carrying the library's
     dequantized weights, computed layer by layer in float32 (see the module docstring)."""
+    logits = [np.empty((len(s), c.vocab_size), dtype=np.float32) for s in sequences]
+    for rows, parts in streamed_head_blocks(model_dir, weights, c, q, hf_arch, sequences):
+        for whole, part in zip(logits, parts):
+            whole[:, rows] = part
+    return logits
+
+
+def streamed_head_blocks(model_dir: Path, weights: Path, c: ModelConfig, q: MlcQuant, hf_arch: str,
+                         sequences: list[np.ndarray]):
+    """Yields (vocabulary rows, [float32 logits [n_i, rows] of each sequence]) for consecutive blocks of
+    LM_HEAD_ROWS vocabulary rows: streamed_logits' logits a block of columns at a time."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -132,14 +145,12 @@ def streamed_logits(model_dir: Path, weights: Path, c: ModelConfig, q: MlcQuant,
         norm = dequantized(arrays, "model.norm.weight", shapes["model.norm.weight"], q)
         _load(inner.norm, "model.norm.", {"model.norm.weight": norm}, c, hf_arch)
         final = [inner.norm(h)[0] for h in hidden]
+        del hidden, rope, masks
         head = "model.embed_tokens.weight" if c.tie_word_embeddings else "lm_head.weight"
-        logits = [np.empty((len(s), c.vocab_size), dtype=np.float32) for s in seqs]
         for start in range(0, c.vocab_size, LM_HEAD_ROWS):
             rows = slice(start, min(c.vocab_size, start + LM_HEAD_ROWS))
             w = torch.from_numpy(dequantized(arrays, head, shapes[head], q, rows=rows))
-            for j, h in enumerate(final):
-                logits[j][:, rows] = (h @ w.T).numpy()
-    return logits
+            yield rows, [(h @ w.T).numpy() for h in final]
 
 
 def _load(module, prefix: str, params: dict[str, np.ndarray], c: ModelConfig, hf_arch: str) -> None:
