@@ -354,8 +354,9 @@ def test_structural_library_check_fails_closed_without_weights_figures(tmp_path,
 
 @pytest.mark.parametrize("code, arch", [("q4f16_1", "llama"), ("q0f32", "llama"), ("q4f16_1", "phi3")])
 def test_layer_streamed_reference_equals_the_whole_fp32_model(request, tmp_path, code, arch):
-    """The library-vs-dequantized reference is computed layer by layer (no second full fp32 model):
-    it must give the logits of the whole HF model carrying the same dequantized weights."""
+    """The library-vs-dequantized reference is computed layer by layer (no second full fp32 model), with
+    every sequence packed into one row (positions restarting, attention within a sequence only): it must
+    give each sequence's logits of the whole HF model carrying the same dequantized weights."""
     from builders.backends.mlc import convert_weight, reference
 
     hf_dir, cfg = _checkpoint(request, arch)
@@ -375,10 +376,10 @@ def test_layer_streamed_reference_equals_the_whole_fp32_model(request, tmp_path,
     saved = reference.LM_HEAD_ROWS
     try:
         reference.LM_HEAD_ROWS = 40
-        again = reference.streamed_logits(hf_dir, tmp_path, c, q, hf_arch, sequences[:1])
+        again = reference.streamed_logits(hf_dir, tmp_path, c, q, hf_arch, sequences)
     finally:
         reference.LM_HEAD_ROWS = saved
-    assert np.array_equal(again[0], streamed[0])
+    assert all(np.array_equal(a, b) for a, b in zip(again, streamed))
 
 
 def test_cpu_library_pins_its_baseline_and_records_it():
@@ -458,3 +459,56 @@ def test_safetensors_source_reads_what_safetensors_reads(dtype, tmp_path):
         assert got.dtype == np.float32 and np.array_equal(got, t.float().numpy())
     with pytest.raises(Exception, match="not found"):
         src.get("nope")
+
+
+@pytest.mark.parametrize("code, arch", [("q4f16_1", "llama"), ("q4f16_0", "llama"), ("q0f16", "phi3"),
+                                        ("q4f16_1", "phi3")])
+def test_convert_in_row_blocks_writes_the_same_bytes(request, tmp_path, code, arch, monkeypatch):
+    """convert() reads and quantizes every parameter ROW_BLOCK checkpoint rows at a time (no float32 copy of
+    a whole vocabulary table): blocks that split the tables and the fused q/k/v rows give the same shards."""
+    from builders.backends.mlc import convert_weight
+
+    hf_dir, cfg = _checkpoint(request, arch)
+    hf_arch = cfg["architectures"][0]
+    q = q_mod.QUANTS[code]
+    c = ModelConfig.from_hf(cfg, {"context_window_size": 128})
+    (tmp_path / "whole").mkdir()
+    convert_weight.convert(hf_dir, tmp_path / "whole", c, q, hf_arch, log=lambda *_: None)
+    monkeypatch.setattr(q_mod, "ROW_BLOCK", 7)
+    (tmp_path / "blocks").mkdir()
+    convert_weight.convert(hf_dir, tmp_path / "blocks", c, q, hf_arch, log=lambda *_: None)
+    assert (tmp_path / "whole/tensor-cache.json").read_text() == (tmp_path / "blocks/tensor-cache.json").read_text()
+    shards = sorted(p.name for p in (tmp_path / "whole").glob("*.bin"))
+    assert shards and all((tmp_path / "whole" / s).read_bytes() == (tmp_path / "blocks" / s).read_bytes() for s in shards)
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3"])
+def test_source_rows_are_the_rows_of_the_whole_parameter(request, arch):
+    """source_tensor(rows=...) reads only those rows, across the checkpoint tensors a parameter is made of
+    (Llama's q/k/v concatenated; Phi-3's stored fused), and equals slicing the whole parameter."""
+    from builders.backends.mlc import convert_weight
+    from builders.backends.mlc.models import parameters
+
+    hf_dir, cfg = _checkpoint(request, arch)
+    src = convert_weight.SafetensorsSource(hf_dir)
+    for param in parameters(ModelConfig.from_hf(cfg, {}), cfg["architectures"][0]):
+        whole = convert_weight.source_tensor(src, param)
+        assert whole.shape == param.shape
+        n = param.shape[0]
+        for rows in (slice(0, 1), slice(3, n - 2), slice(n - 5, n), slice(n, n)):
+            assert np.array_equal(convert_weight.source_tensor(src, param, rows), whole[rows]), (param.name, rows)
+
+
+def test_lm_head_row_blocks_tile_the_vocabulary_in_equal_vector_blocks():
+    """The library dequantizes a vocabulary-sized matrix in row blocks (models/dequant_blocks.py): they tile
+    the rows exactly, fit DEQUANT_ROWS, and are equal multiples of VEC_ROWS where the count allows it."""
+    from builders.backends.mlc.models.dequant_blocks import DEQUANT_ROWS, VEC_ROWS, row_blocks
+
+    for rows, equal in ((96, True), (151936, True), (128256, True), (32064, True), (50257, False)):
+        blocks = row_blocks(rows)
+        assert [s for s, _ in blocks] == [sum(n for _, n in blocks[:i]) for i in range(len(blocks))]
+        assert sum(n for _, n in blocks) == rows and all(n <= DEQUANT_ROWS for _, n in blocks)
+        assert (len({n for _, n in blocks}) == 1) == equal
+        if len(blocks) > 1 and equal:
+            assert blocks[0][1] % VEC_ROWS == 0
+    assert row_blocks(151936) == [(i * 18992, 18992) for i in range(8)]  # Qwen2.5: 8 blocks, not 10 unequal ones

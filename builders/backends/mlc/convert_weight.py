@@ -90,35 +90,83 @@ class SafetensorsSource:
                     self.entries[key] = (path, 8 + n, info)
         self.weight_map = {k: p.name for k, (p, _, _) in self.entries.items()}
 
-    def get(self, name: str) -> np.ndarray:
+    def shape(self, name: str) -> tuple[int, ...]:
         if name not in self.entries:
             raise NodeFailed(f"tensor '{name}' not found in the model's safetensors")
+        return tuple(self.entries[name][2]["shape"])
+
+    def get(self, name: str, rows: slice | None = None) -> np.ndarray:
+        """The tensor (or rows [start, stop) of its first dimension: one contiguous byte range of the
+        row-major data) as float32."""
+        shape = self.shape(name)
         path, base, info = self.entries[name]
         dtype = self.DTYPES.get(info["dtype"])
         if dtype is None:
             raise NodeFailed(f"{path.name}: tensor '{name}' has dtype {info['dtype']} (F32, F16, BF16 or F64 expected)")
         start, end = info["data_offsets"]
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+        if not shape or end - start != shape[0] * row_bytes:
+            raise NodeFailed(f"{path.name}: tensor '{name}' has {end - start} bytes, its shape {list(shape)} "
+                             f"and dtype {info['dtype']} need {shape[0] * row_bytes if shape else '?'}")
+        if rows is not None:
+            a, b, step = rows.indices(shape[0])
+            if step != 1:
+                raise ValueError(f"{name}: row slices must be contiguous")
+            start, end, shape = start + a * row_bytes, start + max(a, b) * row_bytes, (max(0, b - a), *shape[1:])
         raw = np.empty(end - start, dtype=np.uint8)
         with open(path, "rb") as f:
             f.seek(base + start)
             if f.readinto(memoryview(raw)) != end - start:
                 raise NodeFailed(f"{path.name}: tensor '{name}' is truncated")
-        arr = raw.view(dtype).reshape(info["shape"])
+        arr = raw.view(dtype).reshape(shape)
         if info["dtype"] == "BF16":
-            return (arr.astype(np.uint32) << 16).view(np.float32)
+            wide = arr.astype(np.uint32)
+            wide <<= 16  # in place: one float32-sized array, no second temporary
+            return wide.view(np.float32)
         return arr.astype(np.float32)  # bf16/f16/f32 sources all go through float32
 
 
-def source_tensor(src: SafetensorsSource, param: Param) -> np.ndarray:
-    """Our unquantized parameter from its checkpoint tensors (models.parameters), checked for shape."""
+def source_tensor(src: SafetensorsSource, param: Param, rows: slice | None = None) -> np.ndarray:
+    """Our unquantized parameter (or rows [start, stop) of it) from its checkpoint tensors
+    (models.parameters: concatenated along dim 0), each source checked for shape; only the rows asked
+    for are read."""
     sources = param.sources
     if param.name == "lm_head.weight" and "lm_head.weight" not in src.weight_map:
         sources = (("model.embed_tokens.weight", param.shape[0]),)  # untied config, one table stored
-    parts = [src.get(name) for name, _ in sources]
-    for (name, rows), part in zip(sources, parts):
-        if part.shape[0] != rows or tuple(part.shape[1:]) != tuple(param.shape[1:]):
-            raise NodeFailed(f"{name}: shape {tuple(part.shape)} in the checkpoint, the config implies "
-                             f"{(rows, *param.shape[1:])}")
+    for name, n in sources:
+        got = src.shape(name)
+        if not got or got[0] != n or tuple(got[1:]) != tuple(param.shape[1:]):
+            raise NodeFailed(f"{name}: shape {got} in the checkpoint, the config implies {(n, *param.shape[1:])}")
+    a, b, _ = (rows or slice(None)).indices(param.shape[0])
+    parts, offset = [], 0
+    for name, n in sources:
+        lo, hi = max(a, offset), min(b, offset + n)
+        if lo < hi:
+            parts.append(src.get(name, slice(lo - offset, hi - offset)))
+        offset += n
+    if not parts:
+        return np.zeros((0, *param.shape[1:]), np.float32)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+
+def row_blocks(n: int, block: int | None = None) -> list[slice]:
+    """Slices of ROW_BLOCK rows covering n rows (at least one, so an empty tensor is still visited)."""
+    block = block or quant_mod.ROW_BLOCK
+    return [slice(i, min(n, i + block)) for i in range(0, n, block)] or [slice(0, 0)]
+
+
+def converted(src: SafetensorsSource, param: Param, q: MlcQuant) -> dict[str, np.ndarray]:
+    """{"weight"} (cast to the model dtype) or {"q_weight", "q_scale"} of one parameter, made a row block
+    at a time: no float32 copy of a whole vocabulary table exists, only one block of it."""
+    blocks = (source_tensor(src, param, rows) for rows in row_blocks(param.shape[0]))
+    if not is_quantized(param.name, param.shape, q):
+        return {"weight": _join([b.astype(q.model_dtype) for b in blocks])}
+    layout_q = q if not param.name.endswith("embed_tokens.weight") else _nk(q)
+    qw, qs = quant_mod.quantize_blocks(blocks, layout_q)
+    return {"q_weight": qw, "q_scale": qs}
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
 
@@ -130,12 +178,13 @@ class ShardWriter:
         self.buf = bytearray()
 
     def add(self, name: str, arr: np.ndarray) -> None:
-        data = np.ascontiguousarray(arr).tobytes()
-        if self.buf and len(self.buf) + len(data) > self.cap:
+        data = np.ascontiguousarray(arr)
+        nbytes = data.nbytes
+        if self.buf and len(self.buf) + nbytes > self.cap:
             self.flush()
         self.pending.append({"name": name, "shape": list(arr.shape), "dtype": str(arr.dtype),
-                             "format": "raw", "nbytes": len(data), "byteOffset": len(self.buf)})
-        self.buf += data
+                             "format": "raw", "nbytes": nbytes, "byteOffset": len(self.buf)})
+        self.buf += memoryview(data.reshape(-1)).cast("B")  # the bytes appended once, no bytes() copy first
 
     def flush(self) -> None:
         if not self.pending:
@@ -158,20 +207,16 @@ def convert(model_dir: Path, out: Path, c: ModelConfig, q: MlcQuant, hf_arch: st
         by_source.setdefault(p.source, []).append(p)
     n_params = n_bytes = 0
     for source, parts in by_source.items():
-        w = source_tensor(src, layout[source])
-        n_params += w.size
-        if parts[0].part == "weight":
-            arrays = {"weight": w.astype(q.model_dtype)}
-        else:
-            layout_q = q if not source.endswith("embed_tokens.weight") else _nk(q)
-            qw, qs = quant_mod.quantize(w, layout_q)
-            arrays = {"q_weight": qw, "q_scale": qs}
+        param = layout[source]
+        arrays = converted(src, param, q)
+        n_params += int(np.prod(param.shape, dtype=np.int64))
         for p in parts:
             a = arrays[p.part]
             if tuple(a.shape) != p.shape or str(a.dtype) != p.dtype:
                 raise NodeFailed(f"{p.name}: produced {a.shape} {a.dtype}, module declares {p.shape} {p.dtype}")
             writer.add(p.name, a)
             n_bytes += a.nbytes
+        del arrays
     writer.flush()
     metadata = {"ParamSize": len(plans), "ParamBytes": n_bytes, "BitsPerParam": 8.0 * n_bytes / max(n_params, 1)}
     (out / "tensor-cache.json").write_text(json.dumps({"metadata": metadata, "records": writer.shards}, indent=1) + "\n")
@@ -195,7 +240,8 @@ def read_cache(out: Path) -> dict[str, np.ndarray]:
         data = (out / shard["dataPath"]).read_bytes()
         if len(data) != shard["nbytes"] or hashlib.md5(data).hexdigest() != shard["md5sum"]:
             raise NodeFailed(f"{shard['dataPath']}: size or md5 differs from tensor-cache.json")
+        view = memoryview(data)  # records are views of the shard's bytes, not copies
         for r in shard["records"]:
-            raw = data[r["byteOffset"]: r["byteOffset"] + r["nbytes"]]
+            raw = view[r["byteOffset"]: r["byteOffset"] + r["nbytes"]]
             arrays[r["name"]] = np.frombuffer(raw, dtype=r["dtype"]).reshape(r["shape"])
     return arrays

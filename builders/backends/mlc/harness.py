@@ -6,6 +6,11 @@ teacher-forced token sequence: the prompt goes through chunked prefill (all posi
 `batch_prefill`'s logit_positions), every later token through one `decode` step each.
 `Session.forward_many(sequences)` prefills several sequences in one `batch_prefill` call each time
 their tokens fit a prefill chunk (one KV-cache sequence each, as MLC's engine batches requests).
+
+Memory: each call's logits are copied out of TVM once (float32 already: the library's LM head writes
+float32) and TVM's pooled allocator is emptied after every call, so buffers of the calls' different
+shapes do not pile up in the pool; `chunk` (default the library's prefill_chunk_size) caps the positions
+per prefill call, and with it the largest logits buffer.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ PAGE_SIZE = 16
 
 
 class Session:
-    def __init__(self, lib: Path, weights: Path, device: str = "cpu"):
+    def __init__(self, lib: Path, weights: Path, device: str = "cpu", chunk: int | None = None):
         import tvm
         from tvm import relax
         from tvm.runtime import ShapeTuple
@@ -32,11 +37,13 @@ class Session:
         self.kv = None
         md = self.metadata
         self.ctx, self.chunk = md["context_window_size"], md["prefill_chunk_size"]
+        if chunk is not None:
+            self.chunk = max(1, min(self.chunk, chunk))
         self.hidden = md["hidden_size"]
         self.dtype = md["model_dtype"]
         self._fn = {name: tvm.get_global_func(f"vm.builtin.{name}") for name in (
             "kv_state_add_sequence", "kv_state_remove_sequence", "kv_state_begin_forward",
-            "kv_state_end_forward")}
+            "kv_state_end_forward", "memory_manager.clear")}
 
     def _load_params(self, weights: Path):
         """Parameters by name in the order the library's metadata lists them (as MLC's runtime does)."""
@@ -65,7 +72,15 @@ class Session:
             args.append(tvm.runtime.tensor(positions.astype(np.int32), self.dev))
         logits, self.kv = self.vm[fn](*args, self.kv, self.params)
         self._fn["kv_state_end_forward"](self.kv)
-        return logits.numpy().reshape(-1, logits.shape[-1])
+        return self._take(logits)
+
+    def _take(self, logits) -> np.ndarray:
+        """The call's logits as float32 numpy [n, vocab] (one copy), its TVM buffers given back to the system."""
+        out = logits.numpy()
+        out = out.reshape(-1, out.shape[-1]).astype(np.float32, copy=False)
+        del logits
+        self._fn["memory_manager.clear"]()
+        return out
 
     def forward(self, tokens, prompt_len: int | None = None) -> np.ndarray:
         tokens = np.asarray(tokens, dtype=np.int32)
@@ -79,7 +94,7 @@ class Session:
             out.append(self._step("batch_prefill", ids, np.arange(len(ids))))
         for t in tokens[prompt_len:]:
             out.append(self._step("decode", np.array([t])))
-        return np.concatenate(out).astype(np.float32)
+        return out[0] if len(out) == 1 else np.concatenate(out)
 
     def forward_many(self, sequences) -> list[np.ndarray]:
         """float32 logits [n_i, vocab] at every position of each sequence, several sequences per call."""
@@ -110,7 +125,7 @@ class Session:
         positions = tvm.runtime.tensor(np.arange(len(ids), dtype=np.int32), self.dev)
         logits, self.kv = self.vm["batch_prefill"](self._embed(ids), positions, self.kv, self.params)
         self._fn["kv_state_end_forward"](self.kv)
-        flat = logits.numpy().reshape(-1, logits.shape[-1]).astype(np.float32)
+        flat = self._take(logits)
         for i, part in zip(group, np.split(flat, np.cumsum(lengths)[:-1])):
             out[i] = part
 
@@ -121,7 +136,7 @@ class Session:
 
         self.kv = self.params = self.vm = None
         gc.collect()
-        self.tvm.get_global_func("vm.builtin.memory_manager.clear")()
+        self._fn["memory_manager.clear"]()
 
     def prefill_last(self, tokens) -> np.ndarray:
         """Logits of the last prompt position through the single-sequence `prefill` entry point."""

@@ -11,7 +11,7 @@ Layout `NK` (the `_1` codes) keeps HF's [out, in] orientation: q_weight [out, in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -89,9 +89,15 @@ ROW_BLOCK = 4096  # rows quantized at a time: the temporaries are a few blocks, 
 def quantize(w: np.ndarray, q: MlcQuant) -> tuple[np.ndarray, np.ndarray]:
     """w [N, K] (HF layout) -> (q_weight uint32, q_scale model dtype) in q's layout. Rows are independent
     (groups run along K), so a vocabulary-sized matrix is quantized ROW_BLOCK rows at a time."""
+    return quantize_blocks((w[i:i + ROW_BLOCK] for i in range(0, w.shape[0], ROW_BLOCK)), q)
+
+
+def quantize_blocks(blocks: Iterable[np.ndarray], q: MlcQuant) -> tuple[np.ndarray, np.ndarray]:
+    """quantize() of the matrix made of these consecutive row blocks, taking one block at a time (a
+    caller that reads the blocks lazily never holds the float32 matrix)."""
     import numpy as np  # noqa: PLC0415
 
-    parts = [_quantize_rows(w[i:i + ROW_BLOCK], q) for i in range(0, w.shape[0], ROW_BLOCK)]
+    parts = [_quantize_rows(b, q) for b in blocks]
     packed = np.concatenate([p for p, _ in parts]) if len(parts) > 1 else parts[0][0]
     scale = np.concatenate([s for _, s in parts]) if len(parts) > 1 else parts[0][1]
     if q.layout == "KN":
@@ -128,11 +134,28 @@ def dequantize(q_weight: np.ndarray, q_scale: np.ndarray, k: int, q: MlcQuant) -
     if q.layout == "KN":
         q_weight, q_scale = q_weight.T, q_scale.T
     n = q_weight.shape[0]
+    if 8 % q.bits == 0 and q.group_size % (8 // q.bits) == 0:
+        # whole values per byte (4-bit: two): one table lookup per packed byte gives its centred levels
+        # (little-endian words: byte i holds values 8i/bits.., low bits first), then one multiply by the scales
+        levels = _byte_levels(q)[np.ascontiguousarray(q_weight).view(np.uint8)]  # [N, words*4, 8/bits]
+        levels = levels.reshape(n, -1, q.group_size)
+        levels *= q_scale.astype(np.float32)[:, : levels.shape[1], None]
+        return levels.reshape(n, -1)[:, :k]
     shifts = (np.arange(q.per_word, dtype=np.uint32) * q.bits)
     levels = (q_weight[..., None] >> shifts) & np.uint32((1 << q.bits) - 1)
     levels = levels.reshape(n, -1).astype(np.float32)
     scale = np.repeat(q_scale.astype(np.float32), q.group_size, axis=1)
     return ((levels - q.max_int) * scale)[:, :k]
+
+
+def _byte_levels(q: MlcQuant) -> np.ndarray:
+    """[256, 8 / bits] float32: the centred levels (value - max_int) a packed byte holds, low bits first."""
+    import numpy as np  # noqa: PLC0415
+
+    per_byte = 8 // q.bits
+    b = np.arange(256, dtype=np.uint32)[:, None]
+    return (((b >> (np.arange(per_byte, dtype=np.uint32) * q.bits)) & ((1 << q.bits) - 1)).astype(np.int32)
+            - q.max_int).astype(np.float32)
 
 
 def error_bound(w: np.ndarray, q: MlcQuant) -> np.ndarray:

@@ -2,10 +2,12 @@
 the MLC weights dir dequantized (numpy) and un-fused back to HF names. Comparing the compiled library
 with it isolates library correctness from quantization error.
 
-`streamed_logits` (what verification uses) runs the HF model one decoder layer at a time in float32:
+`streamed_head_blocks` (what verification uses) runs the HF model one decoder layer at a time in float32:
 only one layer's dequantized weights exist at a time, the embedding rows are dequantized for the
-tokens used, and the LM head a block of vocabulary rows at a time - the peak is the packed weights
-plus one float32 layer, never a second full model. `forward_fn` builds the whole fp32 model (tests).
+tokens used, and the LM head a block of vocabulary rows at a time, handed to the caller block by block
+(the check compares each block and drops it: no [positions x vocabulary] float32 array is made) - the
+peak is the packed weights plus one float32 layer, never a second full model. `streamed_logits`
+assembles the blocks (tests); `forward_fn` builds the whole fp32 model (tests).
 """
 
 from __future__ import annotations
@@ -84,13 +86,24 @@ def forward_fn(model_dir: Path, state: dict[str, np.ndarray], dtype: str = "floa
 
 
 
-LM_HEAD_ROWS = 16384  # vocabulary rows dequantized at a time for the LM head (16k x hidden x 4 B)
+LM_HEAD_ROWS = 4096  # vocabulary rows dequantized at a time for the LM head (4k x hidden x 4 B)
 
 
 def streamed_logits(model_dir: Path, weights: Path, c: ModelConfig, q: MlcQuant, hf_arch: str,
                     sequences: list[np.ndarray]) -> list[np.ndarray]:
     """float32 logits [n_i, vocab] of each token sequence through the HF model carrying the library's
     dequantized weights, computed layer by layer in float32 (see the module docstring)."""
+    logits = [np.empty((len(s), c.vocab_size), dtype=np.float32) for s in sequences]
+    for rows, parts in streamed_head_blocks(model_dir, weights, c, q, hf_arch, sequences):
+        for whole, part in zip(logits, parts):
+            whole[:, rows] = part
+    return logits
+
+
+def streamed_head_blocks(model_dir: Path, weights: Path, c: ModelConfig, q: MlcQuant, hf_arch: str,
+                         sequences: list[np.ndarray]):
+    """Yields (vocabulary rows, [float32 logits [n_i, rows] of each sequence]) for consecutive blocks of
+    LM_HEAD_ROWS vocabulary rows: streamed_logits' logits a block of columns at a time."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -104,42 +117,41 @@ def streamed_logits(model_dir: Path, weights: Path, c: ModelConfig, q: MlcQuant,
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
     inner = model.model
     rotary = type(inner.rotary_emb)(config=config)  # real buffers (the meta model has none)
-    seqs = [torch.from_numpy(np.asarray(s, dtype=np.int64)) for s in sequences]
-    vocab_ids = np.unique(np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]))
+    # every sequence in one packed row (weights read once per layer, not once per sequence): positions
+    # restart per sequence and the mask is causal within a sequence only (and within the sliding window)
+    lengths = [len(s) for s in sequences]
+    ids = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences])
+    seq_of = np.repeat(np.arange(len(lengths)), lengths)
+    pos = np.concatenate([np.arange(n) for n in lengths])
+    allowed = (seq_of[:, None] == seq_of[None, :]) & (pos[None, :] <= pos[:, None])
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True):
+        allowed &= (pos[:, None] - pos[None, :]) < window
+    mask = torch.from_numpy(np.where(allowed, np.float32(0), np.finfo(np.float32).min))[None, None]
+    position_ids = torch.from_numpy(pos)[None]
+    vocab_ids = np.unique(ids)
     emb = torch.from_numpy(dequantized(arrays, "model.embed_tokens.weight", shapes["model.embed_tokens.weight"], q,
                                        rows=vocab_ids))
-    hidden = [emb[np.searchsorted(vocab_ids, s.numpy())][None] for s in seqs]
-    rope, masks = [], []
-    for s in seqs:
-        n = len(s)
-        pos = torch.arange(n)[None]
-        rope.append(rotary(hidden[0], pos))
-        mask = torch.full((n, n), torch.finfo(torch.float32).min).triu(1)
-        window = getattr(config, "sliding_window", None)
-        if window and getattr(config, "use_sliding_window", True) and n > window:
-            mask = mask + torch.full((n, n), torch.finfo(torch.float32).min).tril(-window)
-        masks.append(mask[None, None])
+    hidden = emb[np.searchsorted(vocab_ids, ids)][None]
+    rope = rotary(hidden, position_ids)
     with torch.no_grad():
         for i, layer in enumerate(inner.layers):
             prefix = f"model.layers.{i}."
             _load(layer, prefix, {n: dequantized(arrays, n, shp, q) for n, shp in shapes.items()
                                   if n.startswith(prefix)}, c, hf_arch)
-            for j, s in enumerate(seqs):
-                out = layer(hidden[j], attention_mask=masks[j], position_ids=torch.arange(len(s))[None],
-                            position_embeddings=rope[j])
-                hidden[j] = out[0] if isinstance(out, tuple) else out
+            out = layer(hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=rope)
+            hidden = out[0] if isinstance(out, tuple) else out
             layer.to("meta")  # frees this layer's float32 weights
         norm = dequantized(arrays, "model.norm.weight", shapes["model.norm.weight"], q)
         _load(inner.norm, "model.norm.", {"model.norm.weight": norm}, c, hf_arch)
-        final = [inner.norm(h)[0] for h in hidden]
+        final = inner.norm(hidden)[0]
+        del hidden, rope, mask
+        splits = np.cumsum(lengths)[:-1]
         head = "model.embed_tokens.weight" if c.tie_word_embeddings else "lm_head.weight"
-        logits = [np.empty((len(s), c.vocab_size), dtype=np.float32) for s in seqs]
         for start in range(0, c.vocab_size, LM_HEAD_ROWS):
             rows = slice(start, min(c.vocab_size, start + LM_HEAD_ROWS))
             w = torch.from_numpy(dequantized(arrays, head, shapes[head], q, rows=rows))
-            for j, h in enumerate(final):
-                logits[j][:, rows] = (h @ w.T).numpy()
-    return logits
+            yield rows, np.split((final @ w.T).numpy(), splits)
 
 
 def _load(module, prefix: str, params: dict[str, np.ndarray], c: ModelConfig, hf_arch: str) -> None:
@@ -148,8 +160,8 @@ def _load(module, prefix: str, params: dict[str, np.ndarray], c: ModelConfig, hf
 
     state = {k[len(prefix):]: torch.from_numpy(np.ascontiguousarray(v))
              for k, v in hf_state(params, c, hf_arch).items()}
-    module.to_empty(device="cpu")
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    # the arrays become the parameters (assign: no second copy); a parameter left on meta is named below
+    missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise RuntimeError(f"{prefix}: dequantized weights do not fit the HF layer: missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]}")

@@ -21,7 +21,7 @@ from builders.backends.base import NodeContext
 from builders.backends.mlc import compile as compile_mod
 from builders.backends.mlc import convert_weight, gen_config, inspect_lib
 from builders.backends.mlc.models import ModelConfig, parameters
-from builders.backends.mlc.quant import QUANTS, ROW_BLOCK, MlcQuant, error_bound
+from builders.backends.mlc.quant import QUANTS, MlcQuant, error_bound
 from builders.backends.mlc.targets import TARGETS
 from builders.errors import NodeFailed
 
@@ -85,21 +85,22 @@ def step_verify_quant(ctx: NodeContext) -> None:
     worst = 0.0
     for param in parameters(c, hf["architectures"][0]):
         name, shape = param.name, param.shape
-        w = convert_weight.source_tensor(src, param)
         quantized = convert_weight.is_quantized(name, shape, q)
-        # a row block at a time where the layout allows (NK: rows are stored apart): no full-size temporaries
-        by_rows = quantized and len(shape) == 2 and (q.layout == "NK" or name.endswith("embed_tokens.weight"))
-        blocks = [slice(i, i + ROW_BLOCK) for i in range(0, shape[0], ROW_BLOCK)] if by_rows else [None]
+        # a row block at a time (read from the checkpoint and dequantized): no full-size float32 temporaries;
+        # only a KN-stored quantized matrix (legacy _0 codes: rows are not stored apart) is taken whole
+        by_rows = not quantized or q.layout == "NK" or name.endswith("embed_tokens.weight")
+        blocks = convert_weight.row_blocks(shape[0]) if by_rows else [None]
         max_err, ratio, exact = 0.0, 0.0, True
         for rows in blocks:
-            part = w if rows is None else w[rows]
+            part = convert_weight.source_tensor(src, param, rows)
             stored = dequantized(packed, name, shape, q, rows=rows)
             err = np.abs(stored - part)
-            max_err = max(max_err, float(err.max()))
+            max_err = max(max_err, float(err.max(initial=0.0)))
             if quantized:
-                ratio = max(ratio, float((err / np.maximum(error_bound(part, q), 1e-30)).max()))
+                ratio = max(ratio, float((err / np.maximum(error_bound(part, q), 1e-30)).max(initial=0.0)))
             else:
                 exact = exact and np.array_equal(stored, part.astype(q.model_dtype).astype(np.float32))
+            del part, stored, err
         if quantized:
             worst = max(worst, ratio)
             checks[name] = {"max_abs_err": max_err, "max_err_over_bound": round(ratio, 4)}
@@ -275,7 +276,8 @@ def _verify_webgpu(ctx: NodeContext, path: Path) -> None:
         sess.close()
     t_run = time.monotonic() - t0
     info = sess.info
-    figures, text = library_figures(ref, lib_logits, text_lib, prefill_last)
+    lib_flat, lib_logits = flat_logits(lib_logits)
+    figures, text = library_figures(ref, lib_flat, text_lib, prefill_last)
     ver = verdict(figures, ctx.params.get("thresholds"), where=f"mlc {q.code} on webgpu")
     t_ref = check_lib_vs_dequantized(ctx, c, q, ref, lib_logits, ver)
     if figures["decode_steps"] < DECODE_CHECK_STEPS:
@@ -324,12 +326,15 @@ def _weights_verification(ctx: NodeContext) -> dict:
 #   continuation; all prompts that fit a prefill chunk in one call, one KV sequence each - MLC's batched
 #   prefill - so all their positions' logits come at once), except prompt 0, whose continuation goes
 #   through `decode` one token at a time (DECODE_CHECK_STEPS: the entry point MLC's runtime generates with);
-#   the first TEXT_POSITIONS tokens of the perplexity text through `batch_prefill` (one chunk at the
-#   default prefill_chunk_size); prompt 0 once more through the single-sequence `prefill`.
+#   the first TEXT_POSITIONS tokens of the perplexity text through `batch_prefill`; prompt 0 once more
+#   through the single-sequence `prefill`. The cpu check prefills at most CHECK_CHUNK positions a call (the
+#   text: two calls, the second continuing the first's KV cache), which caps the library's largest logits
+#   buffer (positions x vocabulary float32) and with it the node's peak memory.
 # With the project's prompts that is ~120 prompt positions + 128 text positions: top-1 agreement and KL
 # over >= 100 positions resolve the q4 thresholds (top1_min 0.9: one position is < 1 %).
 TEXT_POSITIONS = 128
 DECODE_CHECK_STEPS = 8
+CHECK_CHUNK = 64
 
 
 def library_logits(sess, ref: dict) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -340,15 +345,26 @@ def library_logits(sess, ref: dict) -> tuple[list[np.ndarray], np.ndarray, np.nd
     return [sess.forward(first_tokens, first_len), *rest], sess.forward(text), sess.prefill_last(first_tokens[:first_len])
 
 
-def library_figures(ref: dict, lib_logits, text_lib: np.ndarray, prefill_last: np.ndarray) -> tuple[dict, np.ndarray]:
-    """The figures of library_logits' output against the reference (metrics.compare over every prompt
-    position, perplexity on the text, decode steps, the `prefill` entry's last position), and the text tokens."""
+FIGURE_BLOCK = 16  # positions per block of the vocabulary-wide figures (metrics.compare/perplexity temporaries)
+
+
+def flat_logits(lib_logits: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The prompts' logits as one [positions, vocab] array and per-prompt views of it (one copy in memory)."""
+    flat = np.concatenate(lib_logits)
+    return flat, np.split(flat, np.cumsum([len(x) for x in lib_logits])[:-1])
+
+
+def library_figures(ref: dict, lib_flat: np.ndarray, text_lib: np.ndarray, prefill_last: np.ndarray) -> tuple[dict, np.ndarray]:
+    """The figures of library_logits' output (the prompts' logits as flat_logits' array) against the
+    reference (metrics.compare over every prompt position, perplexity on the text, decode steps, the
+    `prefill` entry's last position), and the text tokens."""
     from builders.verify.metrics import compare, perplexity
 
-    figures = compare(np.concatenate([r for _, _, r in ref["prompts"]]), np.concatenate(lib_logits))
     text = ref["text_tokens"][: len(text_lib)]
-    figures["ppl_ref"] = perplexity(ref["text_logits"][: len(text)], text)
-    figures["ppl_art"] = perplexity(text_lib, text)
+    ppl = {"ppl_ref": perplexity(ref["text_logits"][: len(text)], text, block=FIGURE_BLOCK),
+           "ppl_art": perplexity(text_lib, text, block=FIGURE_BLOCK)}
+    figures = compare(np.concatenate([r for _, _, r in ref["prompts"]]), lib_flat, block=FIGURE_BLOCK)
+    figures.update(ppl)
     figures["ppl_delta"] = figures["ppl_art"] - figures["ppl_ref"]
     first_tokens, first_len, _ = ref["prompts"][0]
     figures["decode_steps"] = int(len(first_tokens) - first_len)
@@ -359,18 +375,26 @@ def library_figures(ref: dict, lib_logits, text_lib: np.ndarray, prefill_last: n
 def check_lib_vs_dequantized(ctx: NodeContext, c: ModelConfig, q: MlcQuant, ref: dict, lib_logits, ver: dict) -> float:
     """Library correctness alone: the prompts' logits against the same dequantized weights run through
     transformers layer by layer, max|Δlogit| within LIB_VS_DEQUANT_MAX (or F16_ULPS of the largest logit);
-    added to `ver`. Returns the reference's seconds."""
+    added to `ver`. The reference's logits come a block of vocabulary columns at a time and are compared
+    and dropped (reference.streamed_head_blocks). Uses only ref's prompt tokens. Returns its seconds."""
     from builders.backends.mlc import reference
 
     hf_arch = _setup(ctx)[0]["architectures"][0]
     t0 = time.monotonic()
-    dq = np.concatenate(reference.streamed_logits(ctx.model_dir, ctx.inputs["weights"], c, q, hf_arch,
-                                                  [tokens for tokens, _, _ in ref["prompts"]]))
+    lib_vs_dq = dq_max = 0.0
+    seen = 0
+    for rows, parts in reference.streamed_head_blocks(ctx.model_dir, ctx.inputs["weights"], c, q, hf_arch,
+                                                      [tokens for tokens, _, _ in ref["prompts"]]):
+        for lib, dq in zip(lib_logits, parts):
+            lib_vs_dq = max(lib_vs_dq, float(np.abs(dq - lib[:, rows]).max(initial=0.0)))
+            dq_max = max(dq_max, float(np.abs(dq).max(initial=0.0)))
+        seen += rows.stop - rows.start
     t_ref = time.monotonic() - t0
-    lib_vs_dq = float(np.abs(dq - np.concatenate(lib_logits)).max())
+    if seen != c.vocab_size:
+        raise NodeFailed(f"dequantized reference covered {seen} of {c.vocab_size} vocabulary columns")
     bound = LIB_VS_DEQUANT_MAX
     if q.model_dtype == "float16":
-        bound = max(bound, F16_ULPS * float(np.abs(dq).max()))
+        bound = max(bound, F16_ULPS * dq_max)
     ver["checks"]["lib_vs_dequantized_max_abs_logit"] = lib_vs_dq
     ver["thresholds"]["lib_vs_dequantized_max_abs_logit"] = round(bound, 6)
     if lib_vs_dq > bound:
@@ -379,24 +403,35 @@ def check_lib_vs_dequantized(ctx: NodeContext, c: ModelConfig, q: MlcQuant, ref:
     return t_ref
 
 
+def _tokens_of(ref: dict) -> dict:
+    """The reference without its logits (what the library is fed): prompts as (tokens, prompt_len, None)."""
+    return {"prompts": [(tokens, n, None) for tokens, n, _ in ref["prompts"]], "text_tokens": ref["text_tokens"]}
+
+
 def _verify_cpu(ctx: NodeContext, path: Path) -> None:
+    """The cpu library run on the check's positions, scored against the reference; then against the same
+    dequantized weights through transformers. Memory: the reference's logits are not held while the library
+    runs (only its tokens; the file is read again after the session is closed), and they are dropped once
+    the figures are made, before the dequantized reference runs."""
     from builders import rss
     from builders.backends.mlc import cpu_features, cpu_schedule, harness
     from builders.verify.metrics import load_reference, verdict
 
     _, c, q = _setup(ctx)
     cpu_features.check(TARGETS["cpu"].requires_cpu, path.name)
-    ref = load_reference(ctx.inputs["reference"])
+    tokens = _tokens_of(load_reference(ctx.inputs["reference"]))
     t0 = time.monotonic()
-    sess = harness.Session(path, ctx.inputs["weights"])
-    lib_logits, text_lib, prefill_last = library_logits(sess, ref)
+    sess = harness.Session(path, ctx.inputs["weights"], chunk=CHECK_CHUNK)
+    lib_logits, text_lib, prefill_last = library_logits(sess, tokens)
     rss_lib = rss.current_mb()
     sess.close()  # the library's weights and TVM's memory pool go before the reference below
     t_lib = time.monotonic() - t0
-    figures, text = library_figures(ref, lib_logits, text_lib, prefill_last)
+    lib_flat, lib_logits = flat_logits(lib_logits)
+    figures, text = library_figures(load_reference(ctx.inputs["reference"]), lib_flat, text_lib, prefill_last)
+    del text_lib
     ver = verdict(figures, ctx.params.get("thresholds"), where=f"mlc {q.code}")
     # (b) library correctness alone: the same dequantized weights through transformers, layer by layer
-    t_ref = check_lib_vs_dequantized(ctx, c, q, ref, lib_logits, ver)
+    t_ref = check_lib_vs_dequantized(ctx, c, q, tokens, lib_logits, ver)
     if figures["decode_steps"] < DECODE_CHECK_STEPS:
         ver["failures"].append(f"only {figures['decode_steps']} decode steps compared (need >= {DECODE_CHECK_STEPS})")
         ver["passed"] = False

@@ -1,7 +1,10 @@
 """Quantization-aware layers (relax nn): a plain or group-quantized Linear / Embedding per MlcQuant.
 
 Parameter names follow MLC: `<layer>.weight` unquantized, `<layer>.q_weight` + `<layer>.q_scale`
-group-quantized. Dequantization happens in the graph, so the weights file stays packed.
+group-quantized. Dequantization happens in the graph, so the weights file stays packed. A quantized
+matrix with a vocabulary's rows (the LM head) is dequantized and multiplied in row blocks whose outputs
+are concatenated (models/dequant_blocks.py): the library's working memory holds one float16 block of the
+weight, never the whole dequantized table.
 """
 
 from __future__ import annotations
@@ -12,14 +15,18 @@ from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
 
+from builders.backends.mlc.models.dequant_blocks import row_blocks
 from builders.backends.mlc.quant import MlcQuant
 
 
-def _dequantize_te(q_weight: te.Tensor, q_scale: te.Tensor, rows: int | tirx.PrimExpr, k: int, q: MlcQuant):
-    """te: packed [rows, words] + scales [rows, groups] (NK) or their transposes (KN) -> [rows, k]."""
+def _dequantize_te(q_weight: te.Tensor, q_scale: te.Tensor, rows: int | tirx.PrimExpr, k: int, q: MlcQuant,
+                   start: int = 0):
+    """te: packed [rows, words] + scales [rows, groups] (NK) or their transposes (KN) -> [rows, k]; with
+    `start`, rows start .. start + rows of the packed matrix."""
     mask = tirx.const((1 << q.bits) - 1, "uint32")
 
     def value(r, c):
+        r = r + start if start else r
         if q.layout == "KN":
             word, scale = q_weight[c // q.per_word, r], q_scale[c // q.group_size, r]
         else:
@@ -42,6 +49,19 @@ def _matmul(x: nn.Tensor, w: nn.Tensor, dtype: str) -> nn.Tensor:
     return op.matmul(x, w, out_dtype="float32").astype(dtype)
 
 
+def _quant_matmul(x: nn.Tensor, q_weight: nn.Tensor, q_scale: nn.Tensor, rows: int, k: int, q: MlcQuant,
+                  out_dtype: str | None) -> nn.Tensor:
+    """x @ dequantize(q_weight, q_scale).T in row_blocks(rows) (`out_dtype` None: _matmul's float32
+    accumulation cast back to the model dtype; "float32": float32 out, as the LM head)."""
+    parts = []
+    for start, size in row_blocks(rows):
+        w = op.tensor_expr_op(lambda a, b, start=start, size=size: _dequantize_te(a, b, size, k, q, start),
+                              "dequantize", [q_weight, q_scale])
+        wt = op.permute_dims(w)
+        parts.append(_matmul(x, wt, q.model_dtype) if out_dtype is None else op.matmul(x, wt, out_dtype=out_dtype))
+    return parts[0] if len(parts) == 1 else op.concat(parts, dim=-1)
+
+
 class QuantLinear(nn.Module):
     """y = x @ dequantize(q_weight, q_scale).T (+ bias)."""
 
@@ -56,13 +76,8 @@ class QuantLinear(nn.Module):
             self.q_scale = nn.Parameter((out_features, groups), q.model_dtype)
         self.bias = nn.Parameter((out_features,), q.model_dtype) if bias else None
 
-    def weight(self) -> nn.Tensor:
-        return op.tensor_expr_op(
-            lambda w, s: _dequantize_te(w, s, self.out_features, self.in_features, self.q),
-            "dequantize", [self.q_weight, self.q_scale])
-
     def forward(self, x: nn.Tensor) -> nn.Tensor:
-        y = _matmul(x, op.permute_dims(self.weight()), self.q.model_dtype)
+        y = _quant_matmul(x, self.q_weight, self.q_scale, self.out_features, self.in_features, self.q, None)
         return y + self.bias if self.bias is not None else y
 
 
@@ -81,9 +96,7 @@ class QuantEmbedding(nn.Module):
         return op.tensor_expr_op(lambda a, b: _dequantize_te(a, b, n, self.dim, self.q), "dequantize", [w, s])
 
     def lm_head_forward(self, x: nn.Tensor) -> nn.Tensor:
-        w = op.tensor_expr_op(lambda a, b: _dequantize_te(a, b, self.vocab, self.dim, self.q),
-                              "dequantize", [self.q_weight, self.q_scale])
-        return op.matmul(x, op.permute_dims(w), out_dtype="float32")
+        return _quant_matmul(x, self.q_weight, self.q_scale, self.vocab, self.dim, self.q, "float32")
 
 
 class PlainLinear(nn.Module):
