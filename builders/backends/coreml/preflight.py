@@ -29,6 +29,20 @@ def length_groups(token_lists: list, waste: float = PAD_WASTE) -> list[list]:
     return groups
 
 
+def _abs_max(t, lengths: list[int]) -> float:
+    """max |t| over the real positions of a [batch, length, ...] module output (any other shape: all of
+    it), without a copy of the output (aminmax of a view per sequence)."""
+    import torch
+
+    views = [t[i, :n] for i, n in enumerate(lengths)] if t.dim() >= 2 and tuple(t.shape[:2]) == (
+        len(lengths), max(lengths)) else [t]
+    best = 0.0
+    for v in (v for v in views if v.numel()):
+        lo, hi = torch.aminmax(v)
+        best = max(best, -float(lo), float(hi))
+    return best
+
+
 def fp16_sweep(model_dir: Path, token_lists: list) -> dict:
     """Max |activation| per module output of the fp32 original over the given token lists (fp32 math on
     weights kept at the checkpoint's dtype: verify/fp32_compute.py). Lists of similar length run as one
@@ -41,17 +55,13 @@ def fp16_sweep(model_dir: Path, token_lists: list) -> dict:
 
     model = load_fp32_compute(model_dir, cpu_threads())
     peaks: dict[str, float] = {}
-    valid = {}  # the current batch's [batch, length] mask of real positions
+    lengths: list[int] = []  # the current batch's real lengths
 
     def hook(name):
         def record(_module, _inp, out):
             t = out[0] if isinstance(out, tuple) else out
             if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
-                m = valid["mask"]
-                a = t.detach().abs()
-                if a.dim() >= 2 and tuple(a.shape[:2]) == tuple(m.shape):
-                    a = a[m]
-                peaks[name] = max(peaks.get(name, 0.0), float(a.max()) if a.numel() else 0.0)
+                peaks[name] = max(peaks.get(name, 0.0), _abs_max(t.detach(), lengths))
         return record
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
@@ -62,7 +72,7 @@ def fp16_sweep(model_dir: Path, token_lists: list) -> dict:
             for i, tokens in enumerate(group):
                 ids[i, :len(tokens)] = torch.tensor(tokens)
                 mask[i, :len(tokens)] = 1
-            valid["mask"] = mask.bool()
+            lengths[:] = [len(t) for t in group]
             model(input_ids=ids, attention_mask=mask, use_cache=False)
     for h in handles:
         h.remove()

@@ -54,6 +54,7 @@ def step_embeddings(ctx: NodeContext) -> None:
 
     layout = _layout(ctx)
     ctx.result["preflight"] = preflight(layout, ctx.model_dir, _reference_tokens(ctx), ARCHS)
+    _return_free_heap()  # the sweep's fp32-compute model is gone: its heap is not the conversion's
     ctx.log(f"preflight: fp16 sweep max |activation| {ctx.result['preflight']['fp16_sweep']['max_abs']}, "
             f"{layout.chunks} chunk(s), ~{ctx.result['preflight']['chunk_mb_estimate']} MiB per chunk")
     ctx.result["tool_versions"] = _tool_versions()
