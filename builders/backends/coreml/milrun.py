@@ -95,6 +95,17 @@ class Package:
             arr = np.array(list(getattr(tv, kind).values), dtype=DTYPES.get(dtype, np.int64))
         return arr.reshape(shape)
 
+    def release(self) -> None:
+        """Drop the resident pages of every memory-mapped weight (they are read back from the file if an op
+        needs them again): a vocabulary-wide LM head read once for all positions need not stay resident
+        while the check compares the logits."""
+        import mmap
+
+        for value in self._blobs.values():
+            m = getattr(value, "_mmap", None)
+            if m is not None and hasattr(m, "madvise"):
+                m.madvise(mmap.MADV_DONTNEED)
+
     def _blob(self, blob, dtype: str) -> np.ndarray:
         path = self._weights / blob.fileName.split("/")[-1]
         if dtype in MAPPED:

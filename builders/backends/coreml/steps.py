@@ -205,7 +205,9 @@ def _return_free_heap() -> None:
     a 0.5B model, none of it live). Nothing to do where the C library is not glibc."""
     import ctypes
     import ctypes.util
+    import gc
 
+    gc.collect()  # objects in reference cycles (a transformers model with its hooks) are freed here, not later
     try:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
