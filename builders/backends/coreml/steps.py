@@ -81,6 +81,8 @@ def _chunks(ctx: NodeContext, kind: str, seq: int) -> None:
         ctx.log(f"{kind} chunk {i + 1}/{layout.chunks}: layers {layers.start}..{layers.stop - 1}")
         ml = convert.chunk(src, layers, i == layout.chunks - 1, seq)
         convert.save_part(ml, _parts_dir(ctx) / name, layout.lut("lut2"), ctx.work)
+        del ml
+        _return_free_heap()
 
 
 def step_ffn(ctx: NodeContext) -> None:
@@ -93,6 +95,8 @@ def step_prefill(ctx: NodeContext) -> None:
 
 def step_combine(ctx: NodeContext) -> None:
     layout = _layout(ctx)
+    _return_free_heap()  # coremltools loads both programs' weights here: start from the live heap only
+    # (measured, 0.5B: 3328 MB peak when the conversions' freed heap was still mapped)
     for ffn, pf, out in zip(layout.names["ffn"], layout.names["prefill"], layout.names["ffn_pf"]):
         missing = [n for n in (ffn, pf) if not (_parts_dir(ctx) / n).is_dir()]
         if missing:
