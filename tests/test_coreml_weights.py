@@ -31,7 +31,9 @@ def test_sharded_llama_with_rope_scaling_reads_the_same_tensors_and_rope(tmp_pat
     src = convert.Source(d, 32)
     sd = model.state_dict()
     assert sorted(src.state) == sorted(sd) and not src.state.tied
-    assert all(torch.equal(src.state[k], v) for k, v in sd.items())
+    assert all(src.state[k].dtype == torch.float16 and torch.equal(src.state[k], v.half()) for k, v in sd.items())
+    exact = Weights(d)  # no dtype: the checkpoint's own tensors, read a block at a time
+    assert all(torch.equal(exact[k], v) for k, v in sd.items())
     assert set(src.layer(1)) == {k[len("model.layers.1."):] for k in sd if k.startswith("model.layers.1.")}
     with torch.no_grad():
         cos, sin = model.model.rotary_emb(torch.zeros(1, 32), torch.arange(32).unsqueeze(0))
@@ -96,3 +98,32 @@ def test_a_fused_tensor_of_the_wrong_size_is_a_node_failure(tmp_path):
     (d / "config.json").write_text(json.dumps(bad))
     with pytest.raises(NodeFailed, match="qkv_proj.weight: 128 rows, the config implies 192"):
         Weights(d).layer(0)
+
+
+def test_reads_span_many_blocks_and_a_damaged_file_is_a_node_failure(tmp_path, monkeypatch):
+    """Tensors read in blocks (READ_BLOCK made tiny: every tensor crosses many block edges) equal the
+    checkpoint's; bf16 read as fp16 equals torch's own conversion; a cut file is a one-line error."""
+    from safetensors.torch import save_file
+
+    from builders.backends.coreml import weights
+
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8, '
+                                   '"intermediate_size": 16, '
+                                   '"num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 1, '
+                                   '"vocab_size": 10}')
+    g = torch.Generator().manual_seed(0)
+    tensors = {"model.embed_tokens.weight": torch.randn(10, 8, generator=g).to(torch.bfloat16),
+               "model.norm.weight": torch.randn(8, generator=g), "empty": torch.zeros(0, 4)}
+    save_file(tensors, str(d / "model.safetensors"))
+    monkeypatch.setattr(weights, "READ_BLOCK", 6)
+    w16, raw = Weights(d, torch.float16), Weights(d)
+    for k, v in tensors.items():
+        assert torch.equal(raw[k], v) and raw[k].dtype == v.dtype, k
+        assert torch.equal(w16[k], v.to(torch.float16)) and w16[k].dtype == torch.float16, k
+    f = d / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-10])
+    cut = Weights(d)
+    with pytest.raises(NodeFailed, match="model.safetensors: tensor .* is cut short; the file is damaged"):
+        [cut[k] for k in tensors]  # the last tensor of the file lost its last bytes

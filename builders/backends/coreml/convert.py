@@ -21,7 +21,7 @@ KMEANS_WORKERS = 2
 
 class Source:
     """The HF checkpoint for the conversion: config fields, its tensors (weights.Weights: read one at a
-    time from the safetensors files, no model instance) and the rope tables for `context` (from the
+    time from the safetensors files as fp16, no model instance) and the rope tables for `context` (from the
     architecture's own rotary embedding module, built from the config alone)."""
 
     def __init__(self, model_dir: Path, context: int):
@@ -32,7 +32,7 @@ class Source:
         d = DecoderConfig.read(model_dir)
         self.cfg = {"heads": d.heads, "kv_heads": d.kv_heads, "head_dim": d.head_dim, "eps": d.norm_eps,
                     "context": context, "hidden": d.hidden, "vocab": d.vocab, "layers": d.layers}
-        self.state = Weights(model_dir)
+        self.state = Weights(model_dir, parts.DTYPE)  # read as the programs' fp16: no checkpoint-dtype copy
         self.rope = rope_tables(c, context)
 
     def layer(self, i: int) -> dict:

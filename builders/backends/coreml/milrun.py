@@ -95,15 +95,53 @@ class Package:
             arr = np.array(list(getattr(tv, kind).values), dtype=DTYPES.get(dtype, np.int64))
         return arr.reshape(shape)
 
+    def release(self) -> None:
+        """Drop the resident pages of every memory-mapped weight (they are read back from the file if an op
+        needs them again): a vocabulary-wide LM head read once for all positions need not stay resident
+        while the check compares the logits."""
+        import mmap
+
+        for value in self._blobs.values():
+            m = getattr(value, "_mmap", None)
+            if m is not None and hasattr(m, "madvise"):
+                m.madvise(mmap.MADV_DONTNEED)
+
     def _blob(self, blob, dtype: str) -> np.ndarray:
+        path = self._weights / blob.fileName.split("/")[-1]
+        if dtype in MAPPED:
+            return mapped_blob(path, int(blob.offset), MAPPED[dtype])
         from coremltools.libmilstoragepython import _BlobStorageReader
 
         # a reader per read: it maps the whole weight file, and the pages it touched would stay resident
         # next to the copy it returns (the array owns its data) for as long as the reader lives
-        reader = _BlobStorageReader(str(self._weights / blob.fileName.split("/")[-1]))
+        reader = _BlobStorageReader(str(path))
         data = np.asarray(getattr(reader, BLOB_READERS[dtype])(blob.offset))
         del reader
         return data.view(np.float16) if dtype == "FLOAT16" else data
+
+
+MAPPED = {"FLOAT16": np.float16, "FLOAT32": np.float32, "INT32": np.int32, "UINT32": np.uint32,
+          "INT16": np.int16, "UINT16": np.uint16, "INT8": np.int8, "UINT8": np.uint8}
+"""Whole-byte blob dtypes, read as memory maps of the weight file (mapped_blob); sub-byte ones (LUT
+indices) are unpacked by coremltools' reader."""
+BLOB_SENTINEL = 0xDEADBEEF
+
+
+def mapped_blob(path: Path, offset: int, dtype) -> np.ndarray:
+    """A read-only memory map of one blob of a MIL weight file: at `offset` its 64-byte metadata
+    (uint32 sentinel 0xDEADBEEF, uint32 data type, uint64 size in bytes, uint64 offset of the data), then
+    the data. Nothing is copied: only the pages an op reads become resident (a gather of a few embedding
+    rows reads a few pages of a vocabulary-sized table), and they are the file's, not the heap's."""
+    import struct
+
+    with open(path, "rb") as f:
+        f.seek(offset)
+        sentinel, _, size, data = struct.unpack("<IIQQ", f.read(24))
+    if sentinel != BLOB_SENTINEL or size % np.dtype(dtype).itemsize:
+        raise ValueError(f"{path}: no weight blob at offset {offset} (sentinel {sentinel:#x}, {size} bytes)")
+    if not size:
+        return np.zeros(0, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=data, shape=(size // np.dtype(dtype).itemsize,))
 
 
 # ---- ops: fn(args: dict[str, value], ctx) -> value or tuple ------------------------------------------

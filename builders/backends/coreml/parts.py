@@ -20,6 +20,17 @@ from torch.nn import functional as F
 DTYPE = torch.float16
 
 
+def _weight_dtype(x, weight: torch.Tensor):
+    """x cast to the weight's dtype before every op that takes a weight. coremltools' torch frontend
+    converts in fp32 (it casts the fp16 inputs and states to fp32) and promotes an fp16 weight met by an
+    fp32 activation to a new fp32 copy, which its fp16 pass casts back to another fp16 copy: three copies
+    of every weight alive at once (the module's fp16, fp32, the final fp16), 4x the model's fp16 size at
+    the peak of a conversion. With the activation cast to fp16 the op takes the module's own fp16 tensor
+    as its constant (no copy at all); the fp16 pass would have made the op fp16 anyway, so the saved
+    program is the same (tests/test_coreml_programs.py)."""
+    return x.to(weight.dtype)
+
+
 class AneRMSNorm(nn.Module):
     def __init__(self, weight: torch.Tensor, eps: float):
         super().__init__()
@@ -28,6 +39,7 @@ class AneRMSNorm(nn.Module):
 
     def forward(self, x):  # x [..., H]
         h = x.shape[-1]
+        x = _weight_dtype(x, self.weight)
         doubled = torch.cat([x, -x], dim=-1)
         normed = F.layer_norm(doubled, (2 * h,), eps=self.eps)
         return normed[..., :h] * self.weight
@@ -50,7 +62,7 @@ class Proj(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.to(DTYPE).reshape(1, -1, 1, 1), requires_grad=False)
 
     def forward(self, x):
-        y = self.conv(x)
+        y = self.conv(_weight_dtype(x, self.conv.weight))
         return y if self.bias is None else y + self.bias
 
 
@@ -96,7 +108,7 @@ class LmHead(nn.Module):
         self.argmax = argmax
 
     def forward(self, hidden_states):
-        x = _to_conv_layout(hidden_states)
+        x = _to_conv_layout(_weight_dtype(hidden_states, self.heads[0].weight))
         logits = []
         for head, rows in zip(self.heads, self.sizes):
             out = _from_conv_layout(head(x))

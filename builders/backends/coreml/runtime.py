@@ -72,7 +72,8 @@ class Session:
         return np.asarray(h)[0]
 
     def logits(self, hidden: np.ndarray) -> np.ndarray:
-        """[n, vocab] from hidden [n, H] (LM head without argmax), `lm_head_rows` hidden states per call."""
+        """[n, vocab] from hidden [n, H] (LM head without argmax), `lm_head_rows` hidden states per call, in
+        the program's output dtype (fp16: the metrics upcast a block of rows at a time)."""
         hidden = np.asarray(hidden, np.float16).reshape(-1, np.shape(hidden)[-1])
         step, rows = max(1, self.p.lm_head_rows), []
         for i in range(0, len(hidden), step):
@@ -84,7 +85,8 @@ class Session:
                 raise ValueError(f"LM head outputs {[p.shape for p in parts]} for {len(h)} hidden state(s); "
                                  "expected logits1..N of [1, n, rows]")
             rows.append(np.concatenate([p.reshape(len(h), -1) for p in parts], axis=1))
-        return np.concatenate(rows).astype(np.float32)
+        self.p.lm_head.package.release()
+        return np.concatenate(rows) if len(rows) > 1 else rows[0]
 
     def next_token(self, hidden: np.ndarray, split_sizes: list[int]) -> int:
         """Greedy token from one hidden state, through the in-model argmax when the LM head has one."""
