@@ -72,13 +72,18 @@ print("equal", len(ours.tensors), len(ours.kv))
 @pytest.mark.docker
 @pytest.mark.fresh_store  # no seed store: it runs no node
 def test_equal_to_gguf_py_reader_on_quantized_file(docker_engine, pins):
+    assert _in_gguf_image(docker_engine, pins, SCRIPT).split()[:2] == ["equal", "6"]
+
+
+def _in_gguf_image(docker_engine, pins, script: str) -> str:
+    """stdout of `python -c script` in the gguf image (no network), with this checkout's builders/ importable."""
     ref = ensure(["gguf"], pins)["gguf"]["ref"]
     builders = Path(__file__).resolve().parents[1] / "builders"
     out = docker_engine.containers.run(
-        ref, ["python", "-c", SCRIPT], remove=True, network_mode="none",
+        ref, ["python", "-c", script], remove=True, network_mode="none",
         volumes={str(builders): {"bind": "/opt/buildmatrix/builders", "mode": "ro"}},
         environment={"PYTHONPATH": "/opt/buildmatrix"})
-    assert out.decode().split()[:2] == ["equal", "6"]
+    return out.decode()
 
 
 DEQUANT_SCRIPT = r"""
@@ -102,7 +107,7 @@ for qt in (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_
     err = np.abs(ours - theirs).reshape(24, 4, block) / np.maximum(scale, 1e-30)
     assert err.max() <= 1e-6, (qt.name, float(err.max()))
     done.append(qt.name)
-for qt, dtype in ((T.F16, np.float16), (T.BF16, np.uint16)):  # 2-byte floats: exact, as builders.gguf_file gives them
+for qt in (T.F16, T.BF16):  # 2-byte floats, as builders.gguf_file gives them: exact
     rows = rng.standard_normal((24, 64)).astype(np.float32)
     data = rows.astype(np.float16) if qt == T.F16 else (rows.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
     assert np.array_equal(ggml_dequant.dequantize(data, int(qt)), gguf.quants.dequantize(data, qt)), qt.name
@@ -117,10 +122,4 @@ print("equal", len(done))
 def test_ggml_dequantizers_equal_gguf_py(docker_engine, pins):
     """The runtime check's dequantized weights (verify/ggml_dequant.py, ggml's C) equal gguf-py's numpy
     dequantization on every block-quantized type the quants use (block by block) and on F16/BF16 (exactly)."""
-    ref = ensure(["gguf"], pins)["gguf"]["ref"]
-    builders = Path(__file__).resolve().parents[1] / "builders"
-    out = docker_engine.containers.run(
-        ref, ["python", "-c", DEQUANT_SCRIPT], remove=True, network_mode="none",
-        volumes={str(builders): {"bind": "/opt/buildmatrix/builders", "mode": "ro"}},
-        environment={"PYTHONPATH": "/opt/buildmatrix"})
-    assert out.decode().split()[:2] == ["equal", "12"]
+    assert _in_gguf_image(docker_engine, pins, DEQUANT_SCRIPT).split()[:2] == ["equal", "12"]

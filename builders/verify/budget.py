@@ -27,8 +27,8 @@ with one batched pass per sequence). Why that is enough for the thresholds' stat
            kernel shows on every position, and their thresholds sit a factor of 2-10 above the measured
            figures. The dequantized-weights model is a second full forward pass that the artifact's own
            check does not need; its cost is the model's size x these positions.
-The budget only cuts the perplexity text and the runtime positions; the tokenizer check (tokenizer_check.py) still compares the
-whole text's token ids.
+The budget only cuts the perplexity text and the runtime positions; the tokenizer check
+(tokenizer_check.py) still compares the whole text's token ids.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
-"""GGUF tensor data (block-quantized, F16, BF16) to float32 with ggml's own reference dequantizers (the `to_float` of
-ggml's type traits in libggml-base, the library llama-cpp-python ships), called through ctypes.
+"""GGUF tensor data (block-quantized, F16, BF16) to float32 with ggml's own reference dequantizers (the
+`to_float` of ggml's type traits in libggml-base, the library llama-cpp-python ships), through ctypes.
 
 gguf-py's numpy dequantizers compute the same values (each type's block formula in the GGUF spec), but
 work 16 rows per numpy call: on a 0.5B Q4_K_M file they took ~10 s of the check on 2 CPUs, where ggml's C
-loops take well under one (and numpy's float16 -> float32 cast took 1.4 s of a 0.5B F16 file's check). The runtime check still compares different code: llama.cpp's matrix
-multiplications never call `to_float` on quantized weights (their vec_dot kernels read the blocks and
-quantize the activations), and its figures then compare with transformers' fp32 math on these weights.
+loops take well under one (and numpy's float16 -> float32 cast took 1.4 s of a 0.5B F16 file's check).
+The runtime check still compares different code: llama.cpp's matrix multiplications never call
+`to_float` on quantized weights (their vec_dot kernels read the blocks and quantize the activations),
+and its figures then compare with transformers' fp32 math on these weights.
 tests/test_gguf_file.py holds these values equal to gguf-py's on every block type and F16/BF16.
 Runs inside the gguf image (llama_cpp); `available()` is False elsewhere and callers use gguf-py.
 """
@@ -27,6 +28,7 @@ class _TypeTraits(ctypes.Structure):
 
 
 _TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float), ctypes.c_int64)
+F32 = 0  # GGML_TYPE_F32: already float32, nothing to convert
 
 
 @lru_cache(maxsize=1)
@@ -56,8 +58,6 @@ def _traits(ggml_type: int):
         return None
     return int(t.blck_size), int(t.type_size), _TO_FLOAT(t.to_float)
 
-
-F32 = 0  # GGML_TYPE_F32: already float32, nothing to convert
 
 
 def available(ggml_type: int) -> bool:
