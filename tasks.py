@@ -70,14 +70,19 @@ def test(c, k=None, fast=False, toolchains=False):
             "runs": "repetitions for the warm no-op timing (default bench only)",
             "model": "per-node figures of this model's build instead (e.g. synthetic:qwen2.5-0.5b)",
             "backends": SELECT_HELP["backends"], "quants": SELECT_HELP["quants"], "targets": SELECT_HELP["targets"],
-            "direct": "with --model: also time each conversion step's upstream tool called directly (default on)"})
-def bench(c, out="dist-bench", runs=5, model=None, backends=None, quants=None, targets=None, direct=True):
+            "direct": "with --model: also time each conversion step's upstream tool called directly (default on)",
+            "repeat": "with --model: rounds of (rebuild the conversion nodes, one direct run each); the upstream "
+                      "ratio is median / median (default 3)",
+            "keep": "with --model: keep the bench's store and artifacts (default on; --no-keep removes them, "
+                    "keeping bench-nodes.json)"})
+def bench(c, out="dist-bench", runs=5, model=None, backends=None, quants=None, targets=None, direct=True, repeat=3,
+          keep=True):
     """Speed and memory figures: cold build, warm no-op, overhead vs llama.cpp's converter, peak memory;
     with --model: wall, phases, peak RSS and upstream ratio per node of that model's build."""
     if model:
         from builders import bench_nodes
 
-        bench_nodes.main(out, model, backends, quants, targets, direct)
+        bench_nodes.main(out, model, backends, quants, targets, direct, int(repeat), keep)
         return
     from builders import bench as bench_mod
 

@@ -14,7 +14,11 @@ every node of that plan - found by the node's digest, never by kind - and prints
                 output; `ok` or `OVER` with the limit
     upstream    for conversion steps: the step's seconds / the same conversion by the upstream tool called
                 directly in the same image with the same container limits (DIRECT below), and that run's
-                own peak RSS
+                own peak RSS. One sample of each is noise on a busy 2-CPU machine (single samples of the same
+                steps gave 0.53-1.68x), so with --repeat N the conversion nodes are built N times (each
+                round removes their store entries and builds the selection again: their parents stay
+                cached) with one direct run after each round, and the ratio is median / median, the samples
+                listed beside it
 
 Figures come from the runs, and are written to <out>/bench-nodes.json. Not a test: nothing asserts a speed.
 """
@@ -24,6 +28,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -113,7 +119,9 @@ def direct_run(image: str, cmd: list[str], mounts: dict[str, str]) -> dict:
     return {"seconds": round(seconds, 2), "rc": rc, **mem, **({"log_tail": log} if log else {})}
 
 
-def node_rows(out: Path, plan, direct: bool) -> list[dict]:
+def node_rows(out: Path, plan, direct: dict | None = None) -> list[dict]:
+    """One row per node of the plan; `direct` ({node key: [direct run, ...]}, see direct_rounds) adds the
+    upstream comparison to the conversion nodes."""
     store = out / ".store"
     model_elements: dict[str, int] = {}
     rows = []
@@ -145,31 +153,74 @@ def node_rows(out: Path, plan, direct: bool) -> list[dict]:
             "output_mb": round(sum(o.get("size", 0) for o in manifest.get("outputs", [])) / MB, 1),
         }
         row["memory_rule"] = memory_rule.check(row)
-        if direct and pn.node.kind in DIRECT:
-            row.update(_direct(out, plan, pn, manifest))
+        if direct is not None and key in direct:
+            row.update(_upstream(pn.node.kind, direct[key]))
         rows.append(row)
     return rows
 
 
-def _direct(out: Path, plan, pn, manifest: dict) -> dict:
+def conversion_nodes(plan) -> list:
+    """The plan's nodes whose step wraps an upstream tool (DIRECT)."""
+    return [pn for pn in plan.nodes.values() if pn.node.kind in DIRECT]
+
+
+def _direct_once(out: Path, plan, pn) -> dict:
+    """The node's conversion step (its seconds from the manifest as built now) and one direct run of the
+    upstream tool on the same inputs."""
     step, what = DIRECT[pn.node.kind]
+    manifest = json.loads((out / ".store" / pn.digest / "manifest.json").read_text())
     cmd = _direct_command(pn.node.kind, manifest)
     step_s = manifest["timings"]["steps"].get(step, {}).get("seconds")
     if cmd is None or step_s is None:
-        return {"upstream": f"no direct run for {pn.node.kind} ({step} step {step_s})"}
+        return {"skip": f"no direct run for {pn.node.kind} ({step} step {step_s})"}
     mounts = {}
     model = plan.models[pn.model]
     mounts["/in/model"] = str(out / ".store" / plan.nodes[model.node].digest / "out") if model.node \
         else str(plan.model_dirs[model.name])
     for role, digest in pn.parents.items():
         mounts[f"/in/{role}"] = str(out / ".store" / digest / "out")
-    image = manifest["image"]["ref"]
-    run = direct_run(image, cmd, mounts)
-    if run["rc"] != 0:
-        return {"upstream": what, "upstream_failed": run}
-    return {"upstream": what, "step": step, "step_s": step_s, "upstream_s": run["seconds"],
-            "step_over_upstream": round(step_s / run["seconds"], 2),
-            "upstream_peak_rss_mb": run.get("container_peak_rss_mb")}
+    return {"step_s": step_s, "direct": direct_run(manifest["image"]["ref"], cmd, mounts)}
+
+
+def _upstream(kind: str, samples: list[dict]) -> dict:
+    """The upstream comparison of one conversion node from its rounds: medians, ratio, the samples."""
+    step, what = DIRECT[kind]
+    if any("skip" in s for s in samples):
+        return {"upstream": next(s["skip"] for s in samples if "skip" in s)}
+    failed = [s["direct"] for s in samples if s["direct"]["rc"] != 0]
+    if failed:
+        return {"upstream": what, "upstream_failed": failed[0]}
+    steps = [s["step_s"] for s in samples]
+    ups = [s["direct"]["seconds"] for s in samples]
+    step_s, up_s = statistics.median(steps), statistics.median(ups)
+    return {"upstream": what, "step": step, "step_s": round(step_s, 2), "upstream_s": round(up_s, 2),
+            "step_over_upstream": round(step_s / up_s, 2), "samples": len(samples),
+            "step_samples_s": steps, "upstream_samples_s": ups,
+            "upstream_peak_rss_mb": max((s["direct"].get("container_peak_rss_mb") or 0) for s in samples) or None}
+
+
+def direct_rounds(out: Path, plan, build: list[str], repeat: int, log=print) -> dict[str, list[dict]]:
+    """{node key: [round sample, ...]} for every conversion node: after the build that already ran, one
+    direct run each; then repeat-1 more rounds, each removing the conversion nodes' store entries,
+    building the selection again (parents stay cached; outputs are bit-identical, so digests and children
+    are unchanged) and running each direct command once. Alternating rounds put both sides under the
+    same load drift."""
+    nodes = conversion_nodes(plan)
+    samples: dict[str, list[dict]] = {pn.key: [] for pn in nodes}
+    for r in range(max(1, repeat) if nodes else 0):
+        if r:
+            for pn in nodes:
+                shutil.rmtree(out / ".store" / pn.digest, ignore_errors=False)
+            rc = subprocess.run(build, cwd=ROOT, stdout=subprocess.DEVNULL).returncode
+            if rc != 0:
+                log(f"round {r + 1}: the rebuild failed (exit {rc}); stopping the rounds at {r}")
+                break
+        for pn in nodes:
+            samples[pn.key].append(_direct_once(out, plan, pn))
+        log(f"round {r + 1}/{repeat}: " + ", ".join(
+            f"{pn.key.rsplit('.', 1)[-1]} {s[-1].get('step_s')}/{s[-1].get('direct', {}).get('seconds')}"
+            for pn, s in ((pn, samples[pn.key]) for pn in nodes)))
+    return samples
 
 
 def _fmt(v, spec: str = "") -> str:
@@ -184,6 +235,7 @@ def table(rows: list[dict]) -> str:
             lines.append(f"{r['node']:44} {r['missing']}")
             continue
         up = (f"{r['step']} {r['step_s']:.1f}/{r['upstream_s']:.1f}={r['step_over_upstream']:.2f}"
+              + (f" (n={r['samples']})" if r.get("samples", 1) > 1 else "")
               if "step_over_upstream" in r else ("FAILED" if "upstream_failed" in r else ""))
         peak = f"{_fmt(r['peak_rss_mb'], '.0f')}{' proc' if r['peak_rss_source'] == 'proc' else ''}"
         phases = " ".join(f"{k} {v:.1f}" for k, v in r["steps_s"].items() if v is not None)
@@ -198,8 +250,20 @@ def _load() -> float | None:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
+def clean(out_path: Path) -> None:
+    """Remove what the bench built under out_path (the store and published artifacts: several GB per
+    real-size model), keeping bench-nodes.json."""
+    for child in out_path.iterdir():
+        if child.name == "bench-nodes.json":
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 def main(out: str, model: str, backends: str | None, quants: str | None, targets: str | None,
-         direct: bool = True) -> None:
+         direct: bool = True, repeat: int = 3, keep: bool = True) -> None:
     out_path = (ROOT / out).resolve()
     build = [sys.executable, "-m", "invoke", "build", "--out", str(out_path), "--model", model]
     for flag, value in (("--backends", backends), ("--quants", quants), ("--targets", targets)):
@@ -209,15 +273,21 @@ def main(out: str, model: str, backends: str | None, quants: str | None, targets
     rc = subprocess.run(build, cwd=ROOT).returncode
     build_s, load_after = time.monotonic() - t0, _load()
     plan = _plan(out_path, model, backends, quants, targets)
-    rows = node_rows(out_path, plan, direct and rc == 0)
+    samples = direct_rounds(out_path, plan, build, repeat) if direct and rc == 0 else None
+    rows = node_rows(out_path, plan, samples)
     # timings are only comparable on a quiet machine: the 1-minute load average before and after the build
-    # (on 2 CPUs, other work above ~0.5 shows in every wall time and in the upstream ratios)
-    figures = {"model": model, "build_rc": rc, "build_s": round(build_s, 1), "load_avg_1m": [load_before, load_after],
-               "cpus": os.cpu_count(), "nodes": rows}
+    # and after the direct rounds (on 2 CPUs, other work above ~0.5 shows in every wall time and ratio)
+    loads = [load_before, load_after] + ([_load()] if samples else [])
+    figures = {"model": model, "build_rc": rc, "build_s": round(build_s, 1), "load_avg_1m": loads,
+               "cpus": os.cpu_count(), "repeat": repeat if samples else 0, "nodes": rows}
     (out_path / "bench-nodes.json").write_text(json.dumps(figures, indent=2))
     print(table(rows))
-    print(f"build exit {rc} in {build_s:.1f} s (load average {load_before} before, {load_after} after, "
+    print(f"build exit {rc} in {build_s:.1f} s (load average {' / '.join(map(str, loads))}: before, after"
+          f"{', after the direct rounds' if samples else ''}; "
           f"{os.cpu_count()} CPUs); upstream: "
           + "; ".join(f"{k}: {v[1]}" for k, v in DIRECT.items()) + f"; figures in {out_path / 'bench-nodes.json'}")
+    if not keep:
+        clean(out_path)
+        print(f"removed the bench's store and artifacts under {out_path} (kept bench-nodes.json)")
     if rc != 0:
         sys.exit(f"the build failed (exit {rc}); figures above are for the nodes it built")

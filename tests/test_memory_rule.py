@@ -30,7 +30,7 @@ def rows(tmp_path_factory, docker_engine):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     plan = bench_nodes._plan(out, MODEL, SELECTION["backends"], SELECTION["quants"], SELECTION["targets"])
-    return bench_nodes.node_rows(out, plan, direct=False)
+    return bench_nodes.node_rows(out, plan)
 
 
 @pytest.mark.docker
