@@ -4,7 +4,9 @@ Builds the selection with the real CLI (a no-op where it is already built), then
 every node of that plan - found by the node's digest, never by kind - and prints per node:
 
     wall        the node's time in its container (manifest timings.seconds)
-    phases      the seconds of each step the node ran (manifest timings.steps)
+    phases      the seconds of each step the node ran (manifest timings.steps), and in bench-nodes.json
+                each step's CPU seconds (process and finished children): on a shared machine they move
+                less with other work than wall times do
     peak RSS    the container's peak resident memory sampled from its cgroup each second (container_peak_rss_mb,
                 builders/executors/container_memory.py) or, where larger (a spike between samples, or a
                 node built before the sampler), the largest single process's own peak (peak_rss_mb),
@@ -86,9 +88,23 @@ def _direct_command(kind: str, manifest: dict) -> list[str] | None:
     return None
 
 
+# runs the direct command as a child and prints its CPU seconds (user + system, getrusage of the children)
+# as the last line of stderr: the same measure as a node step's cpu_seconds (builders/rss.cpu_seconds)
+CPU_WRAPPER = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
+               "r = resource.getrusage(resource.RUSAGE_CHILDREN); "
+               "print(f'BENCH_CPU_SECONDS {r.ru_utime + r.ru_stime:.3f}', file=sys.stderr); raise SystemExit(rc)")
+
+
+def _cpu_from_log(text: str) -> float | None:
+    for line in reversed(text.splitlines()):
+        if line.startswith("BENCH_CPU_SECONDS "):
+            return float(line.split()[1])
+    return None
+
+
 def direct_run(image: str, cmd: list[str], mounts: dict[str, str]) -> dict:
     """Run `cmd` in `image` as a node would (no network, the matrix's memory limit, scratch /w), timed,
-    with the container's peak memory sampled the same way."""
+    with the container's peak memory sampled the same way and the command's CPU seconds."""
     import tempfile
 
     import docker
@@ -105,7 +121,7 @@ def direct_run(image: str, cmd: list[str], mounts: dict[str, str]) -> dict:
         volumes = {host: {"bind": dest, "mode": "ro"} for dest, host in mounts.items()}
         volumes[scratch] = {"bind": "/w", "mode": "rw"}
         t0 = time.monotonic()
-        c = client.containers.run(image, cmd, detach=True, volumes=volumes, network_mode="none",
+        c = client.containers.run(image, ["python", "-c", CPU_WRAPPER, *cmd], detach=True, volumes=volumes, network_mode="none",
                                   user=f"{uid}:{gid}", mem_limit=limits.memory, memswap_limit=limits.memory,
                                   environment={"PYTHONPATH": "", "HOME": "/w"}, working_dir="/w")
         try:
@@ -113,10 +129,11 @@ def direct_run(image: str, cmd: list[str], mounts: dict[str, str]) -> dict:
             rc = int(c.wait().get("StatusCode", 1))
             seconds = time.monotonic() - t0
             mem = sampler.figures()
-            log = c.logs(tail=5).decode(errors="replace") if rc else ""
+            tail = c.logs(tail=5).decode(errors="replace")
         finally:
             c.remove(force=True)
-    return {"seconds": round(seconds, 2), "rc": rc, **mem, **({"log_tail": log} if log else {})}
+    return {"seconds": round(seconds, 2), "rc": rc, "cpu_seconds": _cpu_from_log(tail), **mem,
+            **({"log_tail": tail} if rc else {})}
 
 
 def node_rows(out: Path, plan, direct: dict | None = None) -> list[dict]:
@@ -147,6 +164,8 @@ def node_rows(out: Path, plan, direct: dict | None = None) -> list[dict]:
         row: dict[str, Any] = {
             "node": key, "kind": pn.node.kind, "wall_s": manifest["timings"]["seconds"],
             "steps_s": {k: v.get("seconds") for k, v in manifest["timings"]["steps"].items()},
+            "steps_cpu_s": {k: v.get("cpu_seconds") for k, v in manifest["timings"]["steps"].items()
+                            if v.get("cpu_seconds") is not None},
             "peak_rss_mb": peak, "peak_rss_source": how, "container_peak_mem_mb": timings.get("container_peak_mem_mb"),
             "model_bf16_mb": round(bf16_mb, 1),
             "peak_over_model": round(peak / bf16_mb, 2) if peak and bf16_mb else None,
@@ -171,6 +190,7 @@ def _direct_once(out: Path, plan, pn) -> dict:
     manifest = json.loads((out / ".store" / pn.digest / "manifest.json").read_text())
     cmd = _direct_command(pn.node.kind, manifest)
     step_s = manifest["timings"]["steps"].get(step, {}).get("seconds")
+    step_cpu = manifest["timings"]["steps"].get(step, {}).get("cpu_seconds")
     if cmd is None or step_s is None:
         return {"skip": f"no direct run for {pn.node.kind} ({step} step {step_s})"}
     mounts = {}
@@ -179,7 +199,7 @@ def _direct_once(out: Path, plan, pn) -> dict:
         else str(plan.model_dirs[model.name])
     for role, digest in pn.parents.items():
         mounts[f"/in/{role}"] = str(out / ".store" / digest / "out")
-    return {"step_s": step_s, "direct": direct_run(manifest["image"]["ref"], cmd, mounts)}
+    return {"step_s": step_s, "step_cpu_s": step_cpu, "direct": direct_run(manifest["image"]["ref"], cmd, mounts)}
 
 
 def _upstream(kind: str, samples: list[dict]) -> dict:
@@ -193,9 +213,16 @@ def _upstream(kind: str, samples: list[dict]) -> dict:
     steps = [s["step_s"] for s in samples]
     ups = [s["direct"]["seconds"] for s in samples]
     step_s, up_s = statistics.median(steps), statistics.median(ups)
-    return {"upstream": what, "step": step, "step_s": round(step_s, 2), "upstream_s": round(up_s, 2),
-            "step_over_upstream": round(step_s / up_s, 2), "samples": len(samples),
-            "step_samples_s": steps, "upstream_samples_s": ups,
+    row = {"upstream": what, "step": step, "step_s": round(step_s, 2), "upstream_s": round(up_s, 2),
+           "step_over_upstream": round(step_s / up_s, 2), "samples": len(samples),
+           "step_samples_s": steps, "upstream_samples_s": ups}
+    # CPU seconds of both sides, where both were measured: less moved by other work on the machine
+    cpu = [(s.get("step_cpu_s"), s["direct"].get("cpu_seconds")) for s in samples]
+    if cpu and all(a is not None and b for a, b in cpu):
+        step_cpu, up_cpu = statistics.median(a for a, _ in cpu), statistics.median(b for _, b in cpu)
+        row.update({"step_cpu_s": round(step_cpu, 2), "upstream_cpu_s": round(up_cpu, 2),
+                    "step_over_upstream_cpu": round(step_cpu / up_cpu, 2)})
+    return {**row,
             "upstream_peak_rss_mb": max((s["direct"].get("container_peak_rss_mb") or 0) for s in samples) or None}
 
 
@@ -229,12 +256,13 @@ def _fmt(v, spec: str = "") -> str:
 
 def table(rows: list[dict]) -> str:
     lines = [f"{'node':44} {'wall s':>7}  {'peak RSS MB':>12} {'x model':>7} {'rule (limit MB)':>16}  "
-             f"{'step/upstream':>22}  phases (s)"]
+             f"{'step/upstream':>32}  phases (s)"]
     for r in rows:
         if "missing" in r:
             lines.append(f"{r['node']:44} {r['missing']}")
             continue
         up = (f"{r['step']} {r['step_s']:.1f}/{r['upstream_s']:.1f}={r['step_over_upstream']:.2f}"
+              + (f" cpu {r['step_over_upstream_cpu']:.2f}" if "step_over_upstream_cpu" in r else "")
               + (f" (n={r['samples']})" if r.get("samples", 1) > 1 else "")
               if "step_over_upstream" in r else ("FAILED" if "upstream_failed" in r else ""))
         peak = f"{_fmt(r['peak_rss_mb'], '.0f')}{' proc' if r['peak_rss_source'] == 'proc' else ''}"
@@ -242,7 +270,7 @@ def table(rows: list[dict]) -> str:
         rule = r.get("memory_rule") or {}
         verdict = "-" if rule.get("within") is None else f"{'ok' if rule['within'] else 'OVER'} ({rule['limit_mb']:.0f})"
         lines.append(f"{r['node']:44} {r['wall_s']:7.1f}  {peak:>12} {_fmt(r['peak_over_model'], '.2f'):>7} "
-                     f"{verdict:>16}  {up:>22}  {phases}")
+                     f"{verdict:>16}  {up:>32}  {phases}")
     return "\n".join(lines)
 
 

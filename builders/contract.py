@@ -126,7 +126,7 @@ class Verification:
 class StepResult:
     status: str  # ok | failed | partial
     reason: str | None = None  # one line when not ok
-    steps: dict[str, Any] = field(default_factory=dict)  # step -> {"status", "seconds"}
+    steps: dict[str, Any] = field(default_factory=dict)  # step -> {"status", "seconds", "cpu_seconds", "peak_rss_mb"}
     steps_done: list[str] = field(default_factory=list)
     peak_rss_mb: float | None = None
     # docker executor (executors/container_memory.py): the container's sampled peak RSS, the cgroup's

@@ -123,11 +123,12 @@ def run(spec: dict) -> dict:
             if not only and name in state["done"]:
                 timings[name] = {"status": "done earlier"}
                 continue
-            t0 = time.monotonic()
+            t0, cpu0 = time.monotonic(), rss.cpu_seconds()
             ctx.log(f"step {names.index(name) + 1}/{len(names)} {name}")
             fn(ctx)
             # the process's high-water mark after the step: the step where it grows is where the peak is
-            timings[name] = {"status": "ran", "seconds": round(time.monotonic() - t0, 3), "peak_rss_mb": rss.peak_mb()}
+            timings[name] = {"status": "ran", "seconds": round(time.monotonic() - t0, 3),
+                             "cpu_seconds": round(rss.cpu_seconds() - cpu0, 2), "peak_rss_mb": rss.peak_mb()}
             if name not in state["done"]:
                 state["done"].append(name)
             state["after"][name] = fingerprint(out, hashes)

@@ -1,4 +1,4 @@
-"""Resident memory of this process, for the per-step and per-phase figures in manifests and logs."""
+"""Resident memory and CPU time of this process, for the per-step and per-phase figures in manifests and logs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,14 @@ def peak_mb() -> float:
     subprocess), in MiB: getrusage's ru_maxrss (KiB on Linux)."""
     kb = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     return round(kb / 1024, 1)
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its finished child processes so far. On a shared
+    machine a step's CPU seconds move less with other work than its wall time does, so the manifests
+    carry both (a step whose CPU seconds are far above its wall time ran on several cores)."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def current_mb() -> float:

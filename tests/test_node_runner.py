@@ -99,3 +99,14 @@ def test_result_is_typed_and_an_undeclared_verification_field_fails_the_node(tmp
     r = node.run(spec(tmp_path / "b", verify_extra=True))
     assert r["status"] == "failed" and "unknown field(s) colour" in r["reason"] and "Verification" in r["reason"]
     assert r["verification"] is None  # nothing half-typed is passed on
+
+
+def test_each_step_that_ran_records_wall_cpu_and_peak(tmp_path):
+    r = node.run(spec(tmp_path))
+    for name in ("one", "two", "three", "four"):
+        t = r["steps"][name]
+        assert t["status"] == "ran" and t["seconds"] >= 0 and t["cpu_seconds"] >= 0 and t["peak_rss_mb"] > 0
+    s = spec(tmp_path)
+    s["steps"] = {"only": "two"}
+    r = node.run(s)
+    assert "cpu_seconds" in r["steps"]["two"] and "cpu_seconds" not in r["steps"]["one"]
