@@ -113,6 +113,14 @@ for qt in (T.F16, T.BF16):  # 2-byte floats, as builders.gguf_file gives them: e
     assert np.array_equal(ggml_dequant.dequantize(data, int(qt)), gguf.quants.dequantize(data, qt)), qt.name
     done.append(qt.name)
 assert not ggml_dequant.available(int(T.F32))  # already float32
+# a tensor large enough to be split across threads dequantizes to the same values as one call
+block, size = GGML_QUANT_SIZES[T.Q4_K]
+big = rng.integers(0, 256, size=(301, 16 * size), dtype=np.uint8)
+big[:, 1::2] &= 0xBF
+assert big.shape[0] * 16 * block >= ggml_dequant.PARALLEL_MIN and ggml_dequant._threads() >= 2
+split = ggml_dequant.dequantize(big, int(T.Q4_K))
+ggml_dequant.PARALLEL_MIN = 1 << 62
+assert np.array_equal(split, ggml_dequant.dequantize(big, int(T.Q4_K)))
 print("equal", len(done))
 """
 

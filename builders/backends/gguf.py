@@ -222,7 +222,7 @@ def _runtime_figures(ctx: NodeContext, gf, ref_dir: Path, art_logits: list, hf=N
     import numpy as np  # noqa: PLC0415
 
     from builders.verify import budget, gguf_weights  # noqa: PLC0415
-    from builders.verify.metrics import compare, load_reference  # noqa: PLC0415
+    from builders.verify.metrics import compare, load_prompt_tokens  # noqa: PLC0415
 
     hf = hf if hf is not None else _hf_model(ctx)
     try:
@@ -232,8 +232,7 @@ def _runtime_figures(ctx: NodeContext, gf, ref_dir: Path, art_logits: list, hf=N
     missing = hf.missing()
     if missing:
         raise NodeFailed(f"dequantized-weights check: the .gguf has no tensor for {', '.join(missing[:3])}")
-    ref = load_reference(ref_dir)
-    sequences = [tokens for tokens, _, _ in ref["prompts"]]
+    sequences = load_prompt_tokens(ref_dir)
     sequences = sequences[: budget.runtime_prompts([len(s) for s in sequences])]  # verify/budget.py "runtime"
     try:
         dq = np.concatenate(hf.forward_batch(sequences))

@@ -8,12 +8,16 @@ The runtime check still compares different code: llama.cpp's matrix multiplicati
 `to_float` on quantized weights (their vec_dot kernels read the blocks and quantize the activations),
 and its figures then compare with transformers' fp32 math on these weights.
 tests/test_gguf_file.py holds these values equal to gguf-py's on every block type and F16/BF16.
+A large tensor is dequantized in row blocks on every CPU this process may use (the calls release the
+GIL; rows dequantize independently, so the values do not depend on the split).
 Runs inside the gguf image (llama_cpp); `available()` is False elsewhere and callers use gguf-py.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,6 +33,7 @@ class _TypeTraits(ctypes.Structure):
 
 _TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float), ctypes.c_int64)
 F32 = 0  # GGML_TYPE_F32: already float32, nothing to convert
+PARALLEL_MIN = 1 << 20  # output elements from which a tensor is split across threads (below: one call)
 
 
 @lru_cache(maxsize=1)
@@ -74,6 +79,25 @@ def dequantize(rows: np.ndarray, ggml_type: int) -> np.ndarray:
     if data.shape[-1] % size:
         raise ValueError(f"rows of {data.shape[-1]} bytes are not whole {size}-byte blocks")
     out = np.empty(data.shape[:-1] + (data.shape[-1] // size * block,), dtype=np.float32)
-    if out.size:
-        to_float(data.ctypes.data, out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), out.size)
+    src, dst = data.reshape(-1, data.shape[-1]), out.reshape(-1, out.shape[-1])
+    parts = min(_threads(), len(src)) if out.size >= PARALLEL_MIN else 1
+    cuts = np.linspace(0, len(src), parts + 1).astype(int)
+
+    def run(a: int, b: int) -> None:
+        if b > a:
+            to_float(src[a:b].ctypes.data, dst[a:b].ctypes.data_as(ctypes.POINTER(ctypes.c_float)), dst[a:b].size)
+
+    if parts > 1:
+        list(_pool().map(run, cuts[:-1], cuts[1:]))
+    elif out.size:
+        run(0, len(src))
     return out
+
+
+def _threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="ggml-dequant")

@@ -103,6 +103,12 @@ def load_reference(ref_dir: Path) -> dict:
     }
 
 
+def load_prompt_tokens(ref_dir: Path) -> list[np.ndarray]:
+    """The reference prompts' token ids (prompt + continuation), without reading any logits."""
+    with np.load(Path(ref_dir) / "reference.npz") as z:
+        return [z[f"tokens_{i}"] for i in range(len([k for k in z.files if k.startswith("tokens_")]))]
+
+
 def evaluate(ref_dir: Path, forward: Callable[[np.ndarray], np.ndarray], with_text: bool = True,
              keep: list | None = None) -> dict:
     """Run `forward(tokens) -> logits [n, vocab]` on every reference prompt (teacher forced over the
