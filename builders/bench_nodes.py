@@ -221,7 +221,8 @@ def _upstream(kind: str, samples: list[dict]) -> dict:
     if cpu and all(a is not None and b for a, b in cpu):
         step_cpu, up_cpu = statistics.median(a for a, _ in cpu), statistics.median(b for _, b in cpu)
         row.update({"step_cpu_s": round(step_cpu, 2), "upstream_cpu_s": round(up_cpu, 2),
-                    "step_over_upstream_cpu": round(step_cpu / up_cpu, 2)})
+                    "step_over_upstream_cpu": round(step_cpu / up_cpu, 2),
+                    "step_cpu_samples_s": [a for a, _ in cpu], "upstream_cpu_samples_s": [b for _, b in cpu]})
     return {**row,
             "upstream_peak_rss_mb": max((s["direct"].get("container_peak_rss_mb") or 0) for s in samples) or None}
 

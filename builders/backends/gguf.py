@@ -25,6 +25,7 @@ from builders.archs import DecoderConfig, drops, supported
 from builders.backends import gguf_runtime
 from builders.backends.base import REFERENCE, Cell, ModelRef, NodeContext, NodeDef
 from builders.errors import NodeFailed
+from builders.executors import MALLOC_ENV
 from builders.options import Option, OptionSet
 from builders.verify import gguf_types
 
@@ -155,7 +156,10 @@ def step_convert(ctx: NodeContext) -> None:
     cmd = [sys.executable, str(CONVERTER), str(ctx.model_dir), "--outtype", q.arg,
            "--outfile", str(ctx.out) + "/", "--model-name", ctx.params["model_name"]]
     ctx.log(" ".join(cmd))
-    proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr)
+    # the converter runs as a direct call would: without the node process's malloc / OpenMP settings
+    # (builders/executors MALLOC_ENV), which tune the node's own checks, not upstream's tool
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
+    proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr, env=env)
     if proc.returncode != 0:
         raise NodeFailed(f"llama.cpp convert_hf_to_gguf.py --outtype {q.arg} exited {proc.returncode}; see the log")
     _gguf_file(ctx.out)
