@@ -142,3 +142,29 @@ def test_a_multifunction_input_or_a_damaged_weight_file_fails_the_node(chunks, t
     with pytest.raises(NodeFailed, match="damaged.mlpackage: no blob at offset 64 .* damaged"):
         multifunction.combine([("infer", paths["ffn"]), ("prefill", damaged)], "infer", out)
     assert not out.exists(), "no half-written package under the final name"
+
+
+def test_palettized_chunks_share_their_luts_in_the_file_and_in_the_checker(chunks, tmp_path):
+    """LUT 6,4 FFN and prefill chunks (step 4 reads step 3's k-means results from the cache): the combined
+    weight file is the FFN's alone (indices and tables stored once), and the checker dequantizes each
+    weight once for both functions, keeping no index blob."""
+    from builders.backends.coreml import checks
+    from builders.backends.coreml.palettize import palettize_package
+
+    d, paths = chunks
+    lut = {}
+    for name in ("ffn", "pf"):
+        lut[name] = tmp_path / f"{name}-lut.mlpackage"
+        palettize_package(paths[name], lut[name], 6, 4, ("conv",), workers=1, cache=tmp_path / "lut-cache")
+    out = tmp_path / "ffn_pf-lut.mlpackage"
+    multifunction.combine([("infer", lut["ffn"]), ("prefill", lut["pf"])], "infer", out)
+    assert _weights(milrun.Package(out)) == (lut["ffn"] / "Data/com.apple.CoreML/weights/weight.bin").read_bytes()
+    pkg = milrun.Package(out)
+    infer, prefill = milrun.load(out, "infer", pkg), milrun.load(out, "prefill", pkg)
+    names = list(checks.lut_ops(pkg, "infer"))
+    assert len(names) == 14  # 7 projections x 2 layers
+    for n in names:
+        assert infer._consts[n] is prefill._consts[n] and infer._consts[n].dtype == np.float16
+    assert all(v.dtype != np.uint8 for v in pkg._blobs.values())
+    for a, b in zip(_run(pkg, "prefill", BATCH, 3), _run(milrun.Package(lut["pf"]), "main", BATCH, 3)):
+        assert a.tobytes() == b.tobytes()

@@ -102,38 +102,45 @@ def spec_check(path: Path, want: dict) -> tuple[dict, list[str]]:
         f = spec.mlProgram.functions[fname]
         if f.opset != OPSET:
             failures.append(f"{path.name}:{fname}: opset {f.opset} != {OPSET}")
-    luts = lut_ops(pkg)
-    facts["lut_ops"] = len(luts)
+    geometry = {name: lut_geometry(indices, table) + (indices.shape[0],)
+                for name, indices, table in lut_op_values(pkg)}
+    facts["lut_ops"] = len(geometry)
     lut: Lut | None = want["lut"]
-    if lut is None and luts:
-        failures.append(f"{path.name}: {len(luts)} constexpr_lut_to_dense ops but no LUT was asked")
+    if lut is None and geometry:
+        failures.append(f"{path.name}: {len(geometry)} constexpr_lut_to_dense ops but no LUT was asked")
     if lut is not None:
-        if not luts:
+        if not geometry:
             failures.append(f"{path.name}: LUT {lut.code} asked but no constexpr_lut_to_dense op")
         left = unpalettized(pkg, want.get("op_types", ("conv",)))
         facts["unpalettized"] = left
-        if luts and left:
+        if geometry and left:
             failures.append(f"{path.name}: LUT {lut.code} asked but {len(left)} weight(s) stayed fp16: "
                             f"{'; '.join(left[:4])}" + (" ..." if len(left) > 4 else ""))
-        for name, (indices, table) in luts.items():
-            bits, group = lut_geometry(indices, table)
-            if (bits, group) != (lut.bits, min(lut.group_size, indices.shape[0])):
+        for name, (bits, group, rows) in geometry.items():
+            if (bits, group) != (lut.bits, min(lut.group_size, rows)):
                 failures.append(f"{path.name}: {name} has LUT {bits},{group}, asked {lut.code}")
         facts["lut"] = lut.code
     return facts, failures
 
 
-def lut_ops(pkg: milrun.Package, function: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """output name -> (indices, lut) of every constexpr_lut_to_dense op of one function."""
+def lut_op_values(pkg: milrun.Package, function: str | None = None):
+    """(output name, indices, lut) of every constexpr_lut_to_dense op of one function, one op at a time
+    (a part's indices are as many bytes as it has weights: read per op, not all at once)."""
     block, _ = pkg.block(function or pkg.functions[0])
     consts = {op.outputs[0].name: op.attributes["val"] for op in block.operations if op.type == "const"}
 
     def value(binding):
         return pkg.value(consts[binding.name] if binding.name else binding.value)
 
-    return {op.outputs[0].name: (np.asarray(value(op.inputs["indices"].arguments[0])),
-                                 np.asarray(value(op.inputs["lut"].arguments[0])))
-            for op in block.operations if op.type == "constexpr_lut_to_dense"}
+    for op in block.operations:
+        if op.type == "constexpr_lut_to_dense":
+            yield (op.outputs[0].name, np.asarray(value(op.inputs["indices"].arguments[0])),
+                   np.asarray(value(op.inputs["lut"].arguments[0])))
+
+
+def lut_ops(pkg: milrun.Package, function: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """output name -> (indices, lut) of every constexpr_lut_to_dense op of one function."""
+    return {name: (indices, table) for name, indices, table in lut_op_values(pkg, function)}
 
 
 def lut_geometry(indices: np.ndarray, table: np.ndarray) -> tuple[int, int]:
@@ -142,21 +149,31 @@ def lut_geometry(indices: np.ndarray, table: np.ndarray) -> tuple[int, int]:
     return bits, indices.shape[0] // table.shape[0]
 
 
+ERROR_ROWS = 1 << 12  # rows of a weight compared per block in lut_errors
+
+
 def lut_errors(final: Path, fp16: Path, function: str | None = None) -> dict[str, dict]:
     """Per palettized weight: relative L2 and max |error| of the dequantized weight against the fp16
-    weight of the same part before palettization (read back from both saved packages)."""
+    weight of the same part before palettization (read back from both saved packages), one weight and a
+    block of ERROR_ROWS rows at a time (sums in float64)."""
     pkg, ref = milrun.Package(final), milrun.Function(milrun.Package(fp16), "main")
     fn = function or pkg.functions[0]
     out = {}
-    for name, (indices, table) in lut_ops(pkg, fn).items():
-        dense = milrun.op_lut_to_dense({"indices": indices, "lut": table}, None).astype(np.float32)
+    for name, indices, table in lut_op_values(pkg, fn):
         base = name[: -len("_palettized")] if name.endswith("_palettized") else name
         if base not in ref._consts:
             out[name] = {"error": "no fp16 weight of that name"}
             continue
-        w = np.asarray(ref._consts[base], np.float32).reshape(dense.shape)
-        out[base] = {"shape": list(dense.shape), "rel_l2": float(np.linalg.norm(w - dense) / max(np.linalg.norm(w), 1e-30)),
-                     "max_abs": float(np.abs(w - dense).max())}
+        w = np.asarray(ref._consts[base]).reshape(indices.shape)
+        err2 = ref2 = max_abs = 0.0
+        for r in range(0, indices.shape[0], ERROR_ROWS):
+            r1 = min(r + ERROR_ROWS, indices.shape[0])
+            d = milrun.lut_dense(indices, table, r, r1).astype(np.float32) - w[r:r1].astype(np.float32)
+            err2 += float(np.square(d, dtype=np.float64).sum())
+            ref2 += float(np.square(w[r:r1], dtype=np.float64).sum())
+            max_abs = max(max_abs, float(np.abs(d).max()))
+        out[base] = {"shape": list(indices.shape), "rel_l2": float(np.sqrt(err2) / max(np.sqrt(ref2), 1e-30)),
+                     "max_abs": max_abs}
     return out
 
 

@@ -166,9 +166,15 @@ def save_part(mlmodel, path: Path, lut: Lut | None, work: Path, op_types: tuple[
         return
     from builders.backends.coreml.palettize import palettize_package
 
+    from builders.backends.coreml.heap import return_free_heap
+
     fp16 = fp16_path(work, path.name)
     fp16.parent.mkdir(parents=True, exist_ok=True)
     save(mlmodel, fp16)
+    # coremltools keeps the converted program, every weight in it, on the model (MLModel._mil_program); the
+    # palettizing process reads the saved package, so this one need not hold a second copy meanwhile
+    mlmodel._mil_program = None
+    return_free_heap()
     if path.exists():
         shutil.rmtree(path)
     palettize_package(fp16, path, lut.bits, lut.group_size, op_types, KMEANS_WORKERS, cache=work / "lut-cache")

@@ -8,8 +8,10 @@ arrays the caller keeps between calls. Only the ops the parts of this backend us
 any other op fails loudly with its name.
 
 Memory: a package's weights are read once and kept in their stored dtype (fp16; a LUT is dequantized
-once, to fp16). The functions of a multifunction package (`infer`, `prefill`) share them: blob values are
-cached by their location in weight.bin, constexpr results by their inputs. Pointwise convolutions and
+once, to fp16, a block of rows at a time, and its indices are not kept; a LUT weight only a gather reads -
+the embedding table - stays indices + table and a gather dequantizes the rows it takes). The functions of
+a multifunction package (`infer`, `prefill`) share them: blob values are cached by their location in
+weight.bin, constexpr results by the locations of their inputs. Pointwise convolutions and
 matmuls run as BLAS matrix products in float32 (the fp16 weight is widened for the product only: exact).
 """
 
@@ -79,6 +81,8 @@ class Package:
         if value_spec.HasField("blobFileValue"):
             blob = value_spec.blobFileValue
             key = (blob.fileName.split("/")[-1], int(blob.offset), dtype, shape)
+            if dtype not in MAPPED:  # sub-byte LUT indices, unpacked to a heap copy: read for the op that
+                return self._blob(blob, dtype).reshape(shape)  # dequantizes them, not kept (Function)
             if key not in self._blobs:  # one array per stored weight, whichever function asks
                 self._blobs[key] = self._blob(blob, dtype).reshape(shape)
             return self._blobs[key]
@@ -242,20 +246,69 @@ def op_gather(a, _):
     idx = np.asarray(a["indices"]).astype(np.int64)
     if int(a.get("batch_dims", 0)) != 0:
         raise UnsupportedOp("gather with batch_dims")
-    axis = int(a.get("axis", 0))
-    idx = np.where(idx < 0, idx + np.shape(a["x"])[axis], idx)
-    return np.take(a["x"], idx, axis=axis)
+    x, axis = a["x"], int(a.get("axis", 0))
+    idx = np.where(idx < 0, idx + np.shape(x)[axis], idx)
+    if isinstance(x, LutWeight):
+        return x.take_rows(idx) if axis in (0, -len(x.shape)) else np.take(x.dense(), idx, axis=axis)
+    return np.take(x, idx, axis=axis)
+
+
+LUT_BLOCK = 1 << 20  # weights dequantized per block (its integer index temporary: 8 MiB)
+
+
+def _lut_table(lut) -> np.ndarray:
+    lut = np.asarray(lut)
+    if lut.shape[-1] != 1:
+        raise UnsupportedOp("constexpr_lut_to_dense with vector_axis")
+    return lut[..., 0]  # [g0, ..., gn, 2**bits]
+
+
+def _dequant(table: np.ndarray, indices: np.ndarray, rows: np.ndarray, shape: tuple) -> np.ndarray:
+    """Dense values of the rows `rows` (axis 0 of a weight of `shape`) whose LUT indices are `indices`
+    ([len(rows), *shape[1:]]): axis i of the weight is split in table.shape[i] groups of equal size."""
+    size = [n // table.shape[i] for i, n in enumerate(shape)]
+    grid = np.ix_(*[np.arange(n) // size[i] for i, n in enumerate(shape)][1:]) if len(shape) > 1 else ()
+    first = (np.asarray(rows) // size[0]).reshape((-1,) + (1,) * (len(shape) - 1))
+    return table[(first,) + tuple(grid) + (np.asarray(indices).astype(np.intp),)]
+
+
+def lut_dense(indices, lut, first: int = 0, stop: int | None = None) -> np.ndarray:
+    """constexpr_lut_to_dense (iOS18): indices has the weight's shape; lut [g0, ..., gn, 2**bits, vector];
+    axis i is split in lut.shape[i] groups of equal size. Rows first:stop (axis 0; all by default),
+    dequantized a block of rows at a time, so the integer index temporary is one block's (a
+    vocabulary-wide table's indices widened at once: 1 GiB)."""
+    indices, table = np.asarray(indices), _lut_table(lut)
+    stop = indices.shape[0] if stop is None else stop
+    out = np.empty((stop - first,) + indices.shape[1:], table.dtype)
+    if not out.size:
+        return out
+    step = max(1, LUT_BLOCK // max(1, indices[0].size))
+    for r in range(first, stop, step):
+        r1 = min(r + step, stop)
+        out[r - first:r1 - first] = _dequant(table, indices[r:r1], np.arange(r, r1), indices.shape)
+    return out
+
+
+class LutWeight:
+    """A constexpr_lut_to_dense result the interpreter keeps as its indices and table, for a weight that
+    only a gather on axis 0 reads (the embedding table): a gather dequantizes the rows it takes, not the
+    vocabulary-wide table (151936 x 896 fp16: 272 MB)."""
+
+    def __init__(self, indices, lut):
+        self.indices, self.table = np.asarray(indices), _lut_table(lut)
+        self.shape, self.dtype = self.indices.shape, self.table.dtype
+
+    def take_rows(self, idx: np.ndarray) -> np.ndarray:
+        flat = np.asarray(idx, np.intp).reshape(-1)
+        rows = _dequant(self.table, self.indices[flat], flat, self.shape)
+        return rows.reshape(np.shape(idx) + self.shape[1:])
+
+    def dense(self) -> np.ndarray:
+        return lut_dense(self.indices, self.table[..., None])
 
 
 def op_lut_to_dense(a, _):
-    """iOS18 constexpr_lut_to_dense: indices has the weight's shape; lut [g0, ..., gn, 2**bits, vector];
-    axis i is split in lut.shape[i] groups of equal size."""
-    indices, lut = np.asarray(a["indices"]).astype(np.int64), np.asarray(a["lut"])
-    if lut.shape[-1] != 1:
-        raise UnsupportedOp("constexpr_lut_to_dense with vector_axis")
-    table = lut[..., 0]
-    grid = np.ix_(*[np.arange(n) // (n // table.shape[i]) for i, n in enumerate(indices.shape)])
-    return table[tuple(grid) + (indices,)]
+    return lut_dense(a["indices"], a["lut"])
 
 
 def op_concat(a, _):
@@ -335,17 +388,50 @@ class Function:
         if missing:
             raise UnsupportedOp(f"{package.path.name}:{name}: ops not implemented here: {', '.join(missing)}")
         self._consts: dict[str, object] = {}
+        readers: dict[str, set] = {}
+        for op in self.block.operations:
+            for arg in op.inputs.values():
+                for b in arg.arguments:
+                    if b.name:
+                        readers.setdefault(b.name, set()).add(op.type)
+        specs = {}  # const name -> its Value: consts only constexpr ops read are read when those run
         for op in self.block.operations:
             if op.type == "const":
-                self._consts[op.outputs[0].name] = package.value(op.attributes["val"])
+                name = op.outputs[0].name
+                specs[name] = op.attributes["val"]
+                if not all(t.startswith("constexpr_") for t in readers.get(name, ())):
+                    self._consts[name] = package.value(specs[name])
             elif op.type.startswith("constexpr_"):
-                args = self._args(op, self._consts)
-                key = (op.type, tuple(sorted((k, tuple(map(id, v)) if isinstance(v, list) else id(v))
-                                             for k, v in args.items())))
+                key = (op.type, self._identity(op, specs))
                 if key not in package.derived:  # the other function of the package may have run it
-                    package.derived[key] = self._run_op(op, self._consts, None)
+                    env = {**self._consts, **{n: package.value(v) for n, v in specs.items()
+                                              if n not in self._consts and n in self._input_names(op)}}
+                    lazy = op.type == "constexpr_lut_to_dense" and readers.get(op.outputs[0].name) == {"gather"}
+                    args = self._args(op, env)
+                    package.derived[key] = (LutWeight(args["indices"], args["lut"]) if lazy
+                                            else self._finish(op, OPS[op.type](args, None)))
+                    del env, args
                 self._consts[op.outputs[0].name] = package.derived[key]
         self._dead_after = self._liveness()
+
+    @staticmethod
+    def _input_names(op) -> set:
+        return {b.name for arg in op.inputs.values() for b in arg.arguments if b.name}
+
+    def _identity(self, op, specs: dict) -> tuple:
+        """What a constexpr op computes from, independent of which function reads it: each input's blob
+        location (or its immediate value's bytes, or the id of a derived value)."""
+        out = []
+        for key, arg in sorted(op.inputs.items()):
+            for b in arg.arguments:
+                spec = specs.get(b.name) if b.name else b.value
+                if spec is not None and spec.HasField("blobFileValue"):
+                    out.append((key, spec.blobFileValue.fileName, int(spec.blobFileValue.offset)))
+                elif spec is not None:
+                    out.append((key, spec.SerializeToString(deterministic=True)))
+                else:
+                    out.append((key, "derived", id(self._consts[b.name])))
+        return tuple(out)
 
     def _liveness(self) -> list[list[str]]:
         """Per op: the values computed by earlier ops (not consts) that no later op and no block output
