@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 
-KMEANS = "grouped-lloyd-window-dp-1"  # part of the cache key: results of another k-means are never read back
+KMEANS = "grouped-lloyd-window-dp-2"  # part of the cache key: results of another k-means are never read back
 
 
 def _cache_lut_results(cache: Path) -> None:
