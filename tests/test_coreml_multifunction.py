@@ -168,3 +168,16 @@ def test_palettized_chunks_share_their_luts_in_the_file_and_in_the_checker(chunk
     assert all(v.dtype != np.uint8 for v in pkg._blobs.values())
     for a, b in zip(_run(pkg, "prefill", BATCH, 3), _run(milrun.Package(lut["pf"]), "main", BATCH, 3)):
         assert a.tobytes() == b.tobytes()
+    # the same packages with every LUT weight left packed in the weight file (what the checker does for the
+    # LM head): the packed indices are the ones coremltools' blob reader unpacks, and a function run with
+    # weights dequantized per block of rows gives the dense run's outputs
+    packed = milrun.Package(out, lazy_luts=True)
+    weights = dict(checks.lut_weights(packed, "infer"))
+    unpacked = checks.lut_ops(pkg, "infer")
+    assert sorted(weights) == sorted(unpacked)
+    assert all(isinstance(w.indices, milrun.PackedIndices) for w in weights.values())
+    for n, w in weights.items():
+        assert w.index_rows(0, w.shape[0]).tobytes() == unpacked[n][0].astype(np.uint8).tobytes()
+        assert w.dense().tobytes() == prefill._consts[n].tobytes()
+    for a, b in zip(_run(packed, "prefill", BATCH, 3), _run(pkg, "prefill", BATCH, 3)):
+        np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=0, atol=2e-3)

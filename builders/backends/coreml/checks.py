@@ -102,8 +102,7 @@ def spec_check(path: Path, want: dict) -> tuple[dict, list[str]]:
         f = spec.mlProgram.functions[fname]
         if f.opset != OPSET:
             failures.append(f"{path.name}:{fname}: opset {f.opset} != {OPSET}")
-    geometry = {name: lut_geometry(indices, table) + (indices.shape[0],)
-                for name, indices, table in lut_op_values(pkg)}
+    geometry = {name: lut_geometry(w.indices, w.table[..., None]) + (w.shape[0],) for name, w in lut_weights(pkg)}
     facts["lut_ops"] = len(geometry)
     lut: Lut | None = want["lut"]
     if lut is None and geometry:
@@ -123,24 +122,30 @@ def spec_check(path: Path, want: dict) -> tuple[dict, list[str]]:
     return facts, failures
 
 
-def lut_op_values(pkg: milrun.Package, function: str | None = None):
-    """(output name, indices, lut) of every constexpr_lut_to_dense op of one function, one op at a time
-    (a part's indices are as many bytes as it has weights: read per op, not all at once)."""
+def _lut_op_inputs(pkg: milrun.Package, function: str | None, read):
     block, _ = pkg.block(function or pkg.functions[0])
     consts = {op.outputs[0].name: op.attributes["val"] for op in block.operations if op.type == "const"}
 
-    def value(binding):
-        return pkg.value(consts[binding.name] if binding.name else binding.value)
+    def value(binding, how):
+        return how(consts[binding.name] if binding.name else binding.value)
 
     for op in block.operations:
         if op.type == "constexpr_lut_to_dense":
-            yield (op.outputs[0].name, np.asarray(value(op.inputs["indices"].arguments[0])),
-                   np.asarray(value(op.inputs["lut"].arguments[0])))
+            yield (op.outputs[0].name, value(op.inputs["indices"].arguments[0], read),
+                   np.asarray(value(op.inputs["lut"].arguments[0], pkg.value)))
+
+
+def lut_weights(pkg: milrun.Package, function: str | None = None):
+    """(output name, milrun.LutWeight) of every constexpr_lut_to_dense op of one function, one op at a time,
+    its indices left packed in the weight file (a part's indices are as many bytes as it has weights)."""
+    for name, indices, table in _lut_op_inputs(pkg, function, pkg.packed):
+        yield name, milrun.LutWeight(indices, table)
 
 
 def lut_ops(pkg: milrun.Package, function: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """output name -> (indices, lut) of every constexpr_lut_to_dense op of one function."""
-    return {name: (indices, table) for name, indices, table in lut_op_values(pkg, function)}
+    """output name -> (indices, lut) of every constexpr_lut_to_dense op of one function (indices unpacked by
+    coremltools' blob reader)."""
+    return {name: (np.asarray(indices), table) for name, indices, table in _lut_op_inputs(pkg, function, pkg.value)}
 
 
 def lut_geometry(indices: np.ndarray, table: np.ndarray) -> tuple[int, int]:
@@ -149,31 +154,28 @@ def lut_geometry(indices: np.ndarray, table: np.ndarray) -> tuple[int, int]:
     return bits, indices.shape[0] // table.shape[0]
 
 
-ERROR_ROWS = 1 << 12  # rows of a weight compared per block in lut_errors
-
-
 def lut_errors(final: Path, fp16: Path, function: str | None = None) -> dict[str, dict]:
     """Per palettized weight: relative L2 and max |error| of the dequantized weight against the fp16
     weight of the same part before palettization (read back from both saved packages), one weight and a
-    block of ERROR_ROWS rows at a time (sums in float64)."""
+    block of rows at a time (milrun.LutWeight.blocks; sums in float64)."""
     pkg, ref = milrun.Package(final), milrun.Function(milrun.Package(fp16), "main")
     fn = function or pkg.functions[0]
     out = {}
-    for name, indices, table in lut_op_values(pkg, fn):
+    for name, lut in lut_weights(pkg, fn):
         base = name[: -len("_palettized")] if name.endswith("_palettized") else name
         if base not in ref._consts:
             out[name] = {"error": "no fp16 weight of that name"}
             continue
-        w = np.asarray(ref._consts[base]).reshape(indices.shape)
+        w = np.asarray(ref._consts[base]).reshape(lut.shape)
         err2 = ref2 = max_abs = 0.0
-        for r in range(0, indices.shape[0], ERROR_ROWS):
-            r1 = min(r + ERROR_ROWS, indices.shape[0])
-            d = milrun.lut_dense(indices, table, r, r1).astype(np.float32) - w[r:r1].astype(np.float32)
+        for r, r1, dense in lut.blocks():
+            d = dense.astype(np.float32) - w[r:r1].astype(np.float32)
             err2 += float(np.square(d, dtype=np.float64).sum())
             ref2 += float(np.square(w[r:r1], dtype=np.float64).sum())
             max_abs = max(max_abs, float(np.abs(d).max()))
-        out[base] = {"shape": list(indices.shape), "rel_l2": float(np.sqrt(err2) / max(np.sqrt(ref2), 1e-30)),
+        out[base] = {"shape": list(lut.shape), "rel_l2": float(np.sqrt(err2) / max(np.sqrt(ref2), 1e-30)),
                      "max_abs": max_abs}
+    pkg.release()
     return out
 
 
@@ -184,7 +186,9 @@ def load_parts(out: Path, layout: Layout) -> runtime.Parts:
         embeddings=milrun.load(out / n["embeddings"]),
         infer=[milrun.load(pkg.path, "infer", pkg) for pkg in chunks],
         prefill=[milrun.load(pkg.path, "prefill", pkg) for pkg in chunks],
-        lm_head=milrun.load(out / n["lm_head"]), context=layout.context, batch=layout.batch, argmax=layout.argmax,
+        # the LM head runs once over all positions: its LUT weights stay packed (dequantized per block in
+        # that pass); with the in-model argmax it runs once per position, so they are dequantized once
+        lm_head=milrun.load(out / n["lm_head"], lazy_luts=not layout.argmax), context=layout.context, batch=layout.batch, argmax=layout.argmax,
         lm_head_rows=LM_HEAD_ROWS)
 
 

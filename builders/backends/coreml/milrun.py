@@ -56,10 +56,11 @@ def _shape(tensor_type) -> tuple[int, ...]:
 class Package:
     """A saved .mlpackage: its spec and weight blobs."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, lazy_luts: bool = False):
         import coremltools as ct
 
         self.path = Path(path)
+        self.lazy_luts = lazy_luts  # every LUT weight kept packed (LutWeight), dequantized by the op that reads it
         self.spec = ct.utils.load_spec(str(path))
         self._weights = self.path / "Data" / "com.apple.CoreML" / "weights"
         self._blobs: dict[tuple, np.ndarray] = {}  # (file, offset, dtype, shape) -> value, for every function
@@ -98,6 +99,19 @@ class Package:
         else:
             arr = np.array(list(getattr(tv, kind).values), dtype=DTYPES.get(dtype, np.int64))
         return arr.reshape(shape)
+
+    def packed(self, value_spec) -> "PackedIndices | np.ndarray":
+        """A LUT's index tensor without unpacking it: a sub-byte blob as a memory map of its packed bytes
+        (PackedIndices), anything else as value() gives it."""
+        ttype = value_spec.type.tensorType
+        dtype = _dtype_name(ttype.dataType)
+        if not value_spec.HasField("blobFileValue") or not dtype.startswith("UINT") or dtype in MAPPED:
+            return self.value(value_spec)
+        blob = value_spec.blobFileValue
+        key = (blob.fileName.split("/")[-1], int(blob.offset), "packed", _shape(ttype))
+        if key not in self._blobs:  # a map: its pages are the file's, dropped by release()
+            self._blobs[key] = mapped_blob(self._weights / key[0], int(blob.offset), np.uint8)
+        return PackedIndices(self._blobs[key], int(dtype[4:]), _shape(ttype))
 
     def release(self) -> None:
         """Drop the resident pages of every memory-mapped weight (they are read back from the file if an op
@@ -185,13 +199,21 @@ def op_slice_update(a, _):
 
 
 def op_conv(a, _):
-    """Pointwise convolution (any rank): kernel 1 in every spatial dim, stride 1, one group."""
-    w, x = _f32(a["weight"]), _f32(a["x"])
+    """Pointwise convolution (any rank): kernel 1 in every spatial dim, stride 1, one group. A LutWeight
+    is dequantized and multiplied a block of output channels at a time."""
+    w, x = a["weight"], _f32(a["x"])
     if any(k != 1 for k in w.shape[2:]) or int(a.get("groups", 1)) != 1 or \
             any(int(s) != 1 for s in np.atleast_1d(a["strides"])):
         raise UnsupportedOp(f"conv other than pointwise, stride 1, groups 1 (weight {w.shape})")
     b, spatial = x.shape[0], x.shape[2:]
-    out = np.matmul(w.reshape(w.shape[0], w.shape[1]), x.reshape(b, x.shape[1], -1))  # BLAS: [b, o, n]
+    x2 = x.reshape(b, x.shape[1], -1)
+    if isinstance(w, LutWeight):
+        out = np.empty((b, w.shape[0], x2.shape[-1]), np.float32)
+        for r, r1, rows in w.blocks():
+            out[:, r:r1] = np.matmul(rows.reshape(r1 - r, -1).astype(np.float32), x2)
+    else:
+        w = _f32(w)
+        out = np.matmul(w.reshape(w.shape[0], w.shape[1]), x2)  # BLAS: [b, o, n]
     out = out.reshape((b, w.shape[0]) + spatial)
     if "bias" in a:
         out = out + _f32(a["bias"]).reshape((1, -1) + (1,) * (out.ndim - 2))
@@ -289,22 +311,68 @@ def lut_dense(indices, lut, first: int = 0, stop: int | None = None) -> np.ndarr
     return out
 
 
+class PackedIndices:
+    """A sub-byte index tensor as stored: `bits`-wide unsigned values packed little-endian (first value in
+    the lowest bits) in a memory map of the weight file; rows (axis 0) are unpacked on demand."""
+
+    def __init__(self, data: np.ndarray, bits: int, shape: tuple):
+        self.data, self.bits, self.shape = data, bits, tuple(shape)
+        self.row = int(np.prod(self.shape[1:], dtype=np.int64))
+        if data.size * 8 < self.row * self.shape[0] * bits:
+            raise ValueError(f"{data.size} bytes hold fewer than {self.shape} {bits}-bit values")
+
+    def values(self, first: int, count: int) -> np.ndarray:
+        """`count` values from value `first` on, as uint8."""
+        start, stop = first * self.bits, (first + count) * self.bits
+        raw = np.unpackbits(np.asarray(self.data[start // 8:-(-stop // 8)]), bitorder="little")
+        bits = raw[start % 8:start % 8 + count * self.bits].reshape(count, self.bits)
+        padded = np.zeros((count, 8), np.uint8)
+        padded[:, :self.bits] = bits
+        return np.packbits(padded, axis=1, bitorder="little").reshape(count)
+
+    def rows(self, first: int, stop: int) -> np.ndarray:
+        return self.values(first * self.row, (stop - first) * self.row).reshape((stop - first,) + self.shape[1:])
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows),) + self.shape[1:], np.uint8)
+        for i, r in enumerate(rows):
+            out[i] = self.rows(int(r), int(r) + 1)[0]
+        return out
+
+
 class LutWeight:
-    """A constexpr_lut_to_dense result the interpreter keeps as its indices and table, for a weight that
-    only a gather on axis 0 reads (the embedding table): a gather dequantizes the rows it takes, not the
-    vocabulary-wide table (151936 x 896 fp16: 272 MB)."""
+    """A constexpr_lut_to_dense result the interpreter keeps as its indices (packed as stored, or an
+    array) and table, dequantized by the op that reads it: a gather only the rows it takes (the
+    embedding table, 151936 x 896 fp16: 272 MB, is never dense), a convolution a block of rows at a time
+    (the LM head's parts, read once per pass over all positions)."""
 
     def __init__(self, indices, lut):
-        self.indices, self.table = np.asarray(indices), _lut_table(lut)
-        self.shape, self.dtype = self.indices.shape, self.table.dtype
+        self.indices = indices if isinstance(indices, PackedIndices) else np.asarray(indices)
+        self.table = _lut_table(lut)
+        self.shape, self.dtype = tuple(self.indices.shape), self.table.dtype
+
+    def index_rows(self, first: int, stop: int) -> np.ndarray:
+        if isinstance(self.indices, PackedIndices):
+            return self.indices.rows(first, stop)
+        return self.indices[first:stop]
 
     def take_rows(self, idx: np.ndarray) -> np.ndarray:
         flat = np.asarray(idx, np.intp).reshape(-1)
-        rows = _dequant(self.table, self.indices[flat], flat, self.shape)
-        return rows.reshape(np.shape(idx) + self.shape[1:])
+        ix = self.indices.take(flat) if isinstance(self.indices, PackedIndices) else self.indices[flat]
+        return _dequant(self.table, ix, flat, self.shape).reshape(np.shape(idx) + self.shape[1:])
+
+    def blocks(self):
+        """(first, stop, dense rows first:stop) over the whole weight, LUT_BLOCK weights at a time."""
+        step = max(1, LUT_BLOCK // max(1, int(np.prod(self.shape[1:], dtype=np.int64))))
+        for r in range(0, self.shape[0], step):
+            r1 = min(r + step, self.shape[0])
+            yield r, r1, _dequant(self.table, self.index_rows(r, r1), np.arange(r, r1), self.shape)
 
     def dense(self) -> np.ndarray:
-        return lut_dense(self.indices, self.table[..., None])
+        out = np.empty(self.shape, self.dtype)
+        for r, r1, rows in self.blocks():
+            out[r:r1] = rows
+        return out
 
 
 def op_lut_to_dense(a, _):
@@ -404,9 +472,11 @@ class Function:
             elif op.type.startswith("constexpr_"):
                 key = (op.type, self._identity(op, specs))
                 if key not in package.derived:  # the other function of the package may have run it
-                    env = {**self._consts, **{n: package.value(v) for n, v in specs.items()
+                    lazy = op.type == "constexpr_lut_to_dense" and (
+                        package.lazy_luts or readers.get(op.outputs[0].name) == {"gather"})
+                    read = package.packed if lazy else package.value
+                    env = {**self._consts, **{n: read(v) for n, v in specs.items()
                                               if n not in self._consts and n in self._input_names(op)}}
-                    lazy = op.type == "constexpr_lut_to_dense" and readers.get(op.outputs[0].name) == {"gather"}
                     args = self._args(op, env)
                     package.derived[key] = (LutWeight(args["indices"], args["lut"]) if lazy
                                             else self._finish(op, OPS[op.type](args, None)))
@@ -525,8 +595,9 @@ class Function:
         return value.astype(dtype) if dtype is not None and value.dtype != dtype else value
 
 
-def load(path: Path, function: str | None = None, package: Package | None = None) -> Function:
+def load(path: Path, function: str | None = None, package: Package | None = None,
+         lazy_luts: bool = False) -> Function:
     """One function of the package at `path` (the first by default); pass `package` to share its
-    weights with functions loaded before."""
-    pkg = package or Package(path)
+    weights with functions loaded before. lazy_luts: its LUT weights stay packed (Package)."""
+    pkg = package or Package(path, lazy_luts)
     return Function(pkg, function or pkg.functions[0])
