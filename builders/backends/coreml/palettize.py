@@ -20,7 +20,8 @@ coremltools would otherwise pick scikit-learn's KMeans below 10,000 weights. Det
 init).
 
 The k-means workers are forked (multiprocessing.Pool); a parent that has run torch ops holds an OpenMP
-thread pool and forked workers deadlock. This process never runs torch, so forking is safe.
+thread pool and forked workers deadlock. This process never imports torch (its __main__ blocks the
+import), so forking is safe.
 """
 
 from __future__ import annotations
@@ -166,5 +167,8 @@ def check_palettized(path: Path, code: str, op_types: tuple[str, ...]) -> None:
 
 
 if __name__ == "__main__":
+    # torch is never needed here: without it coremltools imports ~200 MiB less (measured 372 -> 169 MiB
+    # resident after `import coremltools`), next to the node process that holds its own torch
+    sys.modules.setdefault("torch", None)
     a = sys.argv[1:]
     run(Path(a[0]), Path(a[1]), int(a[2]), int(a[3]), int(a[4]), a[5].split(","), Path(a[6]) if len(a) > 6 else None)
