@@ -145,6 +145,23 @@ indices) are unpacked by coremltools' reader."""
 BLOB_SENTINEL = 0xDEADBEEF
 
 
+def read_blob(path: Path, offset: int, dtype) -> np.ndarray:
+    """One whole-byte blob read into a new array with a positioned read (no map of the file, whose touched
+    pages would stay resident next to the copy)."""
+    import struct
+
+    with open(path, "rb") as f:
+        f.seek(offset)
+        sentinel, _, size, data = struct.unpack("<IIQQ", f.read(24))
+        if sentinel != BLOB_SENTINEL or size % np.dtype(dtype).itemsize:
+            raise ValueError(f"{path}: no weight blob at offset {offset} (sentinel {sentinel:#x}, {size} bytes)")
+        f.seek(data)
+        out = np.empty(size // np.dtype(dtype).itemsize, dtype)
+        if f.readinto(memoryview(out).cast("B")) != size:
+            raise ValueError(f"{path}: weight blob at offset {offset} runs past the end of the file")
+    return out
+
+
 def mapped_blob(path: Path, offset: int, dtype) -> np.ndarray:
     """A read-only memory map of one blob of a MIL weight file: at `offset` its 64-byte metadata
     (uint32 sentinel 0xDEADBEEF, uint32 data type, uint64 size in bytes, uint64 offset of the data), then
