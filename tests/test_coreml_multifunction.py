@@ -91,7 +91,8 @@ def test_equal_weights_the_package_is_coremltools_own(chunks):
     (the FFN's, nothing appended), manifest, descriptions and programs as save_multifunction's."""
     d, paths = chunks
     ours, theirs = _both(d, paths, "pf", "same")
-    assert _weights(ours) == _weights(theirs) == (paths["ffn"] / "Data/com.apple.CoreML/weights/weight.bin").read_bytes()
+    ffn_weights = (paths["ffn"] / "Data/com.apple.CoreML/weights/weight.bin").read_bytes()
+    assert _weights(ours) == _weights(theirs) == ffn_weights
     assert (ours.path / "Manifest.json").read_text() == (theirs.path / "Manifest.json").read_text()
     assert ours.spec.specificationVersion == theirs.spec.specificationVersion
     assert ours.spec.description == theirs.spec.description

@@ -188,7 +188,8 @@ def load_parts(out: Path, layout: Layout) -> runtime.Parts:
         prefill=[milrun.load(pkg.path, "prefill", pkg) for pkg in chunks],
         # the LM head runs once over all positions: its LUT weights stay packed (dequantized per block in
         # that pass); with the in-model argmax it runs once per position, so they are dequantized once
-        lm_head=milrun.load(out / n["lm_head"], lazy_luts=not layout.argmax), context=layout.context, batch=layout.batch, argmax=layout.argmax,
+        lm_head=milrun.load(out / n["lm_head"], lazy_luts=not layout.argmax), context=layout.context,
+        batch=layout.batch, argmax=layout.argmax,
         lm_head_rows=LM_HEAD_ROWS)
 
 

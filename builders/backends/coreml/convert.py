@@ -1,6 +1,7 @@
 """Conversion of the parts: torch trace -> ct.convert (mlprogram, fp16, iOS18) -> save, then optional
 k-means LUT palettization in its own process (palettize.py); FFN + prefill combined into one
-multifunction package at the file level (multifunction.py). Saved packages are made byte-deterministic (package.py `normalize_package`)."""
+multifunction package at the file level (multifunction.py). Saved packages are made byte-deterministic
+(package.py `normalize_package`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 from builders.archs import DecoderConfig
 from builders.backends.coreml import parts
 from builders.backends.coreml.options import Lut, lut_padding
-from builders.backends.coreml.package import normalize_package, save
+from builders.backends.coreml.package import save
 from builders.backends.coreml.weights import Weights
 
 DEPLOYMENT_TARGET = "iOS18"
@@ -164,9 +165,8 @@ def save_part(mlmodel, path: Path, lut: Lut | None, work: Path, op_types: tuple[
     if lut is None:
         save(mlmodel, path)
         return
-    from builders.backends.coreml.palettize import palettize_package
-
     from builders.backends.coreml.heap import return_free_heap
+    from builders.backends.coreml.palettize import palettize_package
 
     fp16 = fp16_path(work, path.name)
     fp16.parent.mkdir(parents=True, exist_ok=True)

@@ -98,7 +98,8 @@ def _digest(f, data_offset: int, size: int, name: str) -> str:
     while left:
         chunk = f.read(min(left, READ_BLOCK))
         if not chunk:
-            raise NodeFailed(f"combine: {name}: blob data at {data_offset} ({size} bytes) runs past the end of the file")
+            raise NodeFailed(f"combine: {name}: blob data at {data_offset} ({size} bytes) runs past the end of "
+                             "the weight file; rerun its step")
         h.update(chunk)
         left -= len(chunk)
     return h.hexdigest()
