@@ -161,11 +161,24 @@ def test_embeddings_padded_to_the_lut_group_palettize_and_gather_the_same_rows(t
     (indices, _), = checks.lut_ops(milrun.Package(lut_pkg)).values()
     assert indices.shape == (104, 32)
     ids = np.array([[0, 57, 99, 3]], np.int32)
-    got = milrun.load(lut_pkg)({"input_ids": ids})["hidden_states"].astype(np.float32)
+    fn = milrun.load(lut_pkg)
+    got = fn({"input_ids": ids})["hidden_states"].astype(np.float32)
     err = checks.lut_errors(lut_pkg, fp16)
     (e,) = err.values()
     assert got.shape == (1, 4, 32) and 0 < e["rel_l2"] < 0.2
     np.testing.assert_allclose(got[0], table.numpy()[ids[0]], atol=4 * e["max_abs"])
+    # the checker keeps the table as indices + LUT and dequantizes only the gathered rows: the same values
+    # as the whole dequantized table's rows; no unpacked copy of the indices is kept (only a map of the file)
+    (indices, t), = checks.lut_ops(milrun.Package(lut_pkg)).values()
+    dense = milrun.op_lut_to_dense({"indices": indices, "lut": t}, None)
+    (lazy,) = [v for v in fn._consts.values() if isinstance(v, milrun.LutWeight)]
+    assert lazy.shape == dense.shape and got[0].tobytes() == dense[ids[0]].astype(np.float32).tobytes()
+    assert all(isinstance(v, np.memmap) for v in fn.package._blobs.values() if v.dtype == np.uint8)
+    # lut_errors' blocks of rows give the whole-weight figures
+    w = np.asarray(milrun.load(fp16)._consts[next(iter(err))], np.float32).reshape(dense.shape)
+    d = dense.astype(np.float32) - w
+    assert e["max_abs"] == float(np.abs(d).max())
+    assert e["rel_l2"] == pytest.approx(float(np.linalg.norm(d) / np.linalg.norm(w)), rel=1e-6)
 
 
 def test_context_equal_to_batch_builds_and_verifies(tmp_path):

@@ -102,38 +102,50 @@ def spec_check(path: Path, want: dict) -> tuple[dict, list[str]]:
         f = spec.mlProgram.functions[fname]
         if f.opset != OPSET:
             failures.append(f"{path.name}:{fname}: opset {f.opset} != {OPSET}")
-    luts = lut_ops(pkg)
-    facts["lut_ops"] = len(luts)
+    geometry = {name: lut_geometry(w.indices, w.table[..., None]) + (w.shape[0],) for name, w in lut_weights(pkg)}
+    facts["lut_ops"] = len(geometry)
     lut: Lut | None = want["lut"]
-    if lut is None and luts:
-        failures.append(f"{path.name}: {len(luts)} constexpr_lut_to_dense ops but no LUT was asked")
+    if lut is None and geometry:
+        failures.append(f"{path.name}: {len(geometry)} constexpr_lut_to_dense ops but no LUT was asked")
     if lut is not None:
-        if not luts:
+        if not geometry:
             failures.append(f"{path.name}: LUT {lut.code} asked but no constexpr_lut_to_dense op")
         left = unpalettized(pkg, want.get("op_types", ("conv",)))
         facts["unpalettized"] = left
-        if luts and left:
+        if geometry and left:
             failures.append(f"{path.name}: LUT {lut.code} asked but {len(left)} weight(s) stayed fp16: "
                             f"{'; '.join(left[:4])}" + (" ..." if len(left) > 4 else ""))
-        for name, (indices, table) in luts.items():
-            bits, group = lut_geometry(indices, table)
-            if (bits, group) != (lut.bits, min(lut.group_size, indices.shape[0])):
+        for name, (bits, group, rows) in geometry.items():
+            if (bits, group) != (lut.bits, min(lut.group_size, rows)):
                 failures.append(f"{path.name}: {name} has LUT {bits},{group}, asked {lut.code}")
         facts["lut"] = lut.code
     return facts, failures
 
 
-def lut_ops(pkg: milrun.Package, function: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """output name -> (indices, lut) of every constexpr_lut_to_dense op of one function."""
+def _lut_op_inputs(pkg: milrun.Package, function: str | None, read):
     block, _ = pkg.block(function or pkg.functions[0])
     consts = {op.outputs[0].name: op.attributes["val"] for op in block.operations if op.type == "const"}
 
-    def value(binding):
-        return pkg.value(consts[binding.name] if binding.name else binding.value)
+    def value(binding, how):
+        return how(consts[binding.name] if binding.name else binding.value)
 
-    return {op.outputs[0].name: (np.asarray(value(op.inputs["indices"].arguments[0])),
-                                 np.asarray(value(op.inputs["lut"].arguments[0])))
-            for op in block.operations if op.type == "constexpr_lut_to_dense"}
+    for op in block.operations:
+        if op.type == "constexpr_lut_to_dense":
+            yield (op.outputs[0].name, value(op.inputs["indices"].arguments[0], read),
+                   np.asarray(value(op.inputs["lut"].arguments[0], pkg.value)))
+
+
+def lut_weights(pkg: milrun.Package, function: str | None = None):
+    """(output name, milrun.LutWeight) of every constexpr_lut_to_dense op of one function, one op at a time,
+    its indices left packed in the weight file (a part's indices are as many bytes as it has weights)."""
+    for name, indices, table in _lut_op_inputs(pkg, function, pkg.packed):
+        yield name, milrun.LutWeight(indices, table)
+
+
+def lut_ops(pkg: milrun.Package, function: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """output name -> (indices, lut) of every constexpr_lut_to_dense op of one function (indices unpacked by
+    coremltools' blob reader)."""
+    return {name: (np.asarray(indices), table) for name, indices, table in _lut_op_inputs(pkg, function, pkg.value)}
 
 
 def lut_geometry(indices: np.ndarray, table: np.ndarray) -> tuple[int, int]:
@@ -144,19 +156,26 @@ def lut_geometry(indices: np.ndarray, table: np.ndarray) -> tuple[int, int]:
 
 def lut_errors(final: Path, fp16: Path, function: str | None = None) -> dict[str, dict]:
     """Per palettized weight: relative L2 and max |error| of the dequantized weight against the fp16
-    weight of the same part before palettization (read back from both saved packages)."""
+    weight of the same part before palettization (read back from both saved packages), one weight and a
+    block of rows at a time (milrun.LutWeight.blocks; sums in float64)."""
     pkg, ref = milrun.Package(final), milrun.Function(milrun.Package(fp16), "main")
     fn = function or pkg.functions[0]
     out = {}
-    for name, (indices, table) in lut_ops(pkg, fn).items():
-        dense = milrun.op_lut_to_dense({"indices": indices, "lut": table}, None).astype(np.float32)
+    for name, lut in lut_weights(pkg, fn):
         base = name[: -len("_palettized")] if name.endswith("_palettized") else name
         if base not in ref._consts:
             out[name] = {"error": "no fp16 weight of that name"}
             continue
-        w = np.asarray(ref._consts[base], np.float32).reshape(dense.shape)
-        out[base] = {"shape": list(dense.shape), "rel_l2": float(np.linalg.norm(w - dense) / max(np.linalg.norm(w), 1e-30)),
-                     "max_abs": float(np.abs(w - dense).max())}
+        w = np.asarray(ref._consts[base]).reshape(lut.shape)
+        err2 = ref2 = max_abs = 0.0
+        for r, r1, dense in lut.blocks():
+            d = dense.astype(np.float32) - w[r:r1].astype(np.float32)
+            err2 += float(np.square(d, dtype=np.float64).sum())
+            ref2 += float(np.square(w[r:r1], dtype=np.float64).sum())
+            max_abs = max(max_abs, float(np.abs(d).max()))
+        out[base] = {"shape": list(lut.shape), "rel_l2": float(np.sqrt(err2) / max(np.sqrt(ref2), 1e-30)),
+                     "max_abs": max_abs}
+    pkg.release()
     return out
 
 
@@ -167,7 +186,10 @@ def load_parts(out: Path, layout: Layout) -> runtime.Parts:
         embeddings=milrun.load(out / n["embeddings"]),
         infer=[milrun.load(pkg.path, "infer", pkg) for pkg in chunks],
         prefill=[milrun.load(pkg.path, "prefill", pkg) for pkg in chunks],
-        lm_head=milrun.load(out / n["lm_head"]), context=layout.context, batch=layout.batch, argmax=layout.argmax,
+        # the LM head runs once over all positions: its LUT weights stay packed (dequantized per block in
+        # that pass); with the in-model argmax it runs once per position, so they are dequantized once
+        lm_head=milrun.load(out / n["lm_head"], lazy_luts=not layout.argmax), context=layout.context,
+        batch=layout.batch, argmax=layout.argmax,
         lm_head_rows=LM_HEAD_ROWS)
 
 

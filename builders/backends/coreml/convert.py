@@ -1,6 +1,7 @@
 """Conversion of the parts: torch trace -> ct.convert (mlprogram, fp16, iOS18) -> save, then optional
-k-means LUT palettization in its own process (palettize.py); FFN + prefill combined with
-save_multifunction. Saved packages are made byte-deterministic (package.py `normalize_package`)."""
+k-means LUT palettization in its own process (palettize.py); FFN + prefill combined into one
+multifunction package at the file level (multifunction.py). Saved packages are made byte-deterministic
+(package.py `normalize_package`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 from builders.archs import DecoderConfig
 from builders.backends.coreml import parts
 from builders.backends.coreml.options import Lut, lut_padding
-from builders.backends.coreml.package import normalize_package, save
+from builders.backends.coreml.package import save
 from builders.backends.coreml.weights import Weights
 
 DEPLOYMENT_TARGET = "iOS18"
@@ -164,11 +165,16 @@ def save_part(mlmodel, path: Path, lut: Lut | None, work: Path, op_types: tuple[
     if lut is None:
         save(mlmodel, path)
         return
+    from builders.backends.coreml.heap import return_free_heap
     from builders.backends.coreml.palettize import palettize_package
 
     fp16 = fp16_path(work, path.name)
     fp16.parent.mkdir(parents=True, exist_ok=True)
     save(mlmodel, fp16)
+    # coremltools keeps the converted program, every weight in it, on the model (MLModel._mil_program); the
+    # palettizing process reads the saved package, so this one need not hold a second copy meanwhile
+    mlmodel._mil_program = None
+    return_free_heap()
     if path.exists():
         shutil.rmtree(path)
     palettize_package(fp16, path, lut.bits, lut.group_size, op_types, KMEANS_WORKERS, cache=work / "lut-cache")
@@ -179,14 +185,9 @@ def fp16_path(work: Path, name: str) -> Path:
 
 
 def combine(infer_pkg: Path, prefill_pkg: Path, out: Path) -> None:
-    """One multifunction package (`infer` default, `prefill`); identical weights are stored once."""
-    import coremltools as ct
+    """One multifunction package (`infer` default, `prefill`); identical weights are stored once. Written
+    at the file level (multifunction.py): no weight is loaded, where coremltools' save_multifunction held
+    both programs' weights (0.5B fp16 chunk: 2 x 683 MB, the node's peak)."""
+    from builders.backends.coreml import multifunction
 
-    desc = ct.utils.MultiFunctionDescriptor()
-    desc.add_function(str(infer_pkg), src_function_name="main", target_function_name="infer")
-    desc.add_function(str(prefill_pkg), src_function_name="main", target_function_name="prefill")
-    desc.default_function_name = "infer"
-    if out.exists():
-        shutil.rmtree(out)
-    ct.utils.save_multifunction(desc, str(out))
-    normalize_package(out)
+    multifunction.combine([("infer", infer_pkg), ("prefill", prefill_pkg)], "infer", out)

@@ -8,14 +8,18 @@ together, in three vectorised stages over all groups of the block:
   1. start: each group's values sorted once; centroids spread like an optimal quantizer's (density to the
      power 1/3, from quantile bins: _companded_start);
   2. Lloyd's iterations: a 1-D cluster is a run of consecutive sorted values, so an iteration is one
-     batched search of the k - 1 boundaries in the sorted values and prefix-sum differences, until no
-     boundary moves;
+     batched search of the k - 1 boundaries in the sorted values (shifted into one sorted array once per
+     block) and prefix-sum differences; a group whose boundaries did not move is at its fixed point and
+     leaves the iterations;
   3. Lloyd stops at a local optimum (on 4 x 896 normal weights 3-6% above kmeans1d's error), so the cuts
      are improved by an exact dynamic programme over a window of DP_WIDTH positions around each cut,
-     DP_ROUNDS times (each round is never worse: the old cuts are among its candidates).
+     DP_ROUNDS times (each round is never worse: the old cuts are among its candidates; a group a round
+     left unchanged leaves the rounds). The programme's cluster cost is split so that the sum of squares
+     of a cluster's end is added after the minimum over its start.
 Deterministic (no random start). tests/test_coreml_kmeans_lut.py holds the squared error to kmeans1d's on
 normal and Laplace groups (measured on 64 groups of 4 x 896: normal 1.017x, Laplace 1.023x, Student t5
-1.061x, t3 1.18x - the heavier the tails, the farther from the optimum) at ~3 ms per group.
+1.061x, t3 1.18x - the heavier the tails, the farther from the optimum). One layer of Qwen2.5-0.5B's
+shapes (14.9 M weights, LUT 6,4) takes ~5.6 s on one core (the first version of this module: ~10.8 s).
 """
 
 from __future__ import annotations
@@ -27,19 +31,34 @@ DP_WIDTH = 8  # positions each cut may move per round of the windowed programme 
 DP_ROUNDS = 6  # rounds of the windowed programme (each never worse than the one before)
 EXPONENT = 2 / 3  # see _companded_start
 START_BINS = 256  # quantile bins per group for the start (_companded_start)
-BLOCK_VALUES = 1 << 22  # values per block of groups (float64 sorted values + prefix sums: ~64 MiB)
+BLOCK_VALUES = 1 << 19  # values per block of groups; measured on the 0.5B FFN shapes, as fast as 2**22 values,
+# whose temporaries (sorted values, prefix sums, shifted rows, ...) took ~190 MiB more per k-means worker
+
+
+class _SortedRows:
+    """Sorted rows [groups, n] searched all at once: per row r, np.searchsorted(rows[r], queries[r]),
+    exactly. Every row is shifted by r x a power of two larger than twice its values' magnitude (fp16 values
+    are multiples of 2**-24 below 2**16, so the shifted values of a block stay exact in float64) and the
+    shifted rows are one sorted array, made once for all of Lloyd's iterations."""
+
+    def __init__(self, rows: np.ndarray, queries_bound: float = 0.0):
+        groups, self.n = rows.shape
+        bound = max(float(np.abs(rows).max(initial=0.0)), queries_bound)
+        self.span = 2.0 ** np.ceil(np.log2(2 * bound + 1))
+        self.shift = (np.arange(groups, dtype=np.float64) * self.span)[:, None]
+        self.flat = (rows + self.shift).ravel()
+        self.base = (np.arange(groups) * self.n)[:, None]
+
+    def search(self, queries: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Queries [rows, q] in rows `rows` (all by default); they must lie within the bound given
+        (midpoints of centroids inside the rows' range do)."""
+        shift, base = (self.shift, self.base) if rows is None else (self.shift[rows], self.base[rows])
+        return np.searchsorted(self.flat, (queries + shift).ravel(), side="left").reshape(queries.shape) - base
 
 
 def _searchsorted_rows(sorted_rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """Per row r: np.searchsorted(sorted_rows[r], queries[r]) for all rows at once, exactly: every row is
-    shifted by r x a power of two larger than its range (fp16 values are multiples of 2**-24 below 2**16,
-    so the shifted values of a block stay exact in float64)."""
-    rows, n = sorted_rows.shape
-    span = 2.0 ** np.ceil(np.log2(2 * max(float(np.abs(sorted_rows).max()), float(np.abs(queries).max())) + 1))
-    shift = (np.arange(rows, dtype=np.float64) * span)[:, None]
-    flat = (sorted_rows + shift).ravel()
-    pos = np.searchsorted(flat, (queries + shift).ravel(), side="left").reshape(queries.shape)
-    return pos - (np.arange(rows) * n)[:, None]
+    """Per row r: np.searchsorted(sorted_rows[r], queries[r]) for all rows at once, exactly (_SortedRows)."""
+    return _SortedRows(sorted_rows, float(np.abs(queries).max(initial=0.0))).search(queries)
 
 
 def _companded_start(xs: np.ndarray, k: int, bins: int = START_BINS) -> np.ndarray:
@@ -65,42 +84,54 @@ def _companded_start(xs: np.ndarray, k: int, bins: int = START_BINS) -> np.ndarr
 
 def _costs(s1a, s2a, na, s1b, s2b, nb):
     """Sum of squared deviations from their mean of the values between two cuts, from the prefix sums
-    (s1: values, s2: squares) and positions at the cuts (broadcast); 0 for an empty cluster, inf for a
-    reversed pair."""
+    (s1: values, s2: squares) and positions at the cuts (broadcast); 0 for an empty cluster (equal cuts:
+    equal prefix sums), inf for a reversed pair."""
     n = nb - na
     d1 = s1b - s1a
-    cost = (s2b - s2a) - d1 * d1 / np.maximum(n, 1)
-    return np.where(n > 0, cost, np.where(n == 0, 0.0, np.inf))
+    d1 *= d1
+    d1 /= np.maximum(n, 1)
+    cost = s2b - s2a
+    cost -= d1
+    cost[n < 0] = np.inf
+    return cost
 
 
-def _window_dp(p1, p2, cuts: np.ndarray, n: int, width: int) -> np.ndarray:
-    """The best cuts [groups, k + 1] (first 0, last n) with every inner cut within `width` positions of
-    the given one: an exact dynamic programme over (2 width + 1) candidates per cut, so its partition is
-    never worse than the given one (which is among the candidates)."""
-    groups, k1 = cuts.shape
+def _window_dp(p1, p2, cuts: np.ndarray, n: int, width: int, rows: np.ndarray) -> np.ndarray:
+    """The best cuts [len(rows), k + 1] (first 0, last n) of the groups `rows` (their prefix sums: rows of
+    p1, p2) with every inner cut within `width` positions of the given one (`cuts`, one row per group): an
+    exact dynamic programme over (2 width + 1) candidates per cut, so its partition is never worse than the
+    given one (which is among the candidates)."""
+    groups = len(rows)
     cand = np.clip(cuts[:, 1:-1, None] + np.arange(-width, width + 1), 0, n)  # [groups, k - 1, c]
-    flat = cand.reshape(groups, -1)
-    s1 = np.take_along_axis(p1, flat, axis=1).reshape(cand.shape)
-    s2 = np.take_along_axis(p2, flat, axis=1).reshape(cand.shape)
+    flat = (cand + (rows * (n + 1))[:, None, None]).reshape(-1)
+    s1 = p1.reshape(-1)[flat].reshape(cand.shape)
+    s2 = p2.reshape(-1)[flat].reshape(cand.shape)
     pos = cand.astype(np.float64)
     best = _costs(0.0, 0.0, 0.0, s1[:, 0], s2[:, 0], pos[:, 0])  # [groups, c]: the first cluster [0, cut)
     back = []
     for m in range(1, cand.shape[1]):
-        total = best[:, :, None] + _costs(s1[:, m - 1, :, None], s2[:, m - 1, :, None], pos[:, m - 1, :, None],
-                                          s1[:, m, None, :], s2[:, m, None, :], pos[:, m, None, :])
-        arg = total.argmin(axis=1)  # [groups, c]: the best candidate of cut m - 1 for each one of cut m
-        back.append(arg)
-        best = np.take_along_axis(total, arg[:, None, :], axis=1)[:, 0]
-    best = best + _costs(s1[:, -1], s2[:, -1], pos[:, -1], p1[:, -1:], p2[:, -1:], float(n))
+        # best[a] + cost(a, b) = (best[a] - s2[a]) - (s1[b] - s1[a])**2 / (pos[b] - pos[a]) + s2[b]: the last
+        # term does not depend on a, so it is added after the minimum over a
+        d1 = s1[:, m, None, :] - s1[:, m - 1, :, None]  # [groups, c of cut m - 1, c of cut m]
+        count = pos[:, m, None, :] - pos[:, m - 1, :, None]
+        reversed_pair = count < 0
+        np.maximum(count, 1, out=count)  # an empty cluster (equal cuts) has d1 = 0
+        d1 *= d1
+        d1 /= count
+        total = (best - s2[:, m - 1])[:, :, None] - d1
+        total[reversed_pair] = np.inf
+        back.append(total.argmin(axis=1))  # [groups, c]: the best candidate of cut m - 1 for each one of cut m
+        best = total.min(axis=1) + s2[:, m]
+    best = best + _costs(s1[:, -1], s2[:, -1], pos[:, -1], p1[rows, -1:], p2[rows, -1:], float(n))
     choice = best.argmin(axis=1)
-    rows = np.arange(groups)
+    at = np.arange(groups)
     out = np.empty_like(cuts)
     out[:, 0], out[:, -1] = 0, n
     inner = cand.shape[1]
-    out[:, inner] = cand[rows, inner - 1, choice]
+    out[:, inner] = cand[at, inner - 1, choice]
     for m in range(inner - 1, 0, -1):
-        choice = back[m - 1][rows, choice]
-        out[:, m] = cand[rows, m - 1, choice]
+        choice = back[m - 1][at, choice]
+        out[:, m] = cand[at, m - 1, choice]
     return out
 
 
@@ -112,26 +143,36 @@ def _cluster_block(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     prefix = np.zeros((groups, n + 1))
     np.cumsum(xs, axis=1, out=prefix[:, 1:])
     centroids = _companded_start(xs, k)
-    ends = np.broadcast_to(np.array([0, n]), (groups, 2))
-    cuts = None
+    sorted_rows = _SortedRows(xs)  # centroids stay inside each row's range: so do the midpoints searched
+    cuts = np.zeros((groups, k + 1), np.int64)
+    cuts[:, -1] = n
+    cuts[:, 1:-1] = sorted_rows.search((centroids[:, :-1] + centroids[:, 1:]) / 2)
+    # Lloyd's iterations, each on the groups whose cuts moved in the one before (a group whose cuts did not
+    # move is at its fixed point: the next iteration would give the same centroids and cuts)
+    active = np.arange(groups)
     for _ in range(MAX_ITER):
-        inner = _searchsorted_rows(xs, (centroids[:, :-1] + centroids[:, 1:]) / 2)
-        new_cuts = np.concatenate([ends[:, :1], inner, ends[:, 1:]], axis=1)
-        if cuts is not None and np.array_equal(new_cuts, cuts):
+        c = cuts[active]
+        counts = np.diff(c, axis=1)
+        sums = np.diff(prefix.reshape(-1)[c + (active * (n + 1))[:, None]], axis=1)
+        centroids[active] = np.sort(np.where(counts > 0, sums / np.maximum(counts, 1), centroids[active]), axis=1)
+        mid = (centroids[active, :-1] + centroids[active, 1:]) / 2
+        inner = sorted_rows.search(mid, active)
+        moved = (inner != c[:, 1:-1]).any(axis=1)
+        cuts[active, 1:-1] = inner
+        active = active[moved]
+        if not active.size:
             break
-        cuts = new_cuts
-        counts = np.diff(cuts, axis=1)
-        sums = np.diff(np.take_along_axis(prefix, cuts, axis=1), axis=1)
-        centroids = np.sort(np.where(counts > 0, sums / np.maximum(counts, 1), centroids), axis=1)
-    inner = _searchsorted_rows(xs, (centroids[:, :-1] + centroids[:, 1:]) / 2)
-    cuts = np.concatenate([ends[:, :1], inner, ends[:, 1:]], axis=1)
+    del sorted_rows
     p2 = np.zeros((groups, n + 1))
     np.cumsum(xs * xs, axis=1, out=p2[:, 1:])
+    active = np.arange(groups)  # likewise: a round that leaves a group's cuts as they were is its last
     for _ in range(DP_ROUNDS):
-        new_cuts = _window_dp(prefix, p2, cuts, n, DP_WIDTH)
-        if np.array_equal(new_cuts, cuts):
+        new_cuts = _window_dp(prefix, p2, cuts[active], n, DP_WIDTH, active)
+        moved = (new_cuts != cuts[active]).any(axis=1)
+        cuts[active] = new_cuts
+        active = active[moved]
+        if not active.size:
             break
-        cuts = new_cuts
     counts = np.diff(cuts, axis=1)
     sums = np.diff(np.take_along_axis(prefix, cuts, axis=1), axis=1)
     centroids = np.where(counts > 0, sums / np.maximum(counts, 1), xs[:, :1])

@@ -8,8 +8,10 @@ arrays the caller keeps between calls. Only the ops the parts of this backend us
 any other op fails loudly with its name.
 
 Memory: a package's weights are read once and kept in their stored dtype (fp16; a LUT is dequantized
-once, to fp16). The functions of a multifunction package (`infer`, `prefill`) share them: blob values are
-cached by their location in weight.bin, constexpr results by their inputs. Pointwise convolutions and
+once, to fp16, a block of rows at a time, and its indices are not kept; a LUT weight only a gather reads -
+the embedding table - stays indices + table and a gather dequantizes the rows it takes). The functions of
+a multifunction package (`infer`, `prefill`) share them: blob values are cached by their location in
+weight.bin, constexpr results by the locations of their inputs. Pointwise convolutions and
 matmuls run as BLAS matrix products in float32 (the fp16 weight is widened for the product only: exact).
 """
 
@@ -54,10 +56,11 @@ def _shape(tensor_type) -> tuple[int, ...]:
 class Package:
     """A saved .mlpackage: its spec and weight blobs."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, lazy_luts: bool = False):
         import coremltools as ct
 
         self.path = Path(path)
+        self.lazy_luts = lazy_luts  # every LUT weight kept packed (LutWeight), dequantized by the op that reads it
         self.spec = ct.utils.load_spec(str(path))
         self._weights = self.path / "Data" / "com.apple.CoreML" / "weights"
         self._blobs: dict[tuple, np.ndarray] = {}  # (file, offset, dtype, shape) -> value, for every function
@@ -79,6 +82,8 @@ class Package:
         if value_spec.HasField("blobFileValue"):
             blob = value_spec.blobFileValue
             key = (blob.fileName.split("/")[-1], int(blob.offset), dtype, shape)
+            if dtype not in MAPPED:  # sub-byte LUT indices, unpacked to a heap copy: read for the op that
+                return self._blob(blob, dtype).reshape(shape)  # dequantizes them, not kept (Function)
             if key not in self._blobs:  # one array per stored weight, whichever function asks
                 self._blobs[key] = self._blob(blob, dtype).reshape(shape)
             return self._blobs[key]
@@ -94,6 +99,19 @@ class Package:
         else:
             arr = np.array(list(getattr(tv, kind).values), dtype=DTYPES.get(dtype, np.int64))
         return arr.reshape(shape)
+
+    def packed(self, value_spec) -> "PackedIndices | np.ndarray":
+        """A LUT's index tensor without unpacking it: a sub-byte blob as a memory map of its packed bytes
+        (PackedIndices), anything else as value() gives it."""
+        ttype = value_spec.type.tensorType
+        dtype = _dtype_name(ttype.dataType)
+        if not value_spec.HasField("blobFileValue") or not dtype.startswith("UINT") or dtype in MAPPED:
+            return self.value(value_spec)
+        blob = value_spec.blobFileValue
+        key = (blob.fileName.split("/")[-1], int(blob.offset), "packed", _shape(ttype))
+        if key not in self._blobs:  # a map: its pages are the file's, dropped by release()
+            self._blobs[key] = mapped_blob(self._weights / key[0], int(blob.offset), np.uint8)
+        return PackedIndices(self._blobs[key], int(dtype[4:]), _shape(ttype))
 
     def release(self) -> None:
         """Drop the resident pages of every memory-mapped weight (they are read back from the file if an op
@@ -125,6 +143,23 @@ MAPPED = {"FLOAT16": np.float16, "FLOAT32": np.float32, "INT32": np.int32, "UINT
 """Whole-byte blob dtypes, read as memory maps of the weight file (mapped_blob); sub-byte ones (LUT
 indices) are unpacked by coremltools' reader."""
 BLOB_SENTINEL = 0xDEADBEEF
+
+
+def read_blob(path: Path, offset: int, dtype) -> np.ndarray:
+    """One whole-byte blob read into a new array with a positioned read (no map of the file, whose touched
+    pages would stay resident next to the copy)."""
+    import struct
+
+    with open(path, "rb") as f:
+        f.seek(offset)
+        sentinel, _, size, data = struct.unpack("<IIQQ", f.read(24))
+        if sentinel != BLOB_SENTINEL or size % np.dtype(dtype).itemsize:
+            raise ValueError(f"{path}: no weight blob at offset {offset} (sentinel {sentinel:#x}, {size} bytes)")
+        f.seek(data)
+        out = np.empty(size // np.dtype(dtype).itemsize, dtype)
+        if f.readinto(memoryview(out).cast("B")) != size:
+            raise ValueError(f"{path}: weight blob at offset {offset} runs past the end of the file")
+    return out
 
 
 def mapped_blob(path: Path, offset: int, dtype) -> np.ndarray:
@@ -181,13 +216,21 @@ def op_slice_update(a, _):
 
 
 def op_conv(a, _):
-    """Pointwise convolution (any rank): kernel 1 in every spatial dim, stride 1, one group."""
-    w, x = _f32(a["weight"]), _f32(a["x"])
+    """Pointwise convolution (any rank): kernel 1 in every spatial dim, stride 1, one group. A LutWeight
+    is dequantized and multiplied a block of output channels at a time."""
+    w, x = a["weight"], _f32(a["x"])
     if any(k != 1 for k in w.shape[2:]) or int(a.get("groups", 1)) != 1 or \
             any(int(s) != 1 for s in np.atleast_1d(a["strides"])):
         raise UnsupportedOp(f"conv other than pointwise, stride 1, groups 1 (weight {w.shape})")
     b, spatial = x.shape[0], x.shape[2:]
-    out = np.matmul(w.reshape(w.shape[0], w.shape[1]), x.reshape(b, x.shape[1], -1))  # BLAS: [b, o, n]
+    x2 = x.reshape(b, x.shape[1], -1)
+    if isinstance(w, LutWeight):
+        out = np.empty((b, w.shape[0], x2.shape[-1]), np.float32)
+        for r, r1, rows in w.blocks():
+            out[:, r:r1] = np.matmul(rows.reshape(r1 - r, -1).astype(np.float32), x2)
+    else:
+        w = _f32(w)
+        out = np.matmul(w.reshape(w.shape[0], w.shape[1]), x2)  # BLAS: [b, o, n]
     out = out.reshape((b, w.shape[0]) + spatial)
     if "bias" in a:
         out = out + _f32(a["bias"]).reshape((1, -1) + (1,) * (out.ndim - 2))
@@ -242,20 +285,115 @@ def op_gather(a, _):
     idx = np.asarray(a["indices"]).astype(np.int64)
     if int(a.get("batch_dims", 0)) != 0:
         raise UnsupportedOp("gather with batch_dims")
-    axis = int(a.get("axis", 0))
-    idx = np.where(idx < 0, idx + np.shape(a["x"])[axis], idx)
-    return np.take(a["x"], idx, axis=axis)
+    x, axis = a["x"], int(a.get("axis", 0))
+    idx = np.where(idx < 0, idx + np.shape(x)[axis], idx)
+    if isinstance(x, LutWeight):
+        return x.take_rows(idx) if axis in (0, -len(x.shape)) else np.take(x.dense(), idx, axis=axis)
+    return np.take(x, idx, axis=axis)
+
+
+LUT_BLOCK = 1 << 20  # weights dequantized per block (its integer index temporary: 8 MiB)
+
+
+def _lut_table(lut) -> np.ndarray:
+    lut = np.asarray(lut)
+    if lut.shape[-1] != 1:
+        raise UnsupportedOp("constexpr_lut_to_dense with vector_axis")
+    return lut[..., 0]  # [g0, ..., gn, 2**bits]
+
+
+def _dequant(table: np.ndarray, indices: np.ndarray, rows: np.ndarray, shape: tuple) -> np.ndarray:
+    """Dense values of the rows `rows` (axis 0 of a weight of `shape`) whose LUT indices are `indices`
+    ([len(rows), *shape[1:]]): axis i of the weight is split in table.shape[i] groups of equal size."""
+    size = [n // table.shape[i] for i, n in enumerate(shape)]
+    grid = np.ix_(*[np.arange(n) // size[i] for i, n in enumerate(shape)][1:]) if len(shape) > 1 else ()
+    first = (np.asarray(rows) // size[0]).reshape((-1,) + (1,) * (len(shape) - 1))
+    return table[(first,) + tuple(grid) + (np.asarray(indices).astype(np.intp),)]
+
+
+def lut_dense(indices, lut, first: int = 0, stop: int | None = None) -> np.ndarray:
+    """constexpr_lut_to_dense (iOS18): indices has the weight's shape; lut [g0, ..., gn, 2**bits, vector];
+    axis i is split in lut.shape[i] groups of equal size. Rows first:stop (axis 0; all by default),
+    dequantized a block of rows at a time, so the integer index temporary is one block's (a
+    vocabulary-wide table's indices widened at once: 1 GiB)."""
+    indices, table = np.asarray(indices), _lut_table(lut)
+    stop = indices.shape[0] if stop is None else stop
+    out = np.empty((stop - first,) + indices.shape[1:], table.dtype)
+    if not out.size:
+        return out
+    step = max(1, LUT_BLOCK // max(1, indices[0].size))
+    for r in range(first, stop, step):
+        r1 = min(r + step, stop)
+        out[r - first:r1 - first] = _dequant(table, indices[r:r1], np.arange(r, r1), indices.shape)
+    return out
+
+
+class PackedIndices:
+    """A sub-byte index tensor as stored: `bits`-wide unsigned values packed little-endian (first value in
+    the lowest bits) in a memory map of the weight file; rows (axis 0) are unpacked on demand."""
+
+    def __init__(self, data: np.ndarray, bits: int, shape: tuple):
+        self.data, self.bits, self.shape = data, bits, tuple(shape)
+        self.row = int(np.prod(self.shape[1:], dtype=np.int64))
+        if data.size * 8 < self.row * self.shape[0] * bits:
+            raise ValueError(f"{data.size} bytes hold fewer than {self.shape} {bits}-bit values")
+
+    def values(self, first: int, count: int) -> np.ndarray:
+        """`count` values from value `first` on, as uint8."""
+        start, stop = first * self.bits, (first + count) * self.bits
+        raw = np.unpackbits(np.asarray(self.data[start // 8:-(-stop // 8)]), bitorder="little")
+        bits = raw[start % 8:start % 8 + count * self.bits].reshape(count, self.bits)
+        padded = np.zeros((count, 8), np.uint8)
+        padded[:, :self.bits] = bits
+        return np.packbits(padded, axis=1, bitorder="little").reshape(count)
+
+    def rows(self, first: int, stop: int) -> np.ndarray:
+        return self.values(first * self.row, (stop - first) * self.row).reshape((stop - first,) + self.shape[1:])
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows),) + self.shape[1:], np.uint8)
+        for i, r in enumerate(rows):
+            out[i] = self.rows(int(r), int(r) + 1)[0]
+        return out
+
+
+class LutWeight:
+    """A constexpr_lut_to_dense result the interpreter keeps as its indices (packed as stored, or an
+    array) and table, dequantized by the op that reads it: a gather only the rows it takes (the
+    embedding table, 151936 x 896 fp16: 272 MB, is never dense), a convolution a block of rows at a time
+    (the LM head's parts, read once per pass over all positions)."""
+
+    def __init__(self, indices, lut):
+        self.indices = indices if isinstance(indices, PackedIndices) else np.asarray(indices)
+        self.table = _lut_table(lut)
+        self.shape, self.dtype = tuple(self.indices.shape), self.table.dtype
+
+    def index_rows(self, first: int, stop: int) -> np.ndarray:
+        if isinstance(self.indices, PackedIndices):
+            return self.indices.rows(first, stop)
+        return self.indices[first:stop]
+
+    def take_rows(self, idx: np.ndarray) -> np.ndarray:
+        flat = np.asarray(idx, np.intp).reshape(-1)
+        ix = self.indices.take(flat) if isinstance(self.indices, PackedIndices) else self.indices[flat]
+        return _dequant(self.table, ix, flat, self.shape).reshape(np.shape(idx) + self.shape[1:])
+
+    def blocks(self):
+        """(first, stop, dense rows first:stop) over the whole weight, LUT_BLOCK weights at a time."""
+        step = max(1, LUT_BLOCK // max(1, int(np.prod(self.shape[1:], dtype=np.int64))))
+        for r in range(0, self.shape[0], step):
+            r1 = min(r + step, self.shape[0])
+            yield r, r1, _dequant(self.table, self.index_rows(r, r1), np.arange(r, r1), self.shape)
+
+    def dense(self) -> np.ndarray:
+        out = np.empty(self.shape, self.dtype)
+        for r, r1, rows in self.blocks():
+            out[r:r1] = rows
+        return out
 
 
 def op_lut_to_dense(a, _):
-    """iOS18 constexpr_lut_to_dense: indices has the weight's shape; lut [g0, ..., gn, 2**bits, vector];
-    axis i is split in lut.shape[i] groups of equal size."""
-    indices, lut = np.asarray(a["indices"]).astype(np.int64), np.asarray(a["lut"])
-    if lut.shape[-1] != 1:
-        raise UnsupportedOp("constexpr_lut_to_dense with vector_axis")
-    table = lut[..., 0]
-    grid = np.ix_(*[np.arange(n) // (n // table.shape[i]) for i, n in enumerate(indices.shape)])
-    return table[tuple(grid) + (indices,)]
+    return lut_dense(a["indices"], a["lut"])
 
 
 def op_concat(a, _):
@@ -335,17 +473,52 @@ class Function:
         if missing:
             raise UnsupportedOp(f"{package.path.name}:{name}: ops not implemented here: {', '.join(missing)}")
         self._consts: dict[str, object] = {}
+        readers: dict[str, set] = {}
+        for op in self.block.operations:
+            for arg in op.inputs.values():
+                for b in arg.arguments:
+                    if b.name:
+                        readers.setdefault(b.name, set()).add(op.type)
+        specs = {}  # const name -> its Value: consts only constexpr ops read are read when those run
         for op in self.block.operations:
             if op.type == "const":
-                self._consts[op.outputs[0].name] = package.value(op.attributes["val"])
+                name = op.outputs[0].name
+                specs[name] = op.attributes["val"]
+                if not all(t.startswith("constexpr_") for t in readers.get(name, ())):
+                    self._consts[name] = package.value(specs[name])
             elif op.type.startswith("constexpr_"):
-                args = self._args(op, self._consts)
-                key = (op.type, tuple(sorted((k, tuple(map(id, v)) if isinstance(v, list) else id(v))
-                                             for k, v in args.items())))
+                key = (op.type, self._identity(op, specs))
                 if key not in package.derived:  # the other function of the package may have run it
-                    package.derived[key] = self._run_op(op, self._consts, None)
+                    lazy = op.type == "constexpr_lut_to_dense" and (
+                        package.lazy_luts or readers.get(op.outputs[0].name) == {"gather"})
+                    read = package.packed if lazy else package.value
+                    env = {**self._consts, **{n: read(v) for n, v in specs.items()
+                                              if n not in self._consts and n in self._input_names(op)}}
+                    args = self._args(op, env)
+                    package.derived[key] = (LutWeight(args["indices"], args["lut"]) if lazy
+                                            else self._finish(op, OPS[op.type](args, None)))
+                    del env, args
                 self._consts[op.outputs[0].name] = package.derived[key]
         self._dead_after = self._liveness()
+
+    @staticmethod
+    def _input_names(op) -> set:
+        return {b.name for arg in op.inputs.values() for b in arg.arguments if b.name}
+
+    def _identity(self, op, specs: dict) -> tuple:
+        """What a constexpr op computes from, independent of which function reads it: each input's blob
+        location (or its immediate value's bytes, or the id of a derived value)."""
+        out = []
+        for key, arg in sorted(op.inputs.items()):
+            for b in arg.arguments:
+                spec = specs.get(b.name) if b.name else b.value
+                if spec is not None and spec.HasField("blobFileValue"):
+                    out.append((key, spec.blobFileValue.fileName, int(spec.blobFileValue.offset)))
+                elif spec is not None:
+                    out.append((key, spec.SerializeToString(deterministic=True)))
+                else:
+                    out.append((key, "derived", id(self._consts[b.name])))
+        return tuple(out)
 
     def _liveness(self) -> list[list[str]]:
         """Per op: the values computed by earlier ops (not consts) that no later op and no block output
@@ -439,8 +612,9 @@ class Function:
         return value.astype(dtype) if dtype is not None and value.dtype != dtype else value
 
 
-def load(path: Path, function: str | None = None, package: Package | None = None) -> Function:
+def load(path: Path, function: str | None = None, package: Package | None = None,
+         lazy_luts: bool = False) -> Function:
     """One function of the package at `path` (the first by default); pass `package` to share its
-    weights with functions loaded before."""
-    pkg = package or Package(path)
+    weights with functions loaded before. lazy_luts: its LUT weights stay packed (Package)."""
+    pkg = package or Package(path, lazy_luts)
     return Function(pkg, function or pkg.functions[0])

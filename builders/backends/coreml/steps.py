@@ -10,6 +10,7 @@ from pathlib import Path
 
 from builders.backends.base import NodeContext
 from builders.backends.coreml import convert
+from builders.backends.coreml.heap import return_free_heap
 from builders.backends.coreml.layout import Layout, layout_of
 from builders.errors import NodeFailed
 
@@ -54,7 +55,7 @@ def step_embeddings(ctx: NodeContext) -> None:
 
     layout = _layout(ctx)
     ctx.result["preflight"] = preflight(layout, ctx.model_dir, _reference_tokens(ctx), ARCHS)
-    _return_free_heap()  # the sweep's fp32-compute model is gone: its heap is not the conversion's
+    return_free_heap()  # the sweep's fp32-compute model is gone: its heap is not the conversion's
     ctx.log(f"preflight: fp16 sweep max |activation| {ctx.result['preflight']['fp16_sweep']['max_abs']}, "
             f"{layout.chunks} chunk(s), ~{ctx.result['preflight']['chunk_mb_estimate']} MiB per chunk")
     ctx.result["tool_versions"] = _tool_versions()
@@ -82,7 +83,7 @@ def _chunks(ctx: NodeContext, kind: str, seq: int) -> None:
         ml = convert.chunk(src, layers, i == layout.chunks - 1, seq)
         convert.save_part(ml, _parts_dir(ctx) / name, layout.lut("lut2"), ctx.work)
         del ml
-        _return_free_heap()
+        return_free_heap()
 
 
 def step_ffn(ctx: NodeContext) -> None:
@@ -95,8 +96,6 @@ def step_prefill(ctx: NodeContext) -> None:
 
 def step_combine(ctx: NodeContext) -> None:
     layout = _layout(ctx)
-    _return_free_heap()  # coremltools loads both programs' weights here: start from the live heap only
-    # (measured, 0.5B: 3328 MB peak when the conversions' freed heap was still mapped)
     for ffn, pf, out in zip(layout.names["ffn"], layout.names["prefill"], layout.names["ffn_pf"]):
         missing = [n for n in (ffn, pf) if not (_parts_dir(ctx) / n).is_dir()]
         if missing:
@@ -155,7 +154,7 @@ def step_test(ctx: NodeContext) -> None:
 
     layout = _layout(ctx)
     packages = _packages(ctx, layout)
-    _return_free_heap()
+    return_free_heap()
     failures: list[str] = []
     t0 = time.monotonic()
     specs = {}
@@ -201,21 +200,6 @@ def step_test(ctx: NodeContext) -> None:
     ver = tokenizer_check.merge(ver, tokenizer_result(ctx.out, ctx.inputs["reference"]))
     ctx.result["verification"] = ver
     ctx.log("test: " + ", ".join(f"{k}={v:.4g}" for k, v in figures.items() if isinstance(v, float)))
-
-
-def _return_free_heap() -> None:
-    """Give the heap the conversion steps freed back to the system before the check loads the parts
-    (glibc keeps freed blocks below its mmap threshold mapped; measured: 1.9 GB resident after step 7 of
-    a 0.5B model, none of it live). Nothing to do where the C library is not glibc."""
-    import ctypes
-    import ctypes.util
-    import gc
-
-    gc.collect()  # objects in reference cycles (a transformers model with its hooks) are freed here, not later
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def opt_chunk_mb(layout: Layout) -> float:
