@@ -266,27 +266,30 @@ def step_verify(ctx: NodeContext) -> None:
     ctx.result["quant_fallback"] = fallback
     vp = ctx.params["verify"]
 
+    pool = ThreadPoolExecutor(max_workers=1)
+    hf = None
+
     def forward_many(sequences):
         """All sequences in one llama.cpp decode (verify/llama_batch.py), within the n_ctx option."""
+        nonlocal hf
         n_ctx = llama_batch.context_size([len(s) for s in sequences])
         if n_ctx > vp["n_ctx"]:
             raise NodeFailed(f"the check evaluates {n_ctx} KV cells but gguf option n_ctx is {vp['n_ctx']}: raise "
                              f"backends.gguf.options.n_ctx in matrix.yaml to at least {n_ctx}")
         try:
-            return llama_batch.logits(path, sequences, _threads(vp))
+            logits = llama_batch.logits(path, sequences, _threads(vp))
         except llama_batch.LlamaCppError as e:
             raise NodeFailed(f"llama.cpp on {path.name}: {e}") from None
+        # llama.cpp's model and context are freed: torch and transformers import and the HF model is built on
+        # a second thread while this thread computes the figures (single-threaded numpy). Started with the
+        # step instead, the imports' ~300 MiB sat on top of llama.cpp's model and logits: the 0.5B F16 peak
+        # went 1648 -> 1936 MiB and the layers=2 gguf nodes broke the memory rule (tests/test_memory_rule.py)
+        hf = pool.submit(_hf_model, ctx)
+        return logits
 
-    # torch and transformers import and the HF model is built on a second thread while llama.cpp loads and
-    # decodes (C code, the GIL released): ~3.5 CPU-seconds of imports that otherwise run after it. The
-    # model holds no weights (placeholders, verify/hf_forward.py), so the overlap costs its ~300 MiB of
-    # code and the llama.cpp pass's memory together (0.5B F16: peak 1648 -> ~1940 MiB, the rule's limit
-    # 2362; builders/memory_rule.py)
-    pool = ThreadPoolExecutor(max_workers=1)
     art_logits: list = []
     t0 = time.monotonic()
     try:
-        hf = pool.submit(_hf_model, ctx)
         figures = evaluate_many(ctx.inputs["reference"], forward_many, keep=art_logits)
         t_llama, peak_llama = time.monotonic() - t0, rss.peak_mb()
         t0 = time.monotonic()
