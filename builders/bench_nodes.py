@@ -189,8 +189,8 @@ def _direct_once(out: Path, plan, pn) -> dict:
     step, what = DIRECT[pn.node.kind]
     manifest = json.loads((out / ".store" / pn.digest / "manifest.json").read_text())
     cmd = _direct_command(pn.node.kind, manifest)
-    step_s = manifest["timings"]["steps"].get(step, {}).get("seconds")
-    step_cpu = manifest["timings"]["steps"].get(step, {}).get("cpu_seconds")
+    timed = manifest["timings"]["steps"].get(step, {})
+    step_s, step_cpu = timed.get("seconds"), timed.get("cpu_seconds")
     if cmd is None or step_s is None:
         return {"skip": f"no direct run for {pn.node.kind} ({step} step {step_s})"}
     mounts = {}

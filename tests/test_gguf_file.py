@@ -89,7 +89,7 @@ def _in_gguf_image(docker_engine, pins, script: str) -> str:
 DEQUANT_SCRIPT = r"""
 import numpy as np, gguf
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
-from builders.verify import ggml_dequant
+from builders.verify import fp32_compute, ggml_dequant
 rng = np.random.default_rng(0)
 done = []
 for qt in (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K):
@@ -117,7 +117,7 @@ assert not ggml_dequant.available(int(T.F32))  # already float32
 block, size = GGML_QUANT_SIZES[T.Q4_K]
 big = rng.integers(0, 256, size=(301, 16 * size), dtype=np.uint8)
 big[:, 1::2] &= 0xBF
-assert big.shape[0] * 16 * block >= ggml_dequant.PARALLEL_MIN and ggml_dequant._threads() >= 2
+assert big.shape[0] * 16 * block >= ggml_dequant.PARALLEL_MIN and fp32_compute.cpu_threads() >= 2
 split = ggml_dequant.dequantize(big, int(T.Q4_K))
 ggml_dequant.PARALLEL_MIN = 1 << 62
 assert np.array_equal(split, ggml_dequant.dequantize(big, int(T.Q4_K)))

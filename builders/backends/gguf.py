@@ -28,6 +28,7 @@ from builders.errors import NodeFailed
 from builders.executors import MALLOC_ENV
 from builders.options import Option, OptionSet
 from builders.verify import gguf_types
+from builders.verify.fp32_compute import cpu_threads
 
 CONVERTER = Path("/opt/llama.cpp/convert_hf_to_gguf.py")  # in the gguf image (docker/gguf.Dockerfile.j2)
 
@@ -182,7 +183,7 @@ def step_quantize(ctx: NodeContext) -> None:
     dst = ctx.out / _quantized_name(src, q.code)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, q.arg)
-    params.nthread = _cpus()  # llama.cpp's quantized blocks do not depend on the thread count
+    params.nthread = cpu_threads()  # llama.cpp's quantized blocks do not depend on the thread count
     if q.qat:
         params.token_embedding_type = llama_cpp.GGML_TYPE_Q8_0
         params.output_tensor_type = llama_cpp.GGML_TYPE_Q8_0
@@ -200,14 +201,9 @@ def _file_facts(gf) -> dict:
             "tensor_types": gguf_types.histogram(tensors), "tensors": len(tensors), "_tensors": tensors}
 
 
-def _cpus() -> int:
-    """CPUs this process may run on (its affinity mask)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def _threads(vp: dict) -> int:
     """The verify threads: the n_threads option, at most the CPUs this process may use."""
-    return max(1, min(vp["n_threads"], _cpus()))
+    return max(1, min(vp["n_threads"], cpu_threads()))
 
 
 def _hf_model(ctx: NodeContext):

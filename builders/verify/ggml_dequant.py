@@ -16,12 +16,13 @@ Runs inside the gguf image (llama_cpp); `available()` is False elsewhere and cal
 from __future__ import annotations
 
 import ctypes
-import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from builders.verify.fp32_compute import cpu_threads
 
 
 class _TypeTraits(ctypes.Structure):
@@ -80,7 +81,7 @@ def dequantize(rows: np.ndarray, ggml_type: int) -> np.ndarray:
         raise ValueError(f"rows of {data.shape[-1]} bytes are not whole {size}-byte blocks")
     out = np.empty(data.shape[:-1] + (data.shape[-1] // size * block,), dtype=np.float32)
     src, dst = data.reshape(-1, data.shape[-1]), out.reshape(-1, out.shape[-1])
-    parts = min(_threads(), len(src)) if out.size >= PARALLEL_MIN else 1
+    parts = min(cpu_threads(), len(src)) if out.size >= PARALLEL_MIN else 1
     cuts = np.linspace(0, len(src), parts + 1).astype(int)
 
     def run(a: int, b: int) -> None:
@@ -94,10 +95,6 @@ def dequantize(rows: np.ndarray, ggml_type: int) -> np.ndarray:
     return out
 
 
-def _threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 @lru_cache(maxsize=1)
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="ggml-dequant")
+    return ThreadPoolExecutor(max_workers=cpu_threads(), thread_name_prefix="ggml-dequant")
