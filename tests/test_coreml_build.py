@@ -74,7 +74,7 @@ def test_fp16_saved_programs_match_transformers(built):
     checks = v["checks"]
     assert checks["prefill"]["rel_l2"] <= 2e-3 and checks["decode"]["rel_l2"] <= 2e-3
     assert checks["decode"]["positions"] == 6 * 8, "8 decode steps per reference prompt"
-    assert checks["top1"] == 1.0 and abs(checks["ppl_delta"]) < 0.05
+    assert checks["top1"] == 1.0 and "ppl_delta" not in checks, "no threshold reads perplexity: text not scored"
     spec = checks["spec"]
     assert spec["llama_FFN_PF_chunk_01of01.mlpackage"]["functions"] == ["infer", "prefill"]
     assert spec["llama_FFN_PF_chunk_01of01.mlpackage"]["default_function"] == "infer"

@@ -229,6 +229,12 @@ def test_sessions_in_lockstep_give_the_logits_of_one_session_at_a_time(built):
     np.testing.assert_allclose(text_logits, one_text, atol=2e-2, rtol=0)
     # not vacuous: the sessions' states are their own (prompt 1's decode differs from prompt 0's at its position)
     assert not np.allclose(per_prompt[0][1][:1], per_prompt[1][1][:1], atol=1e-1)
+    # no text (a check without a perplexity threshold): the prompts' logits are the same, the text's empty
+    no_text, empty = runtime.teacher_forced_many(parts, prompts, [])
+    assert empty.shape == (0, 96)
+    for (pre, dec), (pre0, dec0) in zip(no_text, per_prompt):
+        np.testing.assert_allclose(pre, pre0, atol=2e-2, rtol=0)
+        np.testing.assert_allclose(dec, dec0, atol=2e-2, rtol=0)
 
 
 def test_run_many_batches_pointwise_convolutions(built):

@@ -42,7 +42,8 @@ def test_default_build_produces_verified_gguf_with_manifests(llama_out):
     assert f16["top1"] == 1.0 and f16["rel_l2"] <= 5e-3 and f16["runtime_rel_l2"] <= 5e-3
     assert ms["tiny-llama.gguf.Q8_0"]["verification"]["checks"]["top1"] >= 0.98
     q4 = ms["tiny-llama.gguf.Q4_K_M"]["verification"]["checks"]
-    assert "ppl_delta" in q4 and q4["ppl_art"] > 0
+    # no default threshold reads perplexity: the text is not scored (verify/budget.py), only the prompts
+    assert "ppl_delta" not in q4 and q4["positions"] == ms["tiny-llama.gguf.F16"]["verification"]["checks"]["positions"]
     # one F16 conversion feeds the quantization
     assert ms["tiny-llama.gguf.Q4_K_M"]["parents"]["source"]["key"] == "tiny-llama.gguf.F16"
     index = json.loads((out / "index.json").read_text())
@@ -171,12 +172,24 @@ def test_unsupported_architecture_exits_2(tmp_path):
 
 @pytest.mark.parametrize("arch", ["qwen2"])
 def test_other_architectures_convert_and_verify(arch, tmp_path_factory):
+    """A second architecture; its Q4_K_M cell also has a perplexity threshold, so that check scores the
+    perplexity text too (llama.cpp decodes the prompts and the text in one batch) and the others do not."""
     out = tmp_path_factory.mktemp(f"dist-{arch}")
-    invoke("build", "--model", f"tiny:{arch}", "--quants", "F16,Q8_0,Q4_K_M", "--out", str(out), check=0)
+    matrix = out.parent / f"matrix-{arch}.yaml"
+    text = (ROOT / "matrix.yaml").read_text().replace("      Q4_K_M: {top1_min: 0.7,",
+                                                       "      Q4_K_M: {top1_min: 0.7, ppl_delta_max: 0.5,")
+    assert text != (ROOT / "matrix.yaml").read_text()
+    matrix.write_text(text)
+    invoke("build", "--matrix", str(matrix), "--model", f"tiny:{arch}", "--quants", "F16,Q8_0,Q4_K_M",
+           "--out", str(out), check=0)
     ms = manifests(out)
     f16 = ms[f"tiny-{arch}.gguf.F16"]["verification"]["checks"]
     assert f16["top1"] == 1.0 and f16["rel_l2"] <= 5e-3 and f16["runtime_rel_l2"] <= 5e-3
+    assert "ppl_delta" not in f16
     assert ms[f"tiny-{arch}.gguf.Q8_0"]["verification"]["checks"]["top1"] >= 0.98
-    assert "ppl_delta" in ms[f"tiny-{arch}.gguf.Q4_K_M"]["verification"]["checks"]
+    q4 = ms[f"tiny-{arch}.gguf.Q4_K_M"]["verification"]
+    assert q4["thresholds"]["ppl_delta_max"] == 0.5 and q4["passed"] is True, q4["failures"]
+    assert q4["checks"]["ppl_ref"] > 1 and abs(q4["checks"]["ppl_delta"]) <= 0.5
+    assert q4["checks"]["positions"] == f16["positions"], "the text adds perplexity, not compared positions"
     for m in ms.values():
         assert_outputs_match_manifest(out, m)

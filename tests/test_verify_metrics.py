@@ -154,3 +154,58 @@ def test_float_formats_use_scale_free_thresholds(backend):
         limits = _project_thresholds()[backend][quant]
         assert "max_abs_logit" not in limits and "runtime_max_abs_logit" not in limits, (backend, quant)
         assert SCALE_FREE & set(limits), (backend, quant)
+
+
+def test_figures_over_lists_of_sequences_equal_the_concatenated_ones():
+    """compare() given one array per sequence (never concatenated) gives the figures of the concatenation."""
+    rng = np.random.default_rng(1)
+    refs = [rng.normal(0, 5, (n, 500)).astype(np.float32) for n in (7, 0, 30, 12)]
+    arts = [r + rng.normal(0, 0.1, r.shape).astype(np.float32) for r in refs]
+    arts[2][3, 0] += 100.0  # one position disagrees
+    got, want = compare(refs, arts, block=5), compare(np.concatenate(refs), np.concatenate(arts), block=5)
+    assert got["positions"] == want["positions"] == 49
+    for k in ("kl", "nmse", "rel_l2", "top1", "max_abs_logit", "max_abs_ref_logit"):
+        assert got[k] == pytest.approx(want[k], rel=1e-6), k
+    with pytest.raises(ValueError, match="differs from reference"):
+        compare(refs, arts[:2] + [arts[3], arts[2]])
+    with pytest.raises(ValueError, match="2 logits arrays for 4"):
+        compare(refs, arts[:2])
+    with pytest.raises(ValueError, match="no positions"):
+        compare([refs[1]], [arts[1]])
+
+
+def test_reference_members_are_memory_mapped_and_equal_to_np_load(tmp_path):
+    """The reference's stored (uncompressed) npz members come back memory-mapped, read-only and equal to
+    np.load's; a compressed member (another writer) is read whole; text=False leaves the text logits."""
+    from builders.verify import metrics
+    from builders.verify.reference import NpzWriter
+
+    rng = np.random.default_rng(2)
+    arrays = {"tokens_0": np.array([1, 2, 3], np.int32), "prompt_len_0": np.array(2, np.int32),
+              "logits_0": rng.normal(size=(3, 11)).astype(np.float32), "text_tokens": np.arange(9, dtype=np.int32),
+              "text_logits": rng.normal(size=(5, 11)).astype(np.float32)}
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    with NpzWriter(ref / "reference.npz") as npz:
+        for k, v in arrays.items():
+            npz.add(k, v)
+    got = metrics.load_reference(ref)
+    (tokens, n, logits), = got["prompts"]
+    assert isinstance(logits, np.memmap) and not logits.flags.writeable
+    assert np.array_equal(logits, arrays["logits_0"]) and np.array_equal(tokens, arrays["tokens_0"]) and n == 2
+    assert np.array_equal(got["text_logits"], arrays["text_logits"])
+    assert np.array_equal(got["text_tokens"], arrays["text_tokens"][:5]), "the scored part of the text"
+    assert metrics.load_reference(ref, text=False)["text_logits"] is None
+    np.savez_compressed(tmp_path / "compressed.npz", **arrays)
+    whole = metrics._npz_arrays(tmp_path / "compressed.npz")
+    assert not isinstance(whole["logits_0"], np.memmap)
+    assert all(np.array_equal(whole[k], v) for k, v in arrays.items())
+
+
+def test_the_perplexity_text_is_scored_only_for_a_threshold_that_reads_it():
+    from builders.verify import budget
+
+    assert budget.scores_text({"ppl_delta_max": 0.5, "top1_min": 0.9})
+    assert not budget.scores_text({"top1_min": 0.9, "kl_max": 0.05, "runtime_kl_max": 0.02})
+    assert not budget.scores_text(None) and not budget.scores_text({})
+    assert not budget.scores_text({"ppl_delta_mx": 0.5}), "an unknown key reads nothing (verdict refuses it)"

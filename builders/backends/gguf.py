@@ -15,7 +15,8 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -213,16 +214,13 @@ def _hf_model(ctx: NodeContext):
     return HfModel(ctx.model_dir, threads=_threads(ctx.params["verify"]))
 
 
-def _runtime_figures(ctx: NodeContext, gf, ref_dir: Path, art_logits: list, hf=None) -> tuple[dict, dict]:
-    """llama.cpp's logits vs transformers fp32 carrying the file's own dequantized weights, on the same
-    positions (the first prompts: verify/budget.py "runtime"): separates "the converter/runtime is wrong"
-    from "the quantization lost accuracy". The weights are dequantized when their module runs, those
-    prompts in one batched pass (verify/hf_forward.py): each tensor is dequantized once and never the
-    whole fp32 model is held."""
-    import numpy as np  # noqa: PLC0415
-
+def _dequantized_logits(ctx: NodeContext, gf, hf=None) -> tuple[list, dict]:
+    """transformers fp32 carrying the file's own dequantized weights, on the runtime check's positions (the
+    first prompts: verify/budget.py "runtime"): ([logits per prompt], info). The weights are dequantized
+    when their module runs, those prompts in one batched pass (verify/hf_forward.py): each tensor is
+    dequantized once and never the whole fp32 model is held."""
     from builders.verify import budget, gguf_weights  # noqa: PLC0415
-    from builders.verify.metrics import compare, load_prompt_tokens  # noqa: PLC0415
+    from builders.verify.metrics import load_prompt_tokens  # noqa: PLC0415
 
     hf = hf if hf is not None else _hf_model(ctx)
     try:
@@ -232,69 +230,93 @@ def _runtime_figures(ctx: NodeContext, gf, ref_dir: Path, art_logits: list, hf=N
     missing = hf.missing()
     if missing:
         raise NodeFailed(f"dequantized-weights check: the .gguf has no tensor for {', '.join(missing[:3])}")
-    sequences = load_prompt_tokens(ref_dir)
+    sequences = load_prompt_tokens(ctx.inputs["reference"])
     sequences = sequences[: budget.runtime_prompts([len(s) for s in sequences])]  # verify/budget.py "runtime"
     try:
-        dq = np.concatenate(hf.forward_batch(sequences))
+        dq = hf.forward_batch(sequences)
     except (KeyError, ValueError) as e:
         raise NodeFailed(f"dequantized-weights check: {e}") from None
-    figures = compare(dq, np.concatenate(art_logits[: len(sequences)]))
-    info = {"compared": "llama.cpp logits vs transformers fp32 on the file's own dequantized weights (ggml's reference "
-                          "dequantizers for quantized tensors)",
-            "tensors": len(loaded), "positions": figures["positions"]}
+    return dq, {"compared": "llama.cpp logits vs transformers fp32 on the file's own dequantized weights (ggml's "
+                            "reference dequantizers for quantized tensors)", "tensors": len(loaded)}
+
+
+def _runtime_figures(dq: list, art_logits: list, info: dict) -> tuple[dict, dict]:
+    """llama.cpp's logits vs _dequantized_logits' on the same positions: separates "the converter/runtime is
+    wrong" from "the quantization lost accuracy"."""
+    from builders.verify.metrics import compare  # noqa: PLC0415
+
+    if len(art_logits) < len(dq):
+        raise NodeFailed(f"dequantized-weights check: llama.cpp gave {len(art_logits)} of {len(dq)} prompts' logits")
+    figures = compare(dq, list(art_logits[: len(dq)]))
+    info = {**info, "positions": figures["positions"]}
     return {f"runtime_{k}": v for k, v in figures.items() if k != "positions"}, info
 
 
 def step_verify(ctx: NodeContext) -> None:
+    import numpy as np  # noqa: PLC0415
+
     from builders.gguf_file import GgufFile  # noqa: PLC0415
-    from builders.verify import llama_batch  # noqa: PLC0415
+    from builders.verify import budget, llama_batch  # noqa: PLC0415
     from builders.verify.metrics import evaluate_many, verdict  # noqa: PLC0415
 
     quant = ctx.params["quant"]
     path = _gguf_file(ctx.out)
-    gf = GgufFile(path)
-    facts = _file_facts(gf)
-    fallback = gguf_types.fallback(quant, facts.pop("_tensors"))
-    ctx.result["runtime_abi"] = {"gguf_version": facts["gguf_version"], "architecture": facts["architecture"],
-                                 "llama.cpp": (ctx.result.get("tool_versions") or {}).get("llama.cpp")}
-    ctx.result["gguf"] = facts
-    ctx.result["tensor_types"] = facts["tensor_types"]
-    ctx.result["quant_fallback"] = fallback
     vp = ctx.params["verify"]
+    # The dequantized-weights side of the runtime check runs on a second thread from the start: torch and
+    # transformers import (seconds of single-threaded Python), the HF model is built and run on the runtime
+    # prompts while llama.cpp loads and decodes here (C, the GIL released); it needs only the prompts' tokens.
+    # Its ~300 MiB of imports and one fp32 matrix at a time sit beside llama.cpp's model: that fits the memory
+    # rule because no vocabulary-wide logits are copied (the reference's are memory-mapped, llama.cpp's read
+    # in place) and the perplexity text is scored only when a threshold reads it (verify/budget.py)
+    file_ready: Future = Future()
+
+    def dequantized_side():
+        try:  # the file's header first (Python), while this thread has the GIL to itself (llama.cpp runs in C)
+            gf = GgufFile(path)
+        except BaseException as e:
+            file_ready.set_exception(e)
+            raise
+        file_ready.set_result(gf)
+        return _dequantized_logits(ctx, gf, _hf_model(ctx))
 
     pool = ThreadPoolExecutor(max_workers=1)
-    hf = None
-
-    def forward_many(sequences):
-        """All sequences in one llama.cpp decode (verify/llama_batch.py), within the n_ctx option."""
-        nonlocal hf
-        n_ctx = llama_batch.context_size([len(s) for s in sequences])
-        if n_ctx > vp["n_ctx"]:
-            raise NodeFailed(f"the check evaluates {n_ctx} KV cells but gguf option n_ctx is {vp['n_ctx']}: raise "
-                             f"backends.gguf.options.n_ctx in matrix.yaml to at least {n_ctx}")
-        try:
-            logits = llama_batch.logits(path, sequences, _threads(vp))
-        except llama_batch.LlamaCppError as e:
-            raise NodeFailed(f"llama.cpp on {path.name}: {e}") from None
-        # llama.cpp's model and context are freed: torch and transformers import and the HF model is built on
-        # a second thread while this thread computes the figures (single-threaded numpy). Started with the
-        # step instead, the imports' ~300 MiB sat on top of llama.cpp's model and logits: the 0.5B F16 peak
-        # went 1648 -> 1936 MiB and the layers=2 gguf nodes broke the memory rule (tests/test_memory_rule.py)
-        hf = pool.submit(_hf_model, ctx)
-        return logits
-
-    art_logits: list = []
-    t0 = time.monotonic()
+    dequantized = pool.submit(dequantized_side)
     try:
-        figures = evaluate_many(ctx.inputs["reference"], forward_many, keep=art_logits)
+        art_logits: list = []
+        t0 = time.monotonic()
+        with ExitStack() as llama_cpp_open:
+            def forward_many(sequences):
+                """All sequences in one llama.cpp decode (verify/llama_batch.py), within the n_ctx option; the
+                logits are views of llama.cpp's buffer until llama_cpp_open closes."""
+                n_ctx = llama_batch.context_size([len(s) for s in sequences])
+                if n_ctx > vp["n_ctx"]:
+                    raise NodeFailed(f"the check evaluates {n_ctx} KV cells but gguf option n_ctx is {vp['n_ctx']}: "
+                                     f"raise backends.gguf.options.n_ctx in matrix.yaml to at least {n_ctx}")
+                try:
+                    return llama_cpp_open.enter_context(llama_batch.decoded(path, sequences, _threads(vp)))
+                except llama_batch.LlamaCppError as e:
+                    raise NodeFailed(f"llama.cpp on {path.name}: {e}") from None
+
+            figures = evaluate_many(ctx.inputs["reference"], forward_many,
+                                    with_text=budget.scores_text(ctx.params.get("thresholds")), keep=art_logits)
+            # the runtime check's prompts outlive llama.cpp's context: copies of just those
+            art_logits = [np.array(a) for a in art_logits[: budget.runtime_prompts([len(a) for a in art_logits])]]
         t_llama, peak_llama = time.monotonic() - t0, rss.peak_mb()
         t0 = time.monotonic()
-        model = hf.result()
+        gf = file_ready.result()
+        facts = _file_facts(gf)
+        fallback = gguf_types.fallback(quant, facts.pop("_tensors"))
+        ctx.result["runtime_abi"] = {"gguf_version": facts["gguf_version"], "architecture": facts["architecture"],
+                                     "llama.cpp": (ctx.result.get("tool_versions") or {}).get("llama.cpp")}
+        ctx.result["gguf"] = facts
+        ctx.result["tensor_types"] = facts["tensor_types"]
+        ctx.result["quant_fallback"] = fallback
+        dq, info = dequantized.result()
     finally:
         pool.shutdown()
-    runtime, info = _runtime_figures(ctx, gf, ctx.inputs["reference"], art_logits, model)
-    ctx.log(f"verify: llama.cpp {t_llama:.1f}s (peak {peak_llama} MiB), dequantized-weights reference "
-            f"{time.monotonic() - t0:.1f}s (peak {rss.peak_mb()} MiB)")
+    runtime, info = _runtime_figures(dq, art_logits, info)
+    ctx.log(f"verify: llama.cpp and figures {t_llama:.1f}s (peak {peak_llama} MiB), then waited "
+            f"{time.monotonic() - t0:.1f}s for the dequantized-weights reference (peak {rss.peak_mb()} MiB)")
     figures.update(runtime)
     ver = verdict(figures, ctx.params.get("thresholds"), where=f"gguf {quant}", require=("runtime_",))
     ver["runtime_check"] = info

@@ -191,12 +191,14 @@ def step_verify(ctx: NodeContext) -> None:
     """Logits of this target's runtime on the GGUF vs the reference and vs the dequantized weights."""
     import numpy as np  # noqa: PLC0415
 
-    from builders.backends.gguf import _runtime_figures  # noqa: PLC0415
+    from builders.backends.gguf import _dequantized_logits, _runtime_figures  # noqa: PLC0415
     from builders.gguf_file import GgufFile  # noqa: PLC0415
+    from builders.verify import budget  # noqa: PLC0415
     from builders.verify.metrics import evaluate, load_reference, verdict  # noqa: PLC0415
 
-    ref = load_reference(ctx.inputs["reference"])
-    prompts = [np.asarray(t) for t, _, _ in ref["prompts"]] + [np.asarray(ref["text_tokens"])]
+    with_text = budget.scores_text(ctx.params.get("thresholds"))  # the perplexity text only for a ppl threshold
+    ref = load_reference(ctx.inputs["reference"], text=False)
+    prompts = [np.asarray(t) for t, _, _ in ref["prompts"]] + ([np.asarray(ref["text_tokens"])] if with_text else [])
     logits, devices = run_driver(ctx, prompts)
     by_tokens = {tuple(int(t) for t in p): lg for p, lg in zip(prompts, logits)}
 
@@ -204,8 +206,9 @@ def step_verify(ctx: NodeContext) -> None:
         return by_tokens[tuple(int(t) for t in tokens)]
 
     art_logits: list = []
-    figures = evaluate(ctx.inputs["reference"], forward, keep=art_logits)
-    runtime, info = _runtime_figures(ctx, GgufFile(sorted(ctx.out.glob("*.gguf"))[0]), ctx.inputs["reference"], art_logits)
+    figures = evaluate(ctx.inputs["reference"], forward, with_text=with_text, keep=art_logits)
+    dq, info = _dequantized_logits(ctx, GgufFile(sorted(ctx.out.glob("*.gguf"))[0]))
+    runtime, info = _runtime_figures(dq, art_logits, info)
     figures.update(runtime)
     target = ctx.params["target"]
     ver = verdict(figures, ctx.params.get("thresholds"), where=f"gguf {ctx.params['quant']} on {target}",

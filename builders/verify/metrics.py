@@ -39,23 +39,40 @@ def _logsumexp(x: np.ndarray) -> np.ndarray:
     return m[:, 0].astype(np.float64) + np.log(np.exp(x - m).sum(axis=-1, dtype=np.float64))
 
 
-def compare(ref: np.ndarray, art: np.ndarray, block: int | None = None) -> dict:
-    ref = np.asarray(ref)
-    art = np.asarray(art)
-    if ref.shape != art.shape:
-        raise ValueError(f"logits shape {art.shape} differs from reference {ref.shape}")
-    if ref.ndim != 2 or ref.shape[0] == 0 or ref.shape[1] == 0:
-        raise ValueError(f"no logits to compare (shape {ref.shape})")
-    block = block or block_rows(ref.shape[1])
+def _pairs(ref, art, block: int):
+    """(ref block, art block) pairs over both: arrays [n, vocab], or equal-length lists of them (e.g. one
+    per prompt), walked a block of rows at a time without concatenating anything."""
+    refs = list(ref) if isinstance(ref, (list, tuple)) else [ref]
+    arts = list(art) if isinstance(art, (list, tuple)) else [art]
+    if len(refs) != len(arts):
+        raise ValueError(f"{len(arts)} logits arrays for {len(refs)} reference arrays")
+    for r, a in zip(refs, arts):
+        r, a = np.asarray(r), np.asarray(a)
+        if r.shape != a.shape:
+            raise ValueError(f"logits shape {a.shape} differs from reference {r.shape}")
+        if r.ndim != 2 or r.shape[1] == 0:
+            raise ValueError(f"no logits to compare (shape {r.shape})")
+        for i in range(0, r.shape[0], block):
+            yield r[i:i + block].astype(np.float32, copy=False), a[i:i + block].astype(np.float32, copy=False)
+
+
+def _vocab(x) -> int:
+    first = x[0] if isinstance(x, (list, tuple)) and len(x) else x
+    return int(np.shape(first)[-1]) if np.ndim(first) else 0
+
+
+def compare(ref, art, block: int | None = None) -> dict:
+    """The figures of `art` against `ref`: arrays [positions, vocab], or equal-length lists of them (one per
+    sequence; compared pairwise, never concatenated)."""
+    block = block or block_rows(max(1, _vocab(ref)))
     sq_diff = sq_ref = kl_sum = 0.0
-    max_abs, agree = 0.0, 0
-    for i in range(0, ref.shape[0], block):
-        r = ref[i:i + block].astype(np.float32, copy=False)
-        a = art[i:i + block].astype(np.float32, copy=False)
+    max_abs, max_ref, agree, n = 0.0, 0.0, 0, 0
+    for r, a in _pairs(ref, art, block):
         d = r - a
         sq_diff += float(np.sum(d * d, dtype=np.float64))
         sq_ref += float(np.sum(r * r, dtype=np.float64))
         max_abs = max(max_abs, float(np.abs(d).max()))
+        max_ref = max(max_ref, float(np.abs(r).max()))
         agree += int((r.argmax(-1) == a.argmax(-1)).sum())
         # KL = sum p_ref * (log p_ref - log p_art), with log p_ref - log p_art = d - (lse_ref - lse_art):
         # the difference is taken on the logits, so no cancellation of two large log-probabilities
@@ -63,7 +80,9 @@ def compare(ref: np.ndarray, art: np.ndarray, block: int | None = None) -> dict:
         p = np.exp(r - lse_r[:, None].astype(np.float32))
         row = np.sum(p * d, axis=-1, dtype=np.float64) - (lse_r - lse_a) * np.sum(p, axis=-1, dtype=np.float64)
         kl_sum += float(row.sum())
-    n = ref.shape[0]
+        n += len(r)
+    if n == 0:
+        raise ValueError("no logits to compare (no positions)")
     nmse = sq_diff / max(sq_ref, 1e-30)
     return {
         "positions": int(n),
@@ -72,7 +91,7 @@ def compare(ref: np.ndarray, art: np.ndarray, block: int | None = None) -> dict:
         "rel_l2": math.sqrt(nmse),
         "top1": agree / n,
         "kl": kl_sum / n,
-        "max_abs_ref_logit": float(max(np.abs(ref[i:i + block]).max() for i in range(0, n, block))),
+        "max_abs_ref_logit": max_ref,
     }
 
 
@@ -91,22 +110,61 @@ def perplexity(logits: np.ndarray, tokens: np.ndarray, block: int | None = None)
     return float(np.exp(nll / n))
 
 
-def load_reference(ref_dir: Path) -> dict:
-    with np.load(Path(ref_dir) / "reference.npz") as z:
-        data = {k: z[k] for k in z.files}
+HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _npz_arrays(path: Path, names=None) -> dict:
+    """The members of an .npz as arrays (all, or those in `names`). The reference's members are stored
+    uncompressed (verify/reference.NpzWriter): each is memory-mapped read-only where it lies in the file,
+    so nothing is read until used and no logits are copied into the process; a compressed member (any
+    other writer) is read whole."""
+    import zipfile  # noqa: PLC0415
+
+    out = {}
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as f:
+        for info in zf.infolist():
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if names is not None and name not in names:
+                continue
+            if info.compress_type != zipfile.ZIP_STORED:
+                with zf.open(info) as member:
+                    out[name] = np.lib.format.read_array(member, allow_pickle=False)
+                continue
+            f.seek(info.header_offset)
+            local = f.read(30)
+            start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+            f.seek(start)
+            read_header = HEADER_READERS.get(np.lib.format.read_magic(f))
+            shape, fortran, dtype = read_header(f) if read_header else (None, None, None)
+            if read_header is None or dtype.hasobject:  # a .npy format this does not map: read it whole
+                with zf.open(info) as member:
+                    out[name] = np.lib.format.read_array(member, allow_pickle=False)
+                continue
+            if int(np.prod(shape)) == 0:
+                out[name] = np.zeros(shape, dtype)
+                continue
+            out[name] = np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
+                                  order="F" if fortran else "C")
+    return out
+
+
+def load_reference(ref_dir: Path, text: bool = True) -> dict:
+    """The reference's prompts [(tokens, prompt_len, logits)] and scored perplexity text (text_tokens,
+    text_logits), memory-mapped from reference.npz (_npz_arrays). text=False leaves the text's logits
+    unread (text_logits None): checks that do not score the text (verify/budget.py scores_text)."""
+    data = _npz_arrays(Path(ref_dir) / "reference.npz")
     n = len([k for k in data if k.startswith("tokens_")])
     # the scored part of the perplexity text (verify/budget.py): as many tokens as the reference has logits for
     return {
-        "prompts": [(data[f"tokens_{i}"], int(data[f"prompt_len_{i}"]), data[f"logits_{i}"]) for i in range(n)],
-        "text_tokens": data["text_tokens"][: len(data["text_logits"])],
-        "text_logits": data["text_logits"],
+        "prompts": [(np.asarray(data[f"tokens_{i}"]), int(data[f"prompt_len_{i}"]), data[f"logits_{i}"]) for i in range(n)],
+        "text_tokens": np.asarray(data["text_tokens"][: len(data["text_logits"])]),
+        "text_logits": data["text_logits"] if text else None,
     }
 
 
 def load_prompt_tokens(ref_dir: Path) -> list[np.ndarray]:
     """The reference prompts' token ids (prompt + continuation), without reading any logits."""
-    with np.load(Path(ref_dir) / "reference.npz") as z:
-        return [z[f"tokens_{i}"] for i in range(len([k for k in z.files if k.startswith("tokens_")]))]
+    return [tokens for tokens, _, _ in load_reference(ref_dir, text=False)["prompts"]]
 
 
 def evaluate(ref_dir: Path, forward: Callable[[np.ndarray], np.ndarray], with_text: bool = True,
@@ -121,7 +179,7 @@ def evaluate_many(ref_dir: Path, forward_many: Callable[[list], list], with_text
                   keep: list | None = None) -> dict:
     """As `evaluate`, with `forward_many(sequences) -> [logits]` given every sequence at once (prompts,
     then the perplexity text), for runtimes that evaluate a batch of sequences in one pass."""
-    ref = load_reference(ref_dir)
+    ref = load_reference(ref_dir, text=with_text)
     seqs = [tokens for tokens, _, _ in ref["prompts"]] + ([ref["text_tokens"]] if with_text else [])
     outs = forward_many(seqs)
     if len(outs) != len(seqs):
@@ -130,7 +188,7 @@ def evaluate_many(ref_dir: Path, forward_many: Callable[[list], list], with_text
     prompt_arts = arts[: len(ref["prompts"])]
     if keep is not None:
         keep.extend(prompt_arts)
-    figures = compare(np.concatenate([logits for _, _, logits in ref["prompts"]]), np.concatenate(prompt_arts))
+    figures = compare([logits for _, _, logits in ref["prompts"]], prompt_arts)
     if with_text:
         figures["ppl_ref"] = perplexity(ref["text_logits"], ref["text_tokens"])
         figures["ppl_art"] = perplexity(arts[-1], ref["text_tokens"])

@@ -193,11 +193,11 @@ def load_parts(out: Path, layout: Layout) -> runtime.Parts:
         lm_head_rows=LM_HEAD_ROWS)
 
 
-def numerical(parts: runtime.Parts, reference: dict, layout: Layout) -> dict:
+def numerical(parts: runtime.Parts, reference: dict, layout: Layout, text: bool = True) -> dict:
     """Teacher-forced logits of every reference prompt (prefill over the prompt, then one `infer` call per
-    continuation token) and of the perplexity text (prefill), compared with the transformers logits. The
-    prompts and the text run as independent sessions in lockstep (runtime.teacher_forced_many): one pass
-    over each weight per prefill batch and per decode round, not per call."""
+    continuation token) and, with `text` (verify/budget.py scores_text), of the perplexity text (prefill),
+    compared with the transformers logits. The prompts and the text run as independent sessions in lockstep
+    (runtime.teacher_forced_many): one pass over each weight per prefill batch and per decode round."""
     from builders.verify.metrics import compare, perplexity
 
     longest = max(len(tokens) for tokens, _, _ in reference["prompts"])
@@ -206,20 +206,19 @@ def numerical(parts: runtime.Parts, reference: dict, layout: Layout) -> dict:
                          f"coreml option context={layout.context}; set context >= {longest}")
     if layout.argmax:
         return argmax_agreement(parts, reference, layout)
-    text = reference["text_tokens"][: perplexity_tokens(layout.context, layout.batch)]
+    text = reference["text_tokens"][: perplexity_tokens(layout.context, layout.batch) if text else 0]
     per_prompt, text_art = runtime.teacher_forced_many(parts, [(t, n) for t, n, _ in reference["prompts"]], text)
     refs_pre, arts_pre, refs_dec, arts_dec = [], [], [], []
     for (tokens, prompt_len, logits), (pre, dec) in zip(reference["prompts"], per_prompt):
         refs_pre.append(logits[:prompt_len]), arts_pre.append(pre)
         refs_dec.append(logits[prompt_len:]), arts_dec.append(dec)
-    ref_all = np.concatenate(refs_pre + refs_dec)
-    art_all = np.concatenate(arts_pre + arts_dec)
-    figures = compare(ref_all, art_all)
-    figures["prefill"] = compare(np.concatenate(refs_pre), np.concatenate(arts_pre))
-    figures["decode"] = compare(np.concatenate(refs_dec), np.concatenate(arts_dec))
-    figures["ppl_ref"] = perplexity(reference["text_logits"][: len(text)], text)
-    figures["ppl_art"] = perplexity(text_art, text)
-    figures["ppl_delta"] = figures["ppl_art"] - figures["ppl_ref"]
+    figures = compare(refs_pre + refs_dec, arts_pre + arts_dec)  # per prompt, never concatenated
+    figures["prefill"] = compare(refs_pre, arts_pre)
+    figures["decode"] = compare(refs_dec, arts_dec)
+    if len(text):
+        figures["ppl_ref"] = perplexity(reference["text_logits"][: len(text)], text)
+        figures["ppl_art"] = perplexity(text_art, text)
+        figures["ppl_delta"] = figures["ppl_art"] - figures["ppl_ref"]
     figures["rel_l2"] = max(figures["rel_l2"], figures["prefill"]["rel_l2"], figures["decode"]["rel_l2"])
     return figures
 

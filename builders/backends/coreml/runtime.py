@@ -162,22 +162,24 @@ def teacher_forced_many(parts: Parts, prompts: list[tuple], text) -> tuple[list,
     """teacher_forced for every (tokens, prompt_len) of `prompts` and prefill hidden states of `text`,
     all sessions in lockstep: the prompts and the text prefilled together, then one decode round per
     continuation position. The LM head runs once over all hidden states (`lm_head_rows` at a time).
-    Returns ([(prefill logits, decode logits)] per prompt, text logits)."""
-    sessions = [Session(parts) for _ in range(len(prompts) + 1)]
-    pre = prefill_many(sessions, [t[:n] for t, n in prompts] + [text])
+    Returns ([(prefill logits, decode logits)] per prompt, text logits); an empty `text` is not run (its
+    logits: an empty array)."""
+    texts = [text] if len(text) else []
+    sessions = [Session(parts) for _ in range(len(prompts) + len(texts))]
+    pre = prefill_many(sessions, [t[:n] for t, n in prompts] + texts)
     dec: list[list] = [[] for _ in prompts]
     for k in range(max((len(t) - n for t, n in prompts), default=0)):
         live = [i for i, (t, n) in enumerate(prompts) if n + k < len(t)]
         for i, h in zip(live, decode_many([sessions[i] for i in live], [int(prompts[i][0][prompts[i][1] + k])
                                                                         for i in live])):
             dec[i].append(h)
-    blocks = [*pre[:-1], *(np.concatenate(d) if d else np.zeros((0, pre[0].shape[-1]), np.float16) for d in dec),
-              pre[-1]]
+    n = len(prompts)
+    blocks = [*pre[:n], *(np.concatenate(d) if d else np.zeros((0, pre[0].shape[-1]), np.float16) for d in dec),
+              *pre[n:]]
     logits = sessions[0].logits(np.concatenate(blocks))
     cuts = np.cumsum([len(b) for b in blocks])[:-1]
     per = np.split(logits, cuts)
-    n = len(prompts)
-    return [(per[i], per[n + i]) for i in range(n)], per[-1]
+    return [(per[i], per[n + i]) for i in range(n)], (per[-1] if texts else logits[:0])
 
 
 def teacher_forced(parts: Parts, tokens, prompt_len: int) -> tuple[np.ndarray, np.ndarray]:

@@ -150,6 +150,7 @@ def step_test(ctx: NodeContext) -> None:
     import time
 
     from builders.backends.coreml import checks
+    from builders.verify import budget
     from builders.verify.metrics import load_reference, verdict
 
     layout = _layout(ctx)
@@ -173,7 +174,9 @@ def step_test(ctx: NodeContext) -> None:
             failures.append(f"{final}: fp16 program {fp16.name} missing in the work dir; rerun its step")
     ctx.log(f"spec checks and LUT errors: {time.monotonic() - t0:.1f}s")
     t0 = time.monotonic()
-    figures = checks.numerical(checks.load_parts(ctx.out, layout), load_reference(ctx.inputs["reference"]), layout)
+    with_text = budget.scores_text(ctx.params.get("thresholds"))  # the perplexity text only for a ppl threshold
+    figures = checks.numerical(checks.load_parts(ctx.out, layout), load_reference(ctx.inputs["reference"], text=with_text),
+                               layout, text=with_text)
     ctx.log(f"numerical check of the saved programs: {time.monotonic() - t0:.1f}s")
     sizes = {name: round(checks.weight_mb(ctx.out / name), 4) for name in layout.names["ffn_pf"]}
     limit = ctx.params["options"]["max_chunk_mb"]

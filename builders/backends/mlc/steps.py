@@ -20,6 +20,7 @@ import numpy as np
 from builders.backends.base import NodeContext
 from builders.backends.mlc import compile as compile_mod
 from builders.backends.mlc import convert_weight, gen_config, inspect_lib
+from builders.verify import budget
 from builders.backends.mlc.models import ModelConfig, parameters
 from builders.backends.mlc.quant import QUANTS, MlcQuant, error_bound
 from builders.backends.mlc.targets import TARGETS
@@ -267,17 +268,18 @@ def _verify_webgpu(ctx: NodeContext, path: Path) -> None:
     record = ctx.load_json(ctx.inputs["compiled"] / COMPILED_JSON)
     facts, failures = inspect_lib.check_wasm(path, record.get("tvmjs_glue_imports"))
     weights = _weights_verification(ctx)
-    ref = load_reference(ctx.inputs["reference"])
+    with_text = budget.scores_text(ctx.params.get("thresholds"))
+    ref = load_reference(ctx.inputs["reference"], text=with_text)
     t0 = time.monotonic()
     sess = WebgpuSession(path, ctx.inputs["weights"], ctx.log)
     try:
-        lib_logits, text_lib, prefill_last = library_logits(sess, ref)
+        lib_logits, text_lib, prefill_last = library_logits(sess, ref, with_text)
     finally:
         sess.close()
     t_run = time.monotonic() - t0
     info = sess.info
-    lib_flat, lib_logits = flat_logits(lib_logits)
-    figures, text = library_figures(ref, lib_flat, text_lib, prefill_last)
+    _, lib_logits = flat_logits(lib_logits)
+    figures, text = library_figures(ref, lib_logits, text_lib, prefill_last)
     ver = verdict(figures, ctx.params.get("thresholds"), where=f"mlc {q.code} on webgpu")
     t_ref = check_lib_vs_dequantized(ctx, c, q, ref, lib_logits, ver)
     if figures["decode_steps"] < DECODE_CHECK_STEPS:
@@ -337,12 +339,13 @@ DECODE_CHECK_STEPS = 8
 CHECK_CHUNK = 64
 
 
-def library_logits(sess, ref: dict) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """(per-prompt logits, perplexity-text logits, prompt 0's last-position logits via `prefill`)."""
+def library_logits(sess, ref: dict, text: bool) -> tuple[list[np.ndarray], np.ndarray | None, np.ndarray]:
+    """(per-prompt logits, perplexity-text logits (None unless `text`: verify/budget.py scores_text),
+    prompt 0's last-position logits via `prefill`)."""
     first_tokens, first_len, _ = ref["prompts"][0]
     rest = sess.forward_many([tokens for tokens, _, _ in ref["prompts"][1:]])
-    text = ref["text_tokens"][: min(TEXT_POSITIONS, sess.ctx)]
-    return [sess.forward(first_tokens, first_len), *rest], sess.forward(text), sess.prefill_last(first_tokens[:first_len])
+    text_lib = sess.forward(ref["text_tokens"][: min(TEXT_POSITIONS, sess.ctx)]) if text else None
+    return [sess.forward(first_tokens, first_len), *rest], text_lib, sess.prefill_last(first_tokens[:first_len])
 
 
 FIGURE_BLOCK = 16  # positions per block of the vocabulary-wide figures (metrics.compare/perplexity temporaries)
@@ -354,18 +357,19 @@ def flat_logits(lib_logits: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarr
     return flat, np.split(flat, np.cumsum([len(x) for x in lib_logits])[:-1])
 
 
-def library_figures(ref: dict, lib_flat: np.ndarray, text_lib: np.ndarray, prefill_last: np.ndarray) -> tuple[dict, np.ndarray]:
-    """The figures of library_logits' output (the prompts' logits as flat_logits' array) against the
-    reference (metrics.compare over every prompt position, perplexity on the text, decode steps, the
-    `prefill` entry's last position), and the text tokens."""
+def library_figures(ref: dict, lib_logits: list[np.ndarray], text_lib: np.ndarray | None,
+                    prefill_last: np.ndarray) -> tuple[dict, np.ndarray]:
+    """The figures of library_logits' output (the prompts' logits, e.g. flat_logits' views) against the
+    reference (metrics.compare over every prompt position, perplexity on the text if it was run, decode
+    steps, the `prefill` entry's last position), and the text tokens scored."""
     from builders.verify.metrics import compare, perplexity
 
-    text = ref["text_tokens"][: len(text_lib)]
-    ppl = {"ppl_ref": perplexity(ref["text_logits"][: len(text)], text, block=FIGURE_BLOCK),
-           "ppl_art": perplexity(text_lib, text, block=FIGURE_BLOCK)}
-    figures = compare(np.concatenate([r for _, _, r in ref["prompts"]]), lib_flat, block=FIGURE_BLOCK)
-    figures.update(ppl)
-    figures["ppl_delta"] = figures["ppl_art"] - figures["ppl_ref"]
+    figures = compare([r for _, _, r in ref["prompts"]], list(lib_logits), block=FIGURE_BLOCK)
+    text = ref["text_tokens"][: len(text_lib) if text_lib is not None else 0]
+    if text_lib is not None:
+        figures["ppl_ref"] = perplexity(ref["text_logits"][: len(text)], text, block=FIGURE_BLOCK)
+        figures["ppl_art"] = perplexity(text_lib, text, block=FIGURE_BLOCK)
+        figures["ppl_delta"] = figures["ppl_art"] - figures["ppl_ref"]
     first_tokens, first_len, _ = ref["prompts"][0]
     figures["decode_steps"] = int(len(first_tokens) - first_len)
     figures["prefill_entry_max_abs"] = float(np.abs(prefill_last - ref["prompts"][0][2][first_len - 1]).max())
@@ -419,15 +423,17 @@ def _verify_cpu(ctx: NodeContext, path: Path) -> None:
 
     _, c, q = _setup(ctx)
     cpu_features.check(TARGETS["cpu"].requires_cpu, path.name)
-    tokens = _tokens_of(load_reference(ctx.inputs["reference"]))
+    with_text = budget.scores_text(ctx.params.get("thresholds"))
+    tokens = _tokens_of(load_reference(ctx.inputs["reference"], text=False))
     t0 = time.monotonic()
     sess = harness.Session(path, ctx.inputs["weights"], chunk=CHECK_CHUNK)
-    lib_logits, text_lib, prefill_last = library_logits(sess, tokens)
+    lib_logits, text_lib, prefill_last = library_logits(sess, tokens, with_text)
     rss_lib = rss.current_mb()
     sess.close()  # the library's weights and TVM's memory pool go before the reference below
     t_lib = time.monotonic() - t0
-    lib_flat, lib_logits = flat_logits(lib_logits)
-    figures, text = library_figures(load_reference(ctx.inputs["reference"]), lib_flat, text_lib, prefill_last)
+    _, lib_logits = flat_logits(lib_logits)
+    figures, text = library_figures(load_reference(ctx.inputs["reference"], text=with_text), lib_logits, text_lib,
+                                    prefill_last)
     del text_lib
     ver = verdict(figures, ctx.params.get("thresholds"), where=f"mlc {q.code}")
     # (b) library correctness alone: the same dequantized weights through transformers, layer by layer
