@@ -26,7 +26,9 @@ OPTIONS = {"context": 64, "batch": 64, "chunk": 1, "lut2": "6,8", "lut3": "4,32"
 # KL 0.0139 (0.55 / 0.072 with a 4-bit FFN), so the lut6 preset's top1_min 0.9 is replaced for this cell.
 # A split assembled in the wrong order, or padding reaching the logits, gives top1 near 0 and a KL far
 # above these limits.
-THRESHOLDS = {"top1_min": 0.7, "kl_max": 0.05}
+# ppl_delta_max asks the check to score the perplexity text (verify/budget.py scores_text); its bound is loose on
+# purpose (an untrained model's perplexity is in the vocabulary's order): the test holds |ppl_delta| < 10% itself
+THRESHOLDS = {"top1_min": 0.7, "kl_max": 0.05, "ppl_delta_max": 1.0e9}
 
 
 def make_model(out: Path) -> Path:
