@@ -39,9 +39,10 @@ def _logsumexp(x: np.ndarray) -> np.ndarray:
     return m[:, 0].astype(np.float64) + np.log(np.exp(x - m).sum(axis=-1, dtype=np.float64))
 
 
-def _pairs(ref, art, block: int):
+def _pairs(ref, art, block: int | None):
     """(ref block, art block) pairs over both: arrays [n, vocab], or equal-length lists of them (e.g. one
-    per prompt), walked a block of rows at a time without concatenating anything."""
+    per prompt), walked `block` rows (default: block_rows of the vocabulary) at a time without
+    concatenating anything."""
     refs = list(ref) if isinstance(ref, (list, tuple)) else [ref]
     arts = list(art) if isinstance(art, (list, tuple)) else [art]
     if len(refs) != len(arts):
@@ -52,19 +53,14 @@ def _pairs(ref, art, block: int):
             raise ValueError(f"logits shape {a.shape} differs from reference {r.shape}")
         if r.ndim != 2 or r.shape[1] == 0:
             raise ValueError(f"no logits to compare (shape {r.shape})")
-        for i in range(0, r.shape[0], block):
-            yield r[i:i + block].astype(np.float32, copy=False), a[i:i + block].astype(np.float32, copy=False)
-
-
-def _vocab(x) -> int:
-    first = x[0] if isinstance(x, (list, tuple)) and len(x) else x
-    return int(np.shape(first)[-1]) if np.ndim(first) else 0
+        step = block or block_rows(r.shape[1])
+        for i in range(0, r.shape[0], step):
+            yield r[i:i + step].astype(np.float32, copy=False), a[i:i + step].astype(np.float32, copy=False)
 
 
 def compare(ref, art, block: int | None = None) -> dict:
     """The figures of `art` against `ref`: arrays [positions, vocab], or equal-length lists of them (one per
     sequence; compared pairwise, never concatenated)."""
-    block = block or block_rows(max(1, _vocab(ref)))
     sq_diff = sq_ref = kl_sum = 0.0
     max_abs, max_ref, agree, n = 0.0, 0.0, 0, 0
     for r, a in _pairs(ref, art, block):

@@ -193,9 +193,10 @@ def load_parts(out: Path, layout: Layout) -> runtime.Parts:
         lm_head_rows=LM_HEAD_ROWS)
 
 
-def numerical(parts: runtime.Parts, reference: dict, layout: Layout, text: bool = True) -> dict:
+def numerical(parts: runtime.Parts, reference: dict, layout: Layout) -> dict:
     """Teacher-forced logits of every reference prompt (prefill over the prompt, then one `infer` call per
-    continuation token) and, with `text` (verify/budget.py scores_text), of the perplexity text (prefill),
+    continuation token) and, when the reference was loaded with its text logits (metrics.load_reference
+    text=True: verify/budget.py scores_text), of the perplexity text (prefill),
     compared with the transformers logits. The prompts and the text run as independent sessions in lockstep
     (runtime.teacher_forced_many): one pass over each weight per prefill batch and per decode round."""
     from builders.verify.metrics import compare, perplexity
@@ -206,7 +207,8 @@ def numerical(parts: runtime.Parts, reference: dict, layout: Layout, text: bool 
                          f"coreml option context={layout.context}; set context >= {longest}")
     if layout.argmax:
         return argmax_agreement(parts, reference, layout)
-    text = reference["text_tokens"][: perplexity_tokens(layout.context, layout.batch) if text else 0]
+    scored = perplexity_tokens(layout.context, layout.batch) if reference["text_logits"] is not None else 0
+    text = reference["text_tokens"][:scored]
     per_prompt, text_art = runtime.teacher_forced_many(parts, [(t, n) for t, n, _ in reference["prompts"]], text)
     refs_pre, arts_pre, refs_dec, arts_dec = [], [], [], []
     for (tokens, prompt_len, logits), (pre, dec) in zip(reference["prompts"], per_prompt):

@@ -176,7 +176,7 @@ def step_test(ctx: NodeContext) -> None:
     t0 = time.monotonic()
     with_text = budget.scores_text(ctx.params.get("thresholds"))  # the perplexity text only for a ppl threshold
     figures = checks.numerical(checks.load_parts(ctx.out, layout), load_reference(ctx.inputs["reference"], text=with_text),
-                               layout, text=with_text)
+                               layout)
     ctx.log(f"numerical check of the saved programs: {time.monotonic() - t0:.1f}s")
     sizes = {name: round(checks.weight_mb(ctx.out / name), 4) for name in layout.names["ffn_pf"]}
     limit = ctx.params["options"]["max_chunk_mb"]

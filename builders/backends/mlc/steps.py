@@ -20,10 +20,10 @@ import numpy as np
 from builders.backends.base import NodeContext
 from builders.backends.mlc import compile as compile_mod
 from builders.backends.mlc import convert_weight, gen_config, inspect_lib
-from builders.verify import budget
 from builders.backends.mlc.models import ModelConfig, parameters
 from builders.backends.mlc.quant import QUANTS, MlcQuant, error_bound
 from builders.backends.mlc.targets import TARGETS
+from builders.verify import budget
 from builders.errors import NodeFailed
 
 LIB_VS_DEQUANT_MAX = 1e-2  # library vs transformers on the same dequantized weights, max |Δlogit|
@@ -278,7 +278,6 @@ def _verify_webgpu(ctx: NodeContext, path: Path) -> None:
         sess.close()
     t_run = time.monotonic() - t0
     info = sess.info
-    _, lib_logits = flat_logits(lib_logits)
     figures, text = library_figures(ref, lib_logits, text_lib, prefill_last)
     ver = verdict(figures, ctx.params.get("thresholds"), where=f"mlc {q.code} on webgpu")
     t_ref = check_lib_vs_dequantized(ctx, c, q, ref, lib_logits, ver)
@@ -351,15 +350,9 @@ def library_logits(sess, ref: dict, text: bool) -> tuple[list[np.ndarray], np.nd
 FIGURE_BLOCK = 16  # positions per block of the vocabulary-wide figures (metrics.compare/perplexity temporaries)
 
 
-def flat_logits(lib_logits: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The prompts' logits as one [positions, vocab] array and per-prompt views of it (one copy in memory)."""
-    flat = np.concatenate(lib_logits)
-    return flat, np.split(flat, np.cumsum([len(x) for x in lib_logits])[:-1])
-
-
 def library_figures(ref: dict, lib_logits: list[np.ndarray], text_lib: np.ndarray | None,
                     prefill_last: np.ndarray) -> tuple[dict, np.ndarray]:
-    """The figures of library_logits' output (the prompts' logits, e.g. flat_logits' views) against the
+    """The figures of library_logits' output (the prompts' logits, one array per prompt) against the
     reference (metrics.compare over every prompt position, perplexity on the text if it was run, decode
     steps, the `prefill` entry's last position), and the text tokens scored."""
     from builders.verify.metrics import compare, perplexity
@@ -431,7 +424,6 @@ def _verify_cpu(ctx: NodeContext, path: Path) -> None:
     rss_lib = rss.current_mb()
     sess.close()  # the library's weights and TVM's memory pool go before the reference below
     t_lib = time.monotonic() - t0
-    _, lib_logits = flat_logits(lib_logits)
     figures, text = library_figures(load_reference(ctx.inputs["reference"], text=with_text), lib_logits, text_lib,
                                     prefill_last)
     del text_lib
